@@ -69,6 +69,9 @@ class CountingDenoiser:
         """Network evaluations per sample so far."""
         return self.rows / self.batch_size
 
+    def round_sigma(self, sigma):
+        return self.denoiser.round_sigma(sigma)
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
         if sigma.ndim == 0:

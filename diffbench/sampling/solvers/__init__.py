@@ -1,0 +1,124 @@
+"""The solver registry: name -> plain function, its order, NFE rule, stochasticity and source paper.
+
+Every solver is `fn(denoiser, x, sigmas, *, noise, callback=None, **options) -> x_final`, where
+`denoiser(x, sigma)` returns D(x; sigma) with class labels already bound, `x` is the state at sigmas[0]
+in EDM space, and `sigmas` is the full grid of the plan (descending; a final 0 when the run ends at 0).
+NFE rule: `evals_per_step` network calls on a step to sigma > 0, `evals_final` on a step to sigma = 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from diffbench.errors import UnknownNameError
+
+ENDPOINTS = ("edm", "sigma_min")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a solver reports after each step: index, the interval, the new state and the last denoised."""
+
+    i: int
+    n: int
+    sigma: float
+    sigma_next: float
+    x: torch.Tensor
+    denoised: torch.Tensor
+
+
+Callback = Callable[[StepInfo], None]
+
+
+def intervals(steps: int, *, endpoint: str, denoise_to_zero: bool = False) -> tuple[int, int]:
+    """(steps to sigma > 0, steps to sigma = 0) for `steps` steps under an endpoint convention (REFERENCE §4)."""
+    if endpoint == "edm":      # N sigmas down to sigma_min, then one step to 0
+        return steps - 1, 1
+    return steps, int(denoise_to_zero)  # N+1 sigmas ending at sigma_min; optional final denoise
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    """One registry entry (DESIGN.md); `options` are the keyword options the function accepts."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    order: int
+    stochastic: bool
+    paper: str
+    evals_per_step: int = 1
+    evals_final: int = 1
+    options: tuple[str, ...] = field(default=())
+    churn: bool = False      # accepts EDM churn (S_churn, ...): stochastic when churn > 0
+    ode_axes: bool = False   # honours sigma_t / scaling (EDM's general ODE)
+
+    @property
+    def nfe_rule(self) -> str:
+        e, f = self.evals_per_step, self.evals_final
+        return f"{e} per step" if e == f else f"{e} per step, {f} on a final step to 0"
+
+    def nfe(self, steps: int, *, endpoint: str = "edm", denoise_to_zero: bool = False) -> int:
+        """Network evaluations per sample for a plan of `steps` steps."""
+        k, z = intervals(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero)
+        return self.evals_per_step * k + self.evals_final * z
+
+    def steps_for(self, nfe: int, *, endpoint: str = "edm", denoise_to_zero: bool = False) -> int | None:
+        """The step count that spends exactly `nfe` evaluations, or None when none does."""
+        for steps in range(1, nfe + 2):
+            got = self.nfe(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero)
+            if got == nfe:
+                return steps
+            if got > nfe:
+                return None
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "order": self.order, "stochastic": self.stochastic,
+                "nfe_rule": self.nfe_rule, "churn": self.churn, "options": list(self.options),
+                "paper": self.paper}
+
+
+SOLVERS: dict[str, SolverInfo] = {}
+
+
+def register_solver(info: SolverInfo) -> SolverInfo:
+    """Add a solver; a duplicate name is refused."""
+    if info.name in SOLVERS:
+        raise ValueError(f"solver '{info.name}' is already registered")
+    SOLVERS[info.name] = info
+    return info
+
+
+def solver(name: str, **kwargs: Any) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Decorator form of register_solver."""
+    def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        register_solver(SolverInfo(name=name, fn=fn, **kwargs))
+        return fn
+    return wrap
+
+
+def get_solver(name: str) -> SolverInfo:
+    _load_builtin()
+    if name not in SOLVERS:
+        raise UnknownNameError("solver", name, SOLVERS)
+    return SOLVERS[name]
+
+
+def all_solvers() -> list[SolverInfo]:
+    _load_builtin()
+    return list(SOLVERS.values())
+
+
+def _load_builtin() -> None:
+    from diffbench.sampling.solvers import edm  # noqa: F401, I001  (modules register on import, in listing order)
+    from diffbench.sampling.solvers import ancestral  # noqa: F401
+
+
+def round_sigma(denoiser: Any, sigma: float) -> float:
+    """The denoiser's round_sigma on a float (identity when it has none)."""
+    fn = getattr(denoiser, "round_sigma", None)
+    return sigma if fn is None else float(fn(torch.tensor(sigma, dtype=torch.float64)))

@@ -1,0 +1,51 @@
+"""`diffbench solvers` and `diffbench schedules`: what exists, as a table or as JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from diffbench.cli.app import app
+
+
+@app.command("solvers")
+def solvers_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
+    """List the solvers: order, NFE rule, stochastic or not, options and source paper."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffbench.sampling.solvers import all_solvers
+
+    rows = [s.describe() for s in all_solvers()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "order", "NFE rule", "stochastic", "options", "paper", title="solvers")
+    for r in rows:
+        stoch = "yes" if r["stochastic"] else ("with churn" if r["churn"] else "no")
+        table.add_row(r["name"], str(r["order"]), r["nfe_rule"], stoch, ", ".join(r["options"]), r["paper"])
+    Console().print(table)
+
+
+@app.command("schedules")
+def schedules_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
+    """List the sigma grids: default range, options and source."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffbench.sampling.schedules import SCHEDULES
+
+    rows = [{"name": s.name, "sigma_min": s.default_range[0], "sigma_max": s.default_range[1],
+             "options": list(s.options), "paper": s.paper} for s in SCHEDULES.values()]
+    rows.append({"name": "file:PATH", "sigma_min": None, "sigma_max": None, "options": [],
+                 "paper": "descending sigmas from a text or .npy file"})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "default sigma range", "options", "source", title="schedules")
+    for r in rows:
+        rng = "from file" if r["sigma_min"] is None else f"{r['sigma_min']:.6g} .. {r['sigma_max']:.6g}"
+        table.add_row(r["name"], rng, ", ".join(r["options"]), r["paper"])
+    Console().print(table)

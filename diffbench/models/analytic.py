@@ -1,0 +1,300 @@
+"""Built-in analytic models with exact denoisers: Gaussian mixtures and the ideal denoiser of a finite dataset.
+
+They give exact ground truth for solver tests: D(x; sigma) = E[y | y + sigma n = x] in closed form
+(Karras et al. 2022, Eq. 2-3), and a reference ODE solution by scipy's adaptive solver at tight tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffbench.errors import ConfigError, UnknownNameError
+
+
+def _one_hot_mask(class_labels: torch.Tensor | None, k: int, batch: int, device) -> torch.Tensor | None:
+    """Log-mask that keeps only the labelled component(s): 0 where allowed, -inf elsewhere."""
+    if class_labels is None:
+        return None
+    labels = class_labels.to(device, torch.float64).reshape(batch, k)
+    return torch.where(labels > 0, 0.0, -math.inf)
+
+
+def _per_sample(fn, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+    """Apply fn one sample at a time, so each result is bit-identical whatever the batch size."""
+    B = x.shape[0]
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(B)
+    return torch.cat([fn(x[b:b + 1], sigma[b:b + 1], None if class_labels is None else class_labels[b:b + 1])
+                      for b in range(B)])
+
+
+class GaussianMixture(nn.Module):
+    """Exact denoiser of p(y) = sum_k w_k N(mu_k, S_k): posterior-weighted Wiener filters (EDM Eq. 2-3).
+
+    With cond=True each component is a class (label_dim = K) and D conditions on it.
+    """
+
+    sigma_min = 0.0
+    sigma_max = math.inf
+
+    def __init__(self, *, weights: Sequence[float] | torch.Tensor, means: torch.Tensor, covs: torch.Tensor,
+                 shape: Sequence[int] | None = None, cond: bool = False, name: str = "gmm"):
+        super().__init__()
+        means = torch.as_tensor(means, dtype=torch.float64)
+        covs = torch.as_tensor(covs, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        K, D = means.shape
+        if weights.shape != (K,) or (weights <= 0).any():
+            raise ConfigError(f"gmm weights must be {K} positive numbers")
+        self.diagonal = covs.shape == (K, D)
+        if not self.diagonal and covs.shape != (K, D, D):
+            raise ConfigError(f"gmm covariances must have shape ({K}, {D}) or ({K}, {D}, {D}), got {tuple(covs.shape)}")
+        shape = tuple(int(s) for s in (shape or (D,)))
+        if math.prod(shape) != D:
+            raise ConfigError(f"gmm shape {shape} does not hold {D} values")
+        self.name = name
+        self.sample_shape = shape
+        if len(shape) == 3:
+            self.img_channels, self.img_resolution = shape[0], shape[1]
+        else:
+            self.img_channels, self.img_resolution = shape[0], 1
+        self.label_dim = K if cond else 0
+        self.register_buffer("weights", weights / weights.sum())
+        self.register_buffer("means", means)
+        if self.diagonal:
+            lam, U = covs, torch.empty(0, dtype=torch.float64)
+        else:
+            covs = 0.5 * (covs + covs.transpose(1, 2))
+            lam, U = torch.linalg.eigh(covs)
+        if (lam < -1e-12).any():
+            raise ConfigError("gmm covariances must be positive semi-definite")
+        self.register_buffer("lam", lam.clamp(min=0))
+        self.register_buffer("U", U)
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+
+    def _rotate(self, v: torch.Tensor) -> torch.Tensor:
+        """Coordinates of v [B, K, D] in each component's eigenbasis."""
+        return v if self.diagonal else torch.einsum("kde,bkd->bke", self.U, v)
+
+    def _unrotate(self, w: torch.Tensor) -> torch.Tensor:
+        return w if self.diagonal else torch.einsum("kde,bke->bkd", self.U, w)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
+                **_: Any) -> torch.Tensor:
+        return _per_sample(self._denoise, x, sigma, class_labels)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        B = x.shape[0]
+        y = x.to(torch.float64).reshape(B, 1, -1)
+        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1, 1).expand(B, 1, 1) ** 2
+        w = self._rotate(y - self.means[None])                     # [B, K, D]
+        var = self.lam[None] + s2                                 # covariance of p_sigma per component
+        # log N(x; mu_k, S_k + sigma^2 I) from the eigen-decomposition
+        logp = -0.5 * ((w**2 / var).sum(-1) + var.log().sum(-1) + w.shape[-1] * math.log(2 * math.pi))
+        logits = logp + self.weights.log()[None]
+        mask = _one_hot_mask(class_labels, self.means.shape[0], B, x.device) if self.label_dim else None
+        if mask is not None:
+            logits = logits + mask
+        r = torch.softmax(logits, dim=1)                          # posterior over components
+        # E[y | x, k] = mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k)  (Gaussian conditioning)
+        post = self.means[None] + self._unrotate(self.lam[None] / var * w)
+        return (r[..., None] * post).sum(1).reshape(x.shape).to(x.dtype)
+
+    def mean(self) -> torch.Tensor:
+        """Exact mean of the data distribution, flattened [D]."""
+        return (self.weights[:, None] * self.means).sum(0)
+
+    def component_covs(self) -> torch.Tensor:
+        """Full covariance of each component [K, D, D]."""
+        if self.diagonal:
+            return torch.diag_embed(self.lam)
+        return self.U @ torch.diag_embed(self.lam) @ self.U.transpose(1, 2)
+
+    def covariance(self) -> torch.Tensor:
+        """Exact covariance of the data distribution [D, D]: sum w_k (S_k + mu_k mu_k^T) - mu mu^T."""
+        mu = self.mean()
+        second = (self.weights[:, None, None] * (self.component_covs()
+                                                   + self.means[:, :, None] * self.means[:, None, :])).sum(0)
+        return second - mu[:, None] * mu[None, :]
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None, *,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+        """n exact samples of the data distribution, shaped [n, *sample_shape]."""
+        if labels is None:
+            labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+        scaled = z * self.lam[labels].sqrt()
+        if not self.diagonal:
+            scaled = torch.einsum("nde,ne->nd", self.U[labels], scaled)
+        return (self.means[labels] + scaled).reshape(n, *self.sample_shape)
+
+
+class FiniteDataset(nn.Module):
+    """Ideal denoiser of a finite set of points: softmax(-|x - y_i|^2 / 2 sigma^2)-weighted mean (EDM Eq. 57)."""
+
+    sigma_min = 0.0
+    sigma_max = math.inf
+
+    def __init__(self, *, points: torch.Tensor, name: str = "ideal"):
+        super().__init__()
+        points = torch.as_tensor(points, dtype=torch.float64)
+        if points.ndim < 2 or points.shape[0] < 1:
+            raise ConfigError("a finite dataset needs at least one point")
+        self.name = name
+        self.sample_shape = tuple(points.shape[1:])
+        if len(self.sample_shape) == 3:
+            self.img_channels, self.img_resolution = self.sample_shape[0], self.sample_shape[1]
+        else:
+            self.img_channels, self.img_resolution = self.sample_shape[0], 1
+        self.label_dim = 0
+        self.register_buffer("points", points.reshape(points.shape[0], -1))
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
+                **_: Any) -> torch.Tensor:
+        return _per_sample(self._denoise, x, sigma, class_labels)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        B = x.shape[0]
+        y = x.to(torch.float64).reshape(B, -1)
+        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1).expand(B, 1) ** 2
+        d2 = (y[:, None, :] - self.points[None]).square().sum(-1)  # [B, n]
+        r = torch.softmax(-d2 / (2 * s2), dim=1)
+        return (r @ self.points).reshape(x.shape).to(x.dtype)
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        idx = torch.randint(self.points.shape[0], (n,), generator=generator)
+        return self.points[idx].reshape(n, *self.sample_shape)
+
+
+# ---- built-in names -------------------------------------------------------------------------------
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in str(text).lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"shape '{text}' must look like 3x8x8 or 2") from None
+    if not shape or any(s < 1 for s in shape):
+        raise ConfigError(f"shape '{text}' must have positive sizes")
+    return shape
+
+
+def make_gmm(*, components: int = 3, shape: Sequence[int] = (3, 8, 8), cov: str = "full", rank: int = 8,
+             seed: int = 0, cond: bool = False) -> GaussianMixture:
+    """A reproducible mixture of smooth image-like components with low-rank-plus-diagonal covariances."""
+    if cov not in ("full", "diag"):
+        raise ConfigError(f"gmm cov must be 'full' or 'diag', got '{cov}'")
+    if components < 1:
+        raise ConfigError("gmm needs at least one component")
+    g = np.random.default_rng(seed)
+    D = math.prod(shape)
+    # smooth means in [-0.8, 0.8]: cumulative sums of noise along the flattened image
+    raw = g.standard_normal((components, D)).cumsum(axis=1)
+    raw -= raw.mean(axis=1, keepdims=True)
+    means = 0.8 * np.tanh(raw / (raw.std(axis=1, keepdims=True) + 1e-12))
+    weights = g.uniform(0.5, 1.5, components)
+    if cov == "diag":
+        covs = g.uniform(0.01, 0.09, (components, D))
+    else:
+        r = max(1, min(rank, D))
+        A = g.standard_normal((components, D, r)) * (0.3 / math.sqrt(r))
+        covs = A @ A.transpose(0, 2, 1) + 0.01 * np.eye(D)[None]
+    return GaussianMixture(weights=torch.tensor(weights), means=torch.tensor(means), covs=torch.tensor(covs),
+                           shape=shape, cond=cond, name="gmm")
+
+
+def _load_points(path: str) -> torch.Tensor:
+    p = Path(path)
+    try:
+        with np.load(p) as data:
+            arr = data["images"] if "images" in data.files else data[data.files[0]]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise ConfigError(f"cannot read dataset points from {p}: {exc}") from None
+    if arr.dtype == np.uint8 and arr.ndim == 4:  # NHWC uint8 images -> NCHW in [-1, 1]
+        return torch.from_numpy(arr.astype(np.float64) / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.asarray(arr, dtype=np.float64))
+
+
+def make_ideal(*, n: int = 32, seed: int = 0, path: str | None = None, shape: Sequence[int] = (3, 8, 8)) -> FiniteDataset:
+    """The ideal denoiser of `n` points drawn from the default mixture, or of the images in an npz file."""
+    if path is not None:
+        return FiniteDataset(points=_load_points(path), name="ideal")
+    if n < 1:
+        raise ConfigError("ideal needs n >= 1 points")
+    base = make_gmm(shape=shape, seed=seed)
+    return FiniteDataset(points=base.sample_data(n, torch.Generator().manual_seed(seed)), name="ideal")
+
+
+_OPTION_TYPES: dict[str, dict[str, Any]] = {
+    "gmm": {"components": int, "shape": _parse_shape, "cov": str, "rank": int, "seed": int,
+            "cond": lambda v: str(v).lower() in ("1", "true", "yes")},
+    "ideal": {"n": int, "seed": int, "path": str, "shape": _parse_shape},
+}
+_FACTORIES = {"gmm": make_gmm, "ideal": make_ideal}
+BUILTIN_NAMES = tuple(_FACTORIES)
+
+
+def is_builtin(spec: str) -> bool:
+    """True when `spec` names a built-in analytic model (`gmm`, `ideal`, optionally with `:key=value,...`)."""
+    return spec.split(":", 1)[0] in _FACTORIES
+
+
+def load_builtin(spec: str) -> nn.Module:
+    """Build an analytic model from `name[:key=value,...]`, e.g. `gmm:components=5,shape=1x16x16,cov=diag`."""
+    name, _, rest = spec.partition(":")
+    if name not in _FACTORIES:
+        raise UnknownNameError("built-in model", name, _FACTORIES)
+    types = _OPTION_TYPES[name]
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"model option '{item}' must be key=value")
+        if key not in types:
+            raise UnknownNameError(f"option of '{name}'", key, types)
+        try:
+            kwargs[key] = types[key](value)
+        except ValueError:
+            raise ConfigError(f"model option {key}={value} is not valid") from None
+    model = _FACTORIES[name](**kwargs)
+    model.spec = spec
+    return model
+
+
+def reference_solution(denoiser: Any, x: torch.Tensor, *, sigma_from: float, sigma_to: float,
+                       class_labels: torch.Tensor | None = None, rtol: float = 1e-10, atol: float = 1e-10,
+                       method: str = "DOP853") -> torch.Tensor:
+    """Solve dx/dsigma = (x - D(x; sigma)) / sigma (EDM Eq. 3) from sigma_from to sigma_to > 0 with scipy.
+
+    Integrated in u = ln sigma, where dx/du = x - D(x; e^u); float64 throughout.
+    """
+    from scipy.integrate import solve_ivp
+
+    if not (sigma_from > 0 and sigma_to > 0):
+        raise ConfigError("the reference solution runs between positive sigmas; take the final step to 0 yourself")
+    shape = x.shape
+    B = shape[0]
+
+    def rhs(u: float, flat: np.ndarray) -> np.ndarray:
+        xt = torch.from_numpy(flat).reshape(shape)
+        sig = torch.full((B,), math.exp(u), dtype=torch.float64)
+        with torch.no_grad():
+            d = denoiser(xt, sig, class_labels).to(torch.float64)
+        return (xt - d).reshape(-1).numpy()
+
+    sol = solve_ivp(rhs, (math.log(sigma_from), math.log(sigma_to)),
+                    x.detach().to(torch.float64).cpu().reshape(-1).numpy(),
+                    method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"reference ODE solve failed: {sol.message}")
+    return torch.from_numpy(sol.y[:, -1].copy()).reshape(shape)

@@ -1,0 +1,98 @@
+"""The sampler spec: every design-space option under the one vocabulary of DESIGN.md, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffbench.errors import ConfigError, UnknownNameError
+from diffbench.sampling.ode import SCALING, SIGMA_T
+from diffbench.sampling.solvers import get_solver
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+# options that belong to a solver (validated against SolverInfo.options); None means "not given"
+SOLVER_OPTIONS = ("alpha", "S_churn", "S_min", "S_max", "S_noise", "churn_per_step", "eta")
+SCHEDULE_OPTIONS = ("rho", "epsilon_s", "M", "C_1", "C_2")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A full sampler setting: solver, grid, budget, endpoint convention, ODE axes and solver options."""
+
+    solver: str = "heun"
+    schedule: str = "edm"
+    nfe: int | None = None
+    steps: int | None = None
+    endpoint: str = "edm"
+    denoise_to_zero: bool = False
+    nfe_policy: str = "exact"
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    rho: float | None = None
+    epsilon_s: float | None = None
+    M: int | None = None
+    C_1: float | None = None
+    C_2: float | None = None
+    sigma_t: str = "linear"
+    scaling: str = "none"
+    alpha: float | None = None
+    S_churn: float | None = None
+    S_min: float | None = None
+    S_max: float | None = None
+    S_noise: float | None = None
+    churn_per_step: float | None = None
+    eta: float | None = None
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        info = get_solver(self.solver)
+        if self.nfe is None and self.steps is None:
+            object.__setattr__(self, "steps", 18)  # EDM's generate.py default (NFE 35 with heun)
+        given = [k for k in SOLVER_OPTIONS if getattr(self, k) is not None]
+        wrong = [k for k in given if k not in info.options]
+        if wrong:
+            raise ConfigError(f"option(s) {', '.join(wrong)} do not apply to solver '{self.solver}' "
+                              f"(it takes: {', '.join(info.options) or 'none'})")
+        if (self.sigma_t, self.scaling) != ("linear", "none") and not info.ode_axes:
+            raise ConfigError(f"sigma_t/scaling apply to the euler/heun family, not to '{self.solver}'")
+        if self.sigma_t not in SIGMA_T:
+            raise UnknownNameError("sigma_t", self.sigma_t, SIGMA_T)
+        if self.scaling not in SCALING:
+            raise UnknownNameError("scaling", self.scaling, SCALING)
+        if self.dtype not in DTYPES:
+            raise UnknownNameError("dtype", self.dtype, DTYPES)
+        for k in ("S_churn", "S_noise", "churn_per_step", "eta"):
+            v = getattr(self, k)
+            if v is not None and (v < 0 or not math.isfinite(v)):
+                raise ConfigError(f"{k} must be a finite number >= 0, got {v}")
+
+    @classmethod
+    def make(cls, **kwargs: Any) -> SamplerSpec:
+        """Build from keywords; an unknown keyword is one clear error, not a silent default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise UnknownNameError("sampler option", unknown[0], names)
+        return cls(**kwargs)
+
+    def solver_options(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SOLVER_OPTIONS if getattr(self, k) is not None}
+
+    def schedule_options(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SCHEDULE_OPTIONS if getattr(self, k) is not None}
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def has_churn(self) -> bool:
+        return bool((self.S_churn or 0) > 0 or (self.churn_per_step or 0) > 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
