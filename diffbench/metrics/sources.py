@@ -15,15 +15,10 @@ import numpy as np
 import torch
 
 from diffbench.errors import ConfigError
+from diffbench.io import quantize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _HASH_CHUNK = 1 << 20
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [-1, 1] to uint8: clip(x*127.5 + 128, 0, 255) truncated (REFERENCE §1)."""
-    # private copy until diffbench.io.quantize exists; the integrator may point this at it
-    return (images.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 
 @dataclass(frozen=True)

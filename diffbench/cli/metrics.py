@@ -1,0 +1,237 @@
+"""`diffbench fid` and `diffbench stats`: thin commands over diffbench.metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from diffbench.cli.app import app
+
+ExtractorOpt = Annotated[
+    str, typer.Option("--extractor", help="Feature extractor: a registered name or module:factory.")
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--inception-weights", help="Local Inception weights (torch-fidelity's .pth state dict)."),
+]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Images per feature-extraction batch.", min=1)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached statistics of a source.")]
+
+
+class Shown(str, Enum):
+    mean = "mean"
+    min = "min"
+
+
+def _device(device: str) -> str:
+    import torch
+
+    from diffbench.errors import ConfigError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was asked for, but no CUDA GPU is available")
+    return device
+
+
+def _progress(label: str):
+    """A progress callback drawing on a terminal's stderr, or None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None, None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total or None)
+
+    return bar, update
+
+
+@app.command("stats")
+def stats_cmd(
+    source: Annotated[Path, typer.Argument(help="An image folder, a .zip, or an .npz of uint8 NHWC images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Statistics file to write (.npz).")],
+    extractor: ExtractorOpt = "inception-v3-compat",
+    inception_weights: WeightsOpt = None,
+    keep_features: Annotated[
+        bool,
+        typer.Option("--keep-features", help="Also store the features (needed for KID, precision/recall)."),
+    ] = False,
+    batch: BatchOpt = 100,
+    device: DeviceOpt = "auto",
+    cache: CacheOpt = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Compute reference statistics (mu, sigma; EDM's npz layout) of a set of images.
+
+    Example: diffbench stats cifar10-train/ -o cifar10-32x32.npz
+    """
+    from diffbench.errors import OutputExistsError
+    from diffbench.metrics.extractors import load_extractor
+    from diffbench.metrics.sources import open_source
+    from diffbench.metrics.stats import cached_statistics, save_statistics
+
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output {out} already exists; pass --overwrite to replace it")
+    src = open_source(source)
+    ext = load_extractor(extractor, device=_device(device), weights_path=inception_weights)
+    bar, update = _progress("features")
+    if bar is not None:
+        bar.start()
+    try:
+        stats, hit = cached_statistics(
+            src, extractor=ext, batch=batch, keep_features=keep_features, cache=cache, progress=update
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    save_statistics(stats, out)
+    h, w = src.resolution
+    typer.echo(
+        f"wrote {out}: {stats.n} images {w}x{h}, extractor {stats.extractor_id}, {stats.dim}-d"
+        f"{', features kept' if stats.features is not None else ''}{' (from cache)' if hit else ''}"
+    )
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def render_fid(result: Any) -> str:
+    """Human-readable lines for a FIDResult; every line names n."""
+    ref = Path(result.ref).name if result.ref else "reference"
+    lines = [f"FID {_fmt(result.fid)}  (n={result.n}, extractor {result.extractor_id}, ref {ref})"]
+    if len(result.blocks) > 1:
+        b = len(result.blocks)
+        lines.append(
+            f"{b} seed blocks of n={result.n}: "
+            + ", ".join(_fmt(v) for v in result.blocks)
+            + f"; mean {_fmt(result.mean)}, std {_fmt(result.std)}, min {_fmt(result.min)}; "
+            f"{result.confidence:.0%} CI [{_fmt(result.ci_low)}, {_fmt(result.ci_high)}] "
+            f"(t-interval over blocks); shown: {result.shown} (EDM reports the min over 3 blocks)"
+        )
+    x = result.extras
+    if "kid_mean" in x:
+        lines.append(f"KID {x['kid_mean']:.6f} ± {x['kid_std']:.6f}")
+    if "precision" in x:
+        lines.append(f"precision {x['precision']:.4f}, recall {x['recall']:.4f} (k-NN manifolds, k=3)")
+    if "is_mean" in x:
+        lines.append(f"Inception Score {x['is_mean']:.4f} ± {x['is_std']:.4f}")
+    return "\n".join(lines)
+
+
+@app.command("fid")
+def fid_cmd(
+    ref: Annotated[
+        str, typer.Option("--ref", help="Reference statistics (.npz mu/sigma) or reference images.")
+    ],
+    samples: Annotated[
+        str | None,
+        typer.Argument(help="Image folder, .zip, .npz of images, or a statistics .npz; omit with --model."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Sample straight from this model (no images written).")
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="With --model: seeds, e.g. '0-49999'.")] = "0-49999",
+    solver: Annotated[str, typer.Option(help="With --model: solver name.")] = "heun",
+    schedule: Annotated[str, typer.Option(help="With --model: sigma grid.")] = "edm",
+    nfe: Annotated[int | None, typer.Option(help="With --model: exact NFE per sample.", min=1)] = None,
+    steps: Annotated[int | None, typer.Option(help="With --model: steps instead of --nfe.", min=1)] = None,
+    churn: Annotated[float | None, typer.Option("--churn", help="With --model: EDM S_churn.")] = None,
+    class_: Annotated[int | None, typer.Option("--class", help="With --model: fixed class.")] = None,
+    blocks: Annotated[
+        int, typer.Option(help="Disjoint seed blocks: FID per block, mean/std/min and a CI.", min=1)
+    ] = 1,
+    show: Annotated[
+        Shown, typer.Option(help="Headline over blocks: mean, or min (EDM's choice).")
+    ] = Shown.mean,
+    kid: Annotated[bool, typer.Option("--kid", help="Also KID (needs reference features).")] = False,
+    pr: Annotated[
+        bool, typer.Option("--pr", help="Also precision/recall (needs reference features).")
+    ] = False,
+    isc: Annotated[bool, typer.Option("--is", help="Also the Inception Score.")] = False,
+    extractor: ExtractorOpt = "inception-v3-compat",
+    inception_weights: WeightsOpt = None,
+    batch: BatchOpt = 100,
+    device: DeviceOpt = "auto",
+    allow_small_n: Annotated[
+        bool,
+        typer.Option("--allow-small-n", help="Compute FID even with fewer samples than feature dims + 1."),
+    ] = False,
+    cache: CacheOpt = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """FID of samples against reference statistics (Inception-v3 pool3, REFERENCE §5).
+
+    Examples: diffbench fid samples/ --ref cifar10-32x32.npz --blocks 3;
+    diffbench fid --model gmm --nfe 35 --seeds 0-9999 --ref gmm-ref.npz
+    """
+    from diffbench.errors import ConfigError
+    from diffbench.metrics.fid import fid, sampler_source
+
+    dev = _device(device)
+    if model is not None:
+        if samples is not None:
+            raise ConfigError("give SAMPLES or --model, not both")
+        from diffbench.models.load import load
+        from diffbench.sampling.spec import SamplerSpec
+        from diffbench.seeds import parse_seeds
+
+        spec = SamplerSpec.make(solver=solver, schedule=schedule, nfe=nfe, steps=steps, S_churn=churn)
+        src: Any = sampler_source(
+            load(model, device="cpu"),
+            spec=spec,
+            seeds=parse_seeds(seeds),
+            batch=batch,
+            device=dev,
+            class_labels=class_,
+        )
+    elif samples is None:
+        raise ConfigError("give SAMPLES (folder, zip, npz) or --model with a sampler spec")
+    else:
+        src = samples
+    bar, update = _progress("features")
+    if bar is not None:
+        bar.start()
+    try:
+        result = fid(
+            src,
+            ref=ref,
+            extractor=extractor,
+            weights_path=inception_weights,
+            device=dev,
+            batch=batch,
+            blocks=blocks,
+            shown=show.value,
+            kid=kid,
+            precision_recall=pr,
+            inception_score=isc,
+            allow_small_n=allow_small_n,
+            cache=cache,
+            progress=update,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        typer.echo(render_fid(result))
