@@ -87,6 +87,7 @@ def sample_cmd(
         S_min=s_min, S_max=s_max, S_noise=s_noise, eta=eta, dtype=dtype.value)
     denoiser = load(model, device="cpu", offline=offline)
     run = Sampler(denoiser, spec, device=device)
+    run.class_indices(class_, len(seed_list))
     p = run.plan
     merged = f", {p.merged_steps} merged by round_sigma ({p.distinct_levels} distinct sigma levels)" \
         if p.merged_steps else ""

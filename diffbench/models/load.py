@@ -22,4 +22,7 @@ def load(spec: Any, *, device: str = "cpu", offline: bool = False) -> Any:
         if exc.name != "diffbench.models.registry":
             raise
         raise UnknownNameError("model", spec, BUILTIN_NAMES) from None
-    return load_checkpoint(spec, device=device, offline=offline)
+    try:
+        return load_checkpoint(spec, device=device, offline=offline)
+    except UnknownNameError as exc:  # neither a built-in nor a checkpoint: list both
+        raise UnknownNameError("model", spec, [*BUILTIN_NAMES, *getattr(exc, "valid", [])]) from None

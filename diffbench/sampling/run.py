@@ -99,6 +99,10 @@ class Sampler:
         self.shape = sample_shape(denoiser)
         self.label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
 
+    def class_indices(self, class_labels: Any, n: int) -> torch.Tensor | None:
+        """Integer class indices for n samples (a scalar fixes one class), checked against label_dim."""
+        return _class_indices(class_labels, n, self.label_dim)
+
     def run(self, seeds: Sequence[int], *, latents: torch.Tensor | None = None,
             class_labels: torch.Tensor | None = None,
             on_step: Callable[[StepInfo], None] | None = None) -> Batch:
@@ -163,7 +167,7 @@ def iter_batches(denoiser: Any, *, seeds: Sequence[int] | None = None, latents: 
         raise ConfigError(f"batch size must be >= 1, got {batch}")
     run = sampler or Sampler(denoiser, SamplerSpec.make(**spec), device=device)
     seeds = _inputs(seeds, latents)
-    labels = _class_indices(class_labels, len(seeds), run.label_dim)
+    labels = run.class_indices(class_labels, len(seeds))
     chunks = [range(i, min(i + batch, len(seeds))) for i in range(0, len(seeds), batch)]
     for b, idx in enumerate(chunks):
         def on_step(info: StepInfo, b: int = b, done: int = idx.start) -> None:

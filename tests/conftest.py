@@ -1,0 +1,45 @@
+"""Shared fixtures: small analytic models and a CLI runner that returns (exit code, stdout, stderr)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffbench.models.analytic import load_builtin
+
+
+@pytest.fixture(scope="session")
+def gmm():
+    return load_builtin("gmm")
+
+
+@pytest.fixture(scope="session")
+def small_gmm():
+    """A cheap 2-D mixture for tests that sweep many settings."""
+    return load_builtin("gmm:components=3,shape=2,cov=full,seed=1")
+
+
+@pytest.fixture()
+def cli(capsys):
+    """Run `diffbench ...` in-process; returns (exit code, stdout, stderr)."""
+    from diffbench.cli.app import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
