@@ -240,7 +240,14 @@ def _from_features(features: Any, *, extractor_id: str | None) -> Statistics:
 def _load_pt(p: Path) -> Statistics:
     # torch-fidelity caches: '<input>-<extractor>-stat-fid-<layer>.pt' ({'mu', 'sigma'} numpy) or
     # '<input>-<extractor>-features-<layer>.pt' (a tensor); loaded without running code
-    safe = [np.ndarray, np.dtype, np.core.multiarray._reconstruct] + [type(np.dtype(t)) for t in ("f4", "f8")]
+    import importlib
+
+    core = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+    rebuild = core._reconstruct
+    # files written under numpy 1.x and 2.x name the same function differently
+    safe: list[Any] = [np.ndarray, np.dtype, rebuild, (rebuild, "numpy.core.multiarray._reconstruct")]
+    safe += [(rebuild, "numpy._core.multiarray._reconstruct")]
+    safe += [type(np.dtype(t)) for t in ("f4", "f8", "i8")]
     try:
         with torch.serialization.safe_globals(safe):
             obj = torch.load(p, map_location="cpu", weights_only=True)

@@ -1,0 +1,156 @@
+"""The fid() API: equals the staged computation, seed blocks and their interval, compare_fid, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from diffbench.errors import ConfigError
+from diffbench.metrics.fid import FIDResult, compare_fid, fid, sampler_source
+from diffbench.metrics.frechet import frechet_distance
+from diffbench.metrics.sources import source_from_array
+from diffbench.metrics.stats import save_statistics, statistics_of
+
+
+class Proj:
+    """A cheap deterministic extractor: a fixed random projection of the pixels."""
+
+    def __init__(self, dim=6, pixels=3 * 4 * 4, seed=0, id="proj"):
+        self.w = torch.randn(pixels, dim, generator=torch.Generator().manual_seed(seed))
+        self.id = id
+
+    def features(self, x):
+        return (x.float() / 255).flatten(1) @ self.w
+
+
+class ProjWithLogits(Proj):
+    def features_and_logits(self, x):
+        f = self.features(x)
+        return f, f[:, :4] * 3
+
+
+def images(n, seed=0, hi=256, size=4):
+    return np.random.default_rng(seed).integers(0, hi, (n, size, size, 3), dtype=np.uint8)
+
+
+def feats(ext, imgs):
+    return ext.features(torch.from_numpy(imgs).permute(0, 3, 1, 2)).double().numpy()
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture()
+def ref_file(tmp_path):
+    ext = Proj()
+    stats = statistics_of(source_from_array(images(300, seed=1)), extractor=ext, keep_features=True)
+    return save_statistics(stats, tmp_path / "ref.npz")
+
+
+def test_fid_equals_staged_computation(tmp_path, ref_file):
+    ext, sample = Proj(), images(120, seed=2, hi=200)
+    np.savez(tmp_path / "s.npz", images=sample)
+    r = fid(tmp_path / "s.npz", ref=ref_file, extractor=ext, batch=17)
+    f, g = feats(ext, sample), feats(ext, images(300, seed=1))
+    expected = frechet_distance(
+        mu1=f.mean(0), sigma1=np.cov(f, rowvar=False), mu2=g.mean(0), sigma2=np.cov(g, rowvar=False)
+    )
+    assert r.fid == pytest.approx(expected, rel=1e-8)
+    assert (r.n, r.shown, r.extractor_id, r.ref_n, len(r.blocks)) == (120, "single", "proj", 300, 1)
+
+
+def test_same_images_give_zero_and_images_as_ref(ref_file):
+    sample = images(300, seed=1)
+    assert fid(sample, ref=ref_file, extractor=Proj()).fid == pytest.approx(0, abs=1e-9)
+    assert fid(sample, ref=sample, extractor=Proj()).fid == pytest.approx(0, abs=1e-9)
+
+
+def test_blocks_are_disjoint_slices_with_a_t_interval(ref_file):
+    ext, sample = Proj(), images(90, seed=3, hi=220)
+    r = fid(sample, ref=ref_file, extractor=ext, blocks=3, shown="min")
+    g = feats(ext, images(300, seed=1))
+    per = []
+    for b in range(3):
+        f = feats(ext, sample[30 * b : 30 * (b + 1)])
+        per.append(frechet_distance(mu1=f.mean(0), sigma1=np.cov(f, rowvar=False), mu2=g.mean(0),
+                                    sigma2=np.cov(g, rowvar=False)))
+    np.testing.assert_allclose(r.blocks, per, rtol=1e-8)
+    assert r.fid == pytest.approx(min(per)) and r.shown == "min" and r.n == 30
+    half = sps.t.ppf(0.975, 2) * np.std(per, ddof=1) / math.sqrt(3)
+    assert (r.ci_low, r.ci_high) == pytest.approx((np.mean(per) - half, np.mean(per) + half), rel=1e-10)
+    assert r.std == pytest.approx(np.std(per, ddof=1))
+
+
+def test_optional_metrics(ref_file):
+    r = fid(images(60, seed=4), ref=ref_file, extractor=ProjWithLogits(), kid=True, precision_recall=True,
+            inception_score=True, kid_subset_size=50, kid_subsets=5)
+    assert set(r.extras) == {"kid_mean", "kid_std", "precision", "recall", "is_mean", "is_std"}
+    assert 0 <= r.extras["precision"] <= 1 and r.extras["is_mean"] >= 1
+
+
+def test_samples_straight_from_a_sampler_spec(gmm):
+    from diffbench.sampling.run import sample
+    from diffbench.sampling.spec import SamplerSpec
+
+    ext = Proj(pixels=3 * 8 * 8)
+    ref = sample(gmm, seeds=range(1000, 1100), solver="heun", nfe=35, device="cpu").images
+    src = sampler_source(gmm, spec=SamplerSpec.make(solver="heun", nfe=7), seeds=range(20), device="cpu", batch=8)
+    direct = fid(src, ref=ref, extractor=ext, blocks=2)
+    written = sample(gmm, seeds=range(20), solver="heun", nfe=7, device="cpu").images
+    assert direct.blocks == pytest.approx(fid(written, ref=ref, extractor=ext, blocks=2).blocks, rel=1e-12)
+    assert direct.samples["nfe_counted"] == 7
+    # a stream of sampler records works too (one block)
+    from diffbench.sampling.run import iter_batches
+
+    stream = iter_batches(gmm, seeds=range(20), solver="heun", nfe=7, device="cpu", batch=6)
+    assert fid(stream, ref=ref, extractor=ext).fid == pytest.approx(fid(written, ref=ref, extractor=ext).fid)
+
+
+def result(blocks, n=1000):
+    v = np.asarray(blocks, dtype=float)
+    return FIDResult(fid=v.mean(), shown="mean", n=n, blocks=tuple(v), mean=v.mean(), std=v.std(ddof=1) if v.size > 1 else math.nan,
+                     min=v.min(), ci_low=0, ci_high=0, confidence=0.95, extractor_id="x", ref=None,
+                     ref_sha256="r", ref_n=None)
+
+
+def test_compare_fid_verdicts():
+    c = compare_fid(result([3.0, 3.1, 2.9]), result([5.0, 5.2, 4.9]))
+    assert c.significant and c.verdict.startswith("a is better") and c.difference == pytest.approx(-2.0333, 1e-3)
+    # Welch's test agrees with scipy's
+    t, _ = sps.ttest_ind([3.0, 3.1, 2.9], [5.0, 5.2, 4.9], equal_var=False)
+    assert c.t == pytest.approx(t, rel=1e-10)
+    noisy = compare_fid(result([3.0, 4.0, 2.0]), result([3.2, 4.1, 2.4]))
+    assert not noisy.significant and noisy.verdict.startswith("within noise")
+    assert compare_fid(result([3.0]), result([4.0])).verdict.startswith("unknown")
+    with pytest.raises(ConfigError, match="different n"):
+        compare_fid(result([3.0, 3.1]), result([3.0, 3.1], n=500))
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, ref_file):
+    sample = images(60, seed=5)
+    with pytest.raises(ConfigError, match="extractor 'proj', samples from 'other'"):
+        fid(sample, ref=ref_file, extractor=Proj(seed=1, id="other"))
+    with pytest.raises(ConfigError, match="different resolution"):
+        fid(images(60, seed=5, size=8), ref=ref_file, extractor=Proj(pixels=3 * 8 * 8))
+    with pytest.raises(ConfigError, match="needs at least 7"):
+        fid(images(5), ref=ref_file, extractor=Proj())
+    assert math.isfinite(fid(images(5), ref=ref_file, extractor=Proj(), allow_small_n=True).fid)
+    with pytest.raises(ConfigError, match="do not split into 7"):
+        fid(sample, ref=ref_file, extractor=Proj(), blocks=7, allow_small_n=True)
+    np.savez(tmp_path / "edm.npz", mu=np.zeros(6), sigma=np.eye(6))
+    with pytest.raises(ConfigError, match="--keep-features"):
+        fid(sample, ref=tmp_path / "edm.npz", extractor=Proj(), kid=True)
+    with pytest.raises(ConfigError, match="no logits"):
+        fid(sample, ref=ref_file, extractor=Proj(), inception_score=True)
+    np.savez(tmp_path / "nan.npz", mu=np.full(6, np.nan), sigma=np.eye(6))
+    with pytest.raises(ConfigError, match="NaN or Inf"):
+        fid(sample, ref=tmp_path / "nan.npz", extractor=Proj())
+    with pytest.raises(ConfigError, match="8-d features, samples 6-d"):
+        np.savez(tmp_path / "d8.npz", mu=np.zeros(8), sigma=np.eye(8))
+        fid(sample, ref=tmp_path / "d8.npz", extractor=Proj())
