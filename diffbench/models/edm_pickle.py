@@ -17,7 +17,7 @@ import math
 import os
 import pickle
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from diffbench.models.nets import NETWORKS, build_network, network_arguments
 
 PERSISTENT_HOOK = ("torch_utils.persistence", "_reconstruct_persistent_obj")
 PERSISTENCE_VERSION = 6
+NO_SOURCE = "# written by diffbench: no source\n"
 
 
 class PickleSecurityError(ModelLoadError):
@@ -76,7 +77,7 @@ class _Persistent:
 
     class_name: str
     state: dict
-    module_src: str = field(default="# written by diffbench: no source\n")
+    module_src: str = NO_SOURCE
 
     def __reduce__(self):
         meta = dict(
@@ -504,14 +505,14 @@ def load_edm_pickle(
 EDM_PRECOND_NAMES = {spec.cls: name for name, spec in PRECONDS.items()}
 
 
-def _module_record(module: nn.Module, init_kwargs: dict | None = None) -> Any:
+def _module_record(module: nn.Module, src: str, init_kwargs: dict | None = None) -> Any:
     """A module's state in the layout EDM's persistence records (ModuleDicts stay plain ModuleDicts)."""
     state = {
         "training": module.training,
         "_parameters": {k: v for k, v in module._parameters.items()},
         "_buffers": {k: v for k, v in module._buffers.items()},
         "_non_persistent_buffers_set": set(module._non_persistent_buffers_set),
-        "_modules": {k: (_module_record(v) if v is not None else None) for k, v in module._modules.items()},
+        "_modules": {k: (None if v is None else _module_record(v, src)) for k, v in module._modules.items()},
         "_init_args": (),
         "_init_kwargs": dict(init_kwargs or {}),
     }
@@ -519,7 +520,7 @@ def _module_record(module: nn.Module, init_kwargs: dict | None = None) -> Any:
         out = nn.ModuleDict()
         out.__dict__.update({"training": module.training, "_modules": state["_modules"]})
         return out
-    return _Persistent(type(module).__name__, state)
+    return _Persistent(type(module).__name__, state, src)
 
 
 class _EDMPickler(pickle._Pickler):
@@ -537,9 +538,17 @@ class _EDMPickler(pickle._Pickler):
 
 
 def write_edm_pickle(
-    path: str | os.PathLike, *, denoiser: nn.Module, key: str = "ema", extra: dict | None = None
+    path: str | os.PathLike,
+    *,
+    denoiser: nn.Module,
+    key: str = "ema",
+    extra: dict | None = None,
+    module_src: str = NO_SOURCE,
 ) -> None:
-    """Write a diffbench precond wrapper in EDM's pickle layout (persistent objects, recorded arguments)."""
+    """Write a diffbench precond wrapper in EDM's pickle layout (persistent objects, recorded arguments).
+
+    `module_src` is the text stored where EDM stores each class's module source; diffbench never runs it.
+    """
     if type(denoiser) not in EDM_PRECOND_NAMES:
         raise ConfigError(
             f"cannot write {type(denoiser).__name__} as an EDM pickle: it is not a VP/VE/iDDPM/EDM "
@@ -569,7 +578,7 @@ def write_edm_pickle(
         "_parameters": {},
         "_buffers": {},
         "_non_persistent_buffers_set": set(),
-        "_modules": {"model": _module_record(net, net_kwargs)},
+        "_modules": {"model": _module_record(net, module_src, net_kwargs)},
         "_init_args": (),
         "_init_kwargs": pkw,
         "img_resolution": denoiser.img_resolution,
@@ -578,9 +587,10 @@ def write_edm_pickle(
         "use_fp16": denoiser.use_fp16,
         "sigma_min": denoiser.sigma_min,
         "sigma_max": denoiser.sigma_max,
+        **{c: getattr(denoiser, c) for c in PRECONDS[name].constants},
     }
     if name == "iDDPMPrecond":
         precond_state["_buffers"] = {"u": denoiser.u.detach().cpu()}
-    data = {key: _Persistent(name, precond_state), **(extra or {})}
+    data = {key: _Persistent(name, precond_state, module_src), **(extra or {})}
     with open(os.fspath(path), "wb") as f:
         _EDMPickler(f, protocol=4).dump(data)
