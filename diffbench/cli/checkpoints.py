@@ -1,0 +1,174 @@
+"""`diffbench checkpoints list | info | fetch | verify`: the checkpoint registry and the verified cache."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Annotated, Optional
+
+import typer
+
+from diffbench.cli.app import app
+
+checkpoints_app = typer.Typer(
+    name="checkpoints",
+    help="List, inspect, download and verify registered checkpoints (cache: $DIFFBENCH_HOME, "
+         "default ~/.cache/diffbench).",
+    no_args_is_help=True,
+)
+app.add_typer(checkpoints_app, name="checkpoints")
+
+
+@contextlib.contextmanager
+def download_progress(label: str = "download", *, console=None) -> Iterator:
+    """A rich progress bar as a `progress(done, total)` callback for diffbench.models.fetch."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=console or Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _fmt_size(entry) -> str:
+    if entry.size:
+        return f"{sum(entry.size.values()) / 1e6:.1f} MB"
+    if entry.approx_size_mb:
+        return f"~{entry.approx_size_mb:g} MB"
+    return "?"
+
+
+def _cached(entry) -> str:
+    from diffbench.models.fetch import read_lock
+
+    files = entry.file_names()
+    d = entry.local_path()
+    paths = [d / f for f in files] if entry.files else [d]
+    if all(p.exists() for p in paths):
+        locked = read_lock()
+        pinned = all(entry.sha256.get(f) or entry.file_url(f) in locked for f in files)
+        return "yes" if pinned else "yes (unpinned)"
+    if any(p.with_name(p.name + ".part").exists() for p in paths):
+        return "partial"
+    return "no"
+
+
+@checkpoints_app.command("list")
+def list_cmd(
+    kind: Annotated[Optional[str], typer.Option(help="Only this kind: model or fid-stats.")] = None,
+) -> None:
+    """List the registry.
+
+    Example: diffbench checkpoints list --kind model
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffbench.errors import UnknownNameError
+    from diffbench.models.registry import KINDS, entries
+
+    if kind is not None and kind not in KINDS:
+        raise UnknownNameError("checkpoint kind", kind, KINDS)
+    table = Table(title="diffbench checkpoints")
+    for col in ("name", "kind", "format", "precond", "res", "ch", "labels", "FID ref", "size", "cached"):
+        table.add_column(col)
+    for e in entries().values():
+        if kind is not None and e.kind != kind:
+            continue
+        table.add_row(e.name, e.kind, e.format, e.precond or "", str(e.resolution or ""),
+                      str(e.channels or ""), "" if e.label_dim is None else str(e.label_dim), e.fid_ref or "",
+                      _fmt_size(e), _cached(e))
+    Console(width=200).print(table)
+
+
+@checkpoints_app.command("info")
+def info_cmd(name: Annotated[str, typer.Argument(help="Registry name.")]) -> None:
+    """Everything the registry knows about one checkpoint, and the state of its cached copy.
+
+    Example: diffbench checkpoints info edm-cifar10-32x32-cond-vp
+    """
+    from diffbench.models.fetch import expected_for
+    from diffbench.models.registry import get_entry
+
+    e = get_entry(name)
+    rows = [("name", e.name), ("kind", e.kind), ("description", e.description), ("format", e.format),
+            ("url", e.url)]
+    if e.files:
+        rows.append(("files", ", ".join(e.files)))
+    rows += [(k, str(v)) for k, v in (("precond", e.precond), ("network", e.network),
+                                      ("architecture", e.architecture), ("resolution", e.resolution),
+                                      ("channels", e.channels), ("label_dim", e.label_dim),
+                                      ("fid_ref", e.fid_ref)) if v is not None]
+    for key, sampler in (("sampler", e.sampler), ("sampler_stochastic", e.sampler_stochastic)):
+        if sampler:
+            rows.append((key, ", ".join(f"{k}={v}" for k, v in sampler.items())))
+    rows.append(("size", _fmt_size(e)))
+    for f in e.file_names():
+        sha, _, locked = expected_for(e.file_url(f), sha256=e.sha256.get(f), size=e.size.get(f))
+        src = "lock file" if locked else "published"
+        rows.append((f"sha256 {f}", f"{sha} ({src})" if sha else "unknown (recorded by the first download)"))
+    rows.append(("cache path", str(e.local_path())))
+    rows.append(("cached", _cached(e)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{k:<{width}}  {v}")
+
+
+@checkpoints_app.command("fetch")
+def fetch_cmd(
+    names: Annotated[list[str], typer.Argument(help="Registry names (or http(s) URLs) to download.")],
+    offline: Annotated[bool, typer.Option(help="Never touch the network; only verify cached copies.")] = False,
+    retries: Annotated[int, typer.Option(help="Resume attempts after a cut connection.", min=0)] = 2,
+) -> None:
+    """Download into the cache, resuming partial files, and verify sha256.
+
+    Example: diffbench checkpoints fetch edm-cifar10-32x32-cond-vp fid-cifar10-32x32
+    """
+    from diffbench.models import fetch
+    from diffbench.models.registry import fetch_entry, get_entry
+
+    for name in names:
+        if name.startswith(("http://", "https://")):
+            with download_progress(fetch.url_basename(name)) as progress:
+                res = fetch.download(name, fetch.url_dest(name), offline=offline, retries=retries,
+                                     progress=progress)
+            path, digest, recorded = res.path, res.sha256, (res.path.name,) if res.recorded else ()
+        else:
+            entry = get_entry(name)
+            with download_progress(name) as progress:
+                got = fetch_entry(entry, offline=offline, retries=retries, progress=progress)
+            path, digest, recorded = got.path, got.sha256, got.recorded
+        typer.echo(f"{name}: {path} sha256 {digest}")
+        for f in recorded:
+            typer.echo(f"{name}: no published sha256 for {f}; recorded this download's hash in "
+                       f"{fetch.cache_dir() / fetch.LOCK_NAME}, later downloads must match it")
+
+
+@checkpoints_app.command("verify")
+def verify_cmd(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Registry names; default: every entry.")] = None,
+) -> None:
+    """Re-hash cached files; a mismatching file is moved to quarantine and the command fails.
+
+    Example: diffbench checkpoints verify
+    """
+    from diffbench.errors import ModelLoadError
+    from diffbench.models.registry import entries, get_entry, verify_entry
+
+    targets = [get_entry(n) for n in names] if names else list(entries().values())
+    bad = 0
+    for entry in targets:
+        for st in verify_entry(entry):
+            if st.status == "missing" and not names:
+                continue  # an uncached entry is not a problem when verifying everything
+            # a corrupt file always fails; a missing or partial one only when it was asked for by name
+            bad += st.status == "mismatch" or (bool(names) and st.status in ("partial", "missing"))
+            typer.echo(f"{st.status:<9} {st.entry}/{st.file}  {st.detail}".rstrip())
+    if bad:
+        raise ModelLoadError(f"{bad} file(s) failed verification")
