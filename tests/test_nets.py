@@ -19,10 +19,18 @@ from diffbench.models.nets import build_network, network_arguments
 
 FIXTURES = Path(__file__).parent / "fixtures" / "edm"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.npz"))
-PRECOND_CLASSES = {"VPPrecond": P.VPPrecond, "VEPrecond": P.VEPrecond, "iDDPMPrecond": P.IDDPMPrecond,
-                   "EDMPrecond": P.EDMPrecond}
-PRECOND_CONSTANTS = {"VPPrecond": ("beta_d", "beta_min", "M", "epsilon_t"), "VEPrecond": ("sigma_min", "sigma_max"),
-                     "iDDPMPrecond": ("C_1", "C_2", "M"), "EDMPrecond": ("sigma_min", "sigma_max", "sigma_data")}
+PRECOND_CLASSES = {
+    "VPPrecond": P.VPPrecond,
+    "VEPrecond": P.VEPrecond,
+    "iDDPMPrecond": P.IDDPMPrecond,
+    "EDMPrecond": P.EDMPrecond,
+}
+PRECOND_CONSTANTS = {
+    "VPPrecond": ("beta_d", "beta_min", "M", "epsilon_t"),
+    "VEPrecond": ("sigma_min", "sigma_max"),
+    "iDDPMPrecond": ("C_1", "C_2", "M"),
+    "EDMPrecond": ("sigma_min", "sigma_max", "sigma_data"),
+}
 
 
 def load_fixture(name: str) -> dict:
@@ -30,10 +38,14 @@ def load_fixture(name: str) -> dict:
     z = np.load(FIXTURES / f"{name}.npz")
     out = {k: torch.from_numpy(z[k]) for k in z.files if "/" not in k and k != "meta"}
     out["meta"] = json.loads(bytes(z["meta"]).decode())
-    out["state"] = {k[2:]: torch.from_numpy(z[k].astype(np.float32) * np.float32(2.0 ** -int(z["e/" + k[2:]])))
-                    for k in z.files if k.startswith("q/")}
-    out["precond_buffers"] = {k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files
-                              if k.startswith("precond_buffer/")}
+    out["state"] = {
+        k[2:]: torch.from_numpy(z[k].astype(np.float32) * np.float32(2.0 ** -int(z["e/" + k[2:]])))
+        for k in z.files
+        if k.startswith("q/")
+    }
+    out["precond_buffers"] = {
+        k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files if k.startswith("precond_buffer/")
+    }
     return out
 
 
@@ -53,9 +65,14 @@ def fixture_precond(fx: dict, net: torch.nn.Module) -> P.Precond:
     meta = fx["meta"]
     kw = meta["precond_kwargs"]
     own = {k: kw[k] for k in PRECOND_CONSTANTS[meta["precond"]] if k in kw}
-    return PRECOND_CLASSES[meta["precond"]](net, img_resolution=kw["img_resolution"],
-                                            img_channels=kw["img_channels"], label_dim=kw["label_dim"],
-                                            use_fp16=kw.get("use_fp16", False), **own).eval()
+    return PRECOND_CLASSES[meta["precond"]](
+        net,
+        img_resolution=kw["img_resolution"],
+        img_channels=kw["img_channels"],
+        label_dim=kw["label_dim"],
+        use_fp16=kw.get("use_fp16", False),
+        **own,
+    ).eval()
 
 
 def net_inputs(fx: dict) -> tuple:
@@ -144,8 +161,15 @@ def test_build_network_refuses_unknown_names_and_arguments():
         build_network("SongUNett", {})
     with pytest.raises(UnknownNameError):
         network_arguments("Nope")
-    base = dict(img_resolution=8, in_channels=3, out_channels=3, model_channels=8, channel_mult=[1],
-                num_blocks=1, attn_resolutions=[])
+    base = dict(
+        img_resolution=8,
+        in_channels=3,
+        out_channels=3,
+        model_channels=8,
+        channel_mult=[1],
+        num_blocks=1,
+        attn_resolutions=[],
+    )
     with pytest.raises(ConfigError, match="model_chanels"):
         build_network("SongUNet", {**base, "model_chanels": 4})
     with pytest.raises(ConfigError, match="embedding_type 'sinusoid'"):

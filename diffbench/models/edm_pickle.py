@@ -16,6 +16,7 @@ import io
 import math
 import os
 import pickle
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -262,21 +263,11 @@ def read_edm_pickle(path: str | os.PathLike) -> dict:
         raise ModelLoadError(f"{path} is a directory, not an EDM pickle") from None
     except OSError as e:
         raise ModelLoadError(f"cannot read EDM pickle {path}: {e.strerror or e}") from None
-    except (
-        EOFError,
-        pickle.UnpicklingError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        MemoryError,
-        RecursionError,
-        UnicodeDecodeError,
-    ) as e:
+    except Exception as e:  # noqa: BLE001 - a malformed stream can fail in any way; each is a bad file
+        truncated = isinstance(e, EOFError | struct.error) or "truncated" in str(e)
         detail = (
             "the file ends early (truncated download?)"
-            if isinstance(e, EOFError)
+            if truncated
             else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'malformed data'}"
         )
         raise ModelLoadError(f"{path} is not a readable EDM pickle: {detail}") from None
