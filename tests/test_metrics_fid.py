@@ -1,4 +1,4 @@
-"""The fid() API: equals the staged computation, seed blocks and their interval, compare_fid, and bad input."""
+"""The fid() API: equals the staged computation, seed blocks and their interval, compare_fid, bad input."""
 
 from __future__ import annotations
 
@@ -78,8 +78,11 @@ def test_blocks_are_disjoint_slices_with_a_t_interval(ref_file):
     per = []
     for b in range(3):
         f = feats(ext, sample[30 * b : 30 * (b + 1)])
-        per.append(frechet_distance(mu1=f.mean(0), sigma1=np.cov(f, rowvar=False), mu2=g.mean(0),
-                                    sigma2=np.cov(g, rowvar=False)))
+        per.append(
+            frechet_distance(
+                mu1=f.mean(0), sigma1=np.cov(f, rowvar=False), mu2=g.mean(0), sigma2=np.cov(g, rowvar=False)
+            )
+        )
     np.testing.assert_allclose(r.blocks, per, rtol=1e-8)
     assert r.fid == pytest.approx(min(per)) and r.shown == "min" and r.n == 30
     half = sps.t.ppf(0.975, 2) * np.std(per, ddof=1) / math.sqrt(3)
@@ -88,8 +91,16 @@ def test_blocks_are_disjoint_slices_with_a_t_interval(ref_file):
 
 
 def test_optional_metrics(ref_file):
-    r = fid(images(60, seed=4), ref=ref_file, extractor=ProjWithLogits(), kid=True, precision_recall=True,
-            inception_score=True, kid_subset_size=50, kid_subsets=5)
+    r = fid(
+        images(60, seed=4),
+        ref=ref_file,
+        extractor=ProjWithLogits(),
+        kid=True,
+        precision_recall=True,
+        inception_score=True,
+        kid_subset_size=50,
+        kid_subsets=5,
+    )
     assert set(r.extras) == {"kid_mean", "kid_std", "precision", "recall", "is_mean", "is_std"}
     assert 0 <= r.extras["precision"] <= 1 and r.extras["is_mean"] >= 1
 
@@ -100,7 +111,9 @@ def test_samples_straight_from_a_sampler_spec(gmm):
 
     ext = Proj(pixels=3 * 8 * 8)
     ref = sample(gmm, seeds=range(1000, 1100), solver="heun", nfe=35, device="cpu").images
-    src = sampler_source(gmm, spec=SamplerSpec.make(solver="heun", nfe=7), seeds=range(20), device="cpu", batch=8)
+    src = sampler_source(
+        gmm, spec=SamplerSpec.make(solver="heun", nfe=7), seeds=range(20), device="cpu", batch=8
+    )
     direct = fid(src, ref=ref, extractor=ext, blocks=2)
     written = sample(gmm, seeds=range(20), solver="heun", nfe=7, device="cpu").images
     assert direct.blocks == pytest.approx(fid(written, ref=ref, extractor=ext, blocks=2).blocks, rel=1e-12)
@@ -114,14 +127,29 @@ def test_samples_straight_from_a_sampler_spec(gmm):
 
 def result(blocks, n=1000):
     v = np.asarray(blocks, dtype=float)
-    return FIDResult(fid=v.mean(), shown="mean", n=n, blocks=tuple(v), mean=v.mean(), std=v.std(ddof=1) if v.size > 1 else math.nan,
-                     min=v.min(), ci_low=0, ci_high=0, confidence=0.95, extractor_id="x", ref=None,
-                     ref_sha256="r", ref_n=None)
+    return FIDResult(
+        fid=v.mean(),
+        shown="mean",
+        n=n,
+        blocks=tuple(v),
+        mean=v.mean(),
+        std=v.std(ddof=1) if v.size > 1 else math.nan,
+        min=v.min(),
+        ci_low=0,
+        ci_high=0,
+        confidence=0.95,
+        extractor_id="x",
+        ref=None,
+        ref_sha256="r",
+        ref_n=None,
+    )
 
 
 def test_compare_fid_verdicts():
     c = compare_fid(result([3.0, 3.1, 2.9]), result([5.0, 5.2, 4.9]))
-    assert c.significant and c.verdict.startswith("a is better") and c.difference == pytest.approx(-2.0333, 1e-3)
+    assert (
+        c.significant and c.verdict.startswith("a is better") and c.difference == pytest.approx(-2.0333, 1e-3)
+    )
     # Welch's test agrees with scipy's
     t, _ = sps.ttest_ind([3.0, 3.1, 2.9], [5.0, 5.2, 4.9], equal_var=False)
     assert c.t == pytest.approx(t, rel=1e-10)

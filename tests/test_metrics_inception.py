@@ -1,4 +1,4 @@
-"""The real torch-fidelity Inception class, loaded through diffbench from a random weights file written here."""
+"""The real torch-fidelity Inception class, loaded by diffbench from a random weights file written here."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 
 from diffbench.errors import ModelLoadError, UnknownNameError
 from diffbench.metrics.extractors import (
+    EXTRACTORS,
     INCEPTION_ID,
     INCEPTION_WEIGHTS_FILE,
-    EXTRACTORS,
     ExtractorInfo,
     has_logits,
     load_extractor,
@@ -127,3 +127,27 @@ def test_registry_refuses_duplicates_and_unknown_names():
     with pytest.raises(UnknownNameError, match="inception-v3-compat"):
         load_extractor("inceptoin-v3-compat")
     assert INCEPTION_ID in EXTRACTORS
+
+
+def test_cli_stats_and_fid_with_local_weights(tmp_path, monkeypatch, cli, weights):
+    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
+    imgs = np.random.default_rng(0).integers(0, 256, (4, 12, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "s.npz", images=imgs)
+    w = ("--inception-weights", str(weights), "--device", "cpu")
+    code, out, err = cli("stats", tmp_path / "s.npz", "-o", tmp_path / "ref.npz", *w, "--batch", "3")
+    assert code == 0, err
+    assert "4 images 12x12, extractor inception-v3-compat@" in out and "2048-d" in out
+    code, out, err = cli(
+        "fid", tmp_path / "s.npz", "--ref", tmp_path / "ref.npz", *w, "--json", "--allow-small-n"
+    )
+    assert code == 0, err
+    import json
+
+    from diffbench.metrics.stats import load_statistics
+
+    scale = float(np.trace(load_statistics(tmp_path / "ref.npz").sigma))
+    r = json.loads(out)
+    assert r["n"] == 4 and 0 <= r["fid"] < 1e-6 * scale  # same images: zero up to the rank-3 eigen-noise
+    # full-covariance FID needs n > 2048 unless told otherwise
+    code, _, err = cli("fid", tmp_path / "s.npz", "--ref", tmp_path / "ref.npz", *w)
+    assert code != 0 and "needs at least 2049" in err

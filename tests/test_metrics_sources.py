@@ -1,4 +1,4 @@
-"""Image sources: folders, zips and npz files read back exactly, streamed in any batching, bad input refused."""
+"""Image sources: folders, zips and npz files read back exactly, any batching, bad input refused."""
 
 from __future__ import annotations
 

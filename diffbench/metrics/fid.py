@@ -307,11 +307,8 @@ def fid(
         ext = get_extractor()
         if inception_score and not has_logits(ext):
             raise ConfigError(f"feature extractor '{ext.id}' gives no logits, so no Inception Score")
-        if ref_stats.extractor_id is not None and ref_stats.extractor_id != ext.id:
-            raise ConfigError(
-                f"FID: reference statistics come from extractor '{ref_stats.extractor_id}', "
-                f"samples from '{ext.id}'"
-            )
+        known = getattr(src, "resolution", None)
+        _check_pair(ref_stats, extractor_id=ext.id, dim=ref_stats.dim, resolution=known, what="FID")
         extracted, resolution = _extract_blocks(
             src if src is not None else samples,
             extractor=ext,

@@ -242,7 +242,9 @@ def _load_pt(p: Path) -> Statistics:
     # '<input>-<extractor>-features-<layer>.pt' (a tensor); loaded without running code
     import importlib
 
-    core = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+    core = importlib.import_module(
+        "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
+    )
     rebuild = core._reconstruct
     # files written under numpy 1.x and 2.x name the same function differently
     safe: list[Any] = [np.ndarray, np.dtype, rebuild, (rebuild, "numpy.core.multiarray._reconstruct")]

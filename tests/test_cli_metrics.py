@@ -1,0 +1,169 @@
+"""`diffbench stats` and `diffbench fid`: results, JSON, sampler specs, one clear line per bad input."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EXTRACTOR_MODULE = textwrap.dedent(
+    """
+    import torch
+
+    class Proj:
+        def __init__(self, seed, id, pixels):
+            self.w = torch.randn(pixels, 6, generator=torch.Generator().manual_seed(seed))
+            self.id = id
+
+        def features(self, x):
+            return (x.float() / 255).flatten(1) @ self.w[: x[0].numel()]
+
+    def make(device="cpu"):
+        return Proj(0, "proj", 3 * 8 * 8)
+
+    def other(device="cpu"):
+        return Proj(1, "proj-other", 3 * 8 * 8)
+    """
+)
+
+
+@pytest.fixture(autouse=True)
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no Inception weights there
+    (tmp_path / "extmod_metrics_cli.py").write_text(EXTRACTOR_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+EXT = ("--extractor", "extmod_metrics_cli:make")
+
+
+def images(n, seed=0, size=8):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture()
+def ref(tmp_path, cli):
+    np.savez(tmp_path / "refimgs.npz", images=images(200, seed=1))
+    code, out, err = cli(
+        "stats", tmp_path / "refimgs.npz", "-o", tmp_path / "ref.npz", *EXT, "--keep-features"
+    )
+    assert code == 0, err
+    assert "200 images 8x8, extractor proj, 6-d, features kept" in out
+    return tmp_path / "ref.npz"
+
+
+def one_error_line(code, err):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_fid_of_the_reference_images_is_zero_and_json(tmp_path, cli, ref):
+    code, out, _ = cli("fid", tmp_path / "refimgs.npz", "--ref", ref, *EXT)
+    assert code == 0 and out.startswith("FID 0.0000") and "n=200" in out
+    code, out, _ = cli(
+        "fid",
+        tmp_path / "refimgs.npz",
+        "--ref",
+        ref,
+        *EXT,
+        "--json",
+        "--blocks",
+        "2",
+        "--kid",
+        "--pr",
+        "--allow-small-n",
+    )
+    r = json.loads(out)
+    assert code == 0 and r["n"] == 100 and len(r["blocks"]) == 2 and r["extractor_id"] == "proj"
+    assert r["extras"]["precision"] == 1.0 and r["ref_n"] == 200
+
+
+def test_fid_of_a_folder_with_blocks(tmp_path, cli, ref):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, im in enumerate(images(30, seed=2)):
+        Image.fromarray(im).save(folder / f"{i:05d}.png")
+    code, out, err = cli("fid", folder, "--ref", ref, *EXT, "--blocks", "3", "--show", "min")
+    assert code == 0, err
+    assert "3 seed blocks of n=10" in out and "shown: min" in out and "95% CI" in out
+
+
+def test_fid_straight_from_a_sampler_spec(tmp_path, cli, ref):
+    code, out, err = cli(
+        "fid",
+        "--model",
+        "gmm",
+        "--solver",
+        "euler",
+        "--nfe",
+        "4",
+        "--seeds",
+        "0-15",
+        "--ref",
+        ref,
+        *EXT,
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["n"] == 16 and r["samples"]["nfe_counted"] == 4 and r["fid"] > 0
+
+
+def test_stats_is_cached(tmp_path, cli, ref):
+    code, out, _ = cli(
+        "stats", tmp_path / "refimgs.npz", "-o", tmp_path / "again.npz", *EXT, "--keep-features"
+    )
+    assert code == 0 and "(from cache)" in out
+
+
+def write(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_each_bad_input_is_one_line(tmp_path, cli, ref):
+    s = write(tmp_path / "s.npz", images=images(50, seed=3))
+    (tmp_path / "empty").mkdir()
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.fromarray(images(1)[0]).save(mixed / "a.png")
+    Image.fromarray(images(1, size=16)[0]).save(mixed / "b.png")
+    edm = write(tmp_path / "edm.npz", mu=np.zeros(6), sigma=np.eye(6))
+    nan = write(tmp_path / "nan.npz", mu=np.zeros(6), sigma=np.full((6, 6), np.inf))
+    cases = [
+        (("fid", tmp_path / "missing", "--ref", ref, *EXT), "no such file"),
+        (("fid", tmp_path / "empty", "--ref", ref, *EXT), "no images"),
+        (("fid", mixed, "--ref", ref, *EXT), "mixed image sizes"),
+        (("fid", s, "--ref", ref, "--extractor", "extmod_metrics_cli:other"), "come from extractor 'proj'"),
+        (
+            (
+                "fid",
+                write(tmp_path / "big.npz", images=images(50, size=16)),
+                "--ref",
+                ref,
+                "--extractor",
+                "extmod_metrics_cli:make",
+            ),
+            "different resolution",
+        ),
+        (("fid", write(tmp_path / "few.npz", images=images(4)), "--ref", ref, *EXT), "needs at least 7"),
+        (("fid", s, "--ref", edm, *EXT, "--kid"), "--keep-features"),
+        (("fid", s, "--ref", nan, *EXT), "NaN or Inf"),
+        (("fid", s, "--ref", ref, "--extractor", "no-such-net"), "unknown feature extractor"),
+        (("fid", s, "--ref", ref), "weights-inception-2015-12-05-6726825d.pth"),
+        (("fid", "--ref", ref, *EXT), "give SAMPLES"),
+        (("stats", s, "-o", ref, *EXT), "already exists"),
+        (("stats", tmp_path / "empty", "-o", tmp_path / "o.npz", *EXT), "no images"),
+    ]
+    for args, expected in cases:
+        code, _, err = cli(*args)
+        line = one_error_line(code, err)
+        assert expected in line, (args, line)
