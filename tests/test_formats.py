@@ -1,4 +1,4 @@
-"""Non-EDM formats: diffusers UNet2DModel directories, plain state dicts with a sidecar, entry points, bad files."""
+"""Non-EDM formats: diffusers UNet2DModel directories, state dicts with a sidecar, entry points, bad files."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_linear_and_scaled_linear_closed_forms():
 
 
 def test_cosine_schedule_reproduces_alpha_bar():
-    """prod(1 - beta) = f(t_{k+1}) / f(0) wherever the 0.999 cap is inactive (Nichol & Dhariwal 2021, Eq. 17)."""
+    """prod(1 - beta) = f(t_{k+1}) / f(0) where the 0.999 cap is inactive (Nichol & Dhariwal 2021, Eq. 17)."""
     T = 1000
     b = du.make_betas("squaredcos_cap_v2", num_steps=T)
     assert b.max() <= 0.999 and b[-1] == 0.999
@@ -65,13 +65,22 @@ def test_betas_match_diffusers(schedule):
 
 # ---------------------------------------------------------------- diffusers directories
 
-TINY_UNET = dict(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                 norm_num_groups=4, attention_head_dim=4)
+TINY_UNET = dict(
+    sample_size=8,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=1,
+    block_out_channels=(8, 16),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=4,
+    attention_head_dim=4,
+)
 
 
-def _save_tiny(path, *, prediction="epsilon", schedule="linear", trained=None, pipeline=False, safe=True,
-               **unet_kwargs):
+def _save_tiny(
+    path, *, prediction="epsilon", schedule="linear", trained=None, pipeline=False, safe=True, **unet_kwargs
+):
     from diffusers import DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
@@ -80,8 +89,15 @@ def _save_tiny(path, *, prediction="epsilon", schedule="linear", trained=None, p
         for p in unet.parameters():
             p.add_(0.05 * torch.randn_like(p))
     kw = {"trained_betas": trained} if trained is not None else {}
-    sched = DDPMScheduler(num_train_timesteps=len(trained) if trained is not None else 100, beta_start=1e-4,
-                          beta_end=0.02, beta_schedule=schedule, prediction_type=prediction, clip_sample=False, **kw)
+    sched = DDPMScheduler(
+        num_train_timesteps=len(trained) if trained is not None else 100,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule=schedule,
+        prediction_type=prediction,
+        clip_sample=False,
+        **kw,
+    )
     unet_dir, sched_dir = (path / "unet", path / "scheduler") if pipeline else (path, path)
     unet.save_pretrained(unet_dir, safe_serialization=safe)
     sched.save_pretrained(sched_dir)
@@ -91,10 +107,15 @@ def _save_tiny(path, *, prediction="epsilon", schedule="linear", trained=None, p
 
 
 @needs_diffusers
-@pytest.mark.parametrize("prediction,schedule,trained", [
-    ("epsilon", "linear", None), ("v_prediction", "squaredcos_cap_v2", None), ("sample", "scaled_linear", None),
-    ("epsilon", "linear", list(np.linspace(2e-3, 0.05, 40))),
-])
+@pytest.mark.parametrize(
+    "prediction,schedule,trained",
+    [
+        ("epsilon", "linear", None),
+        ("v_prediction", "squaredcos_cap_v2", None),
+        ("sample", "scaled_linear", None),
+        ("epsilon", "linear", list(np.linspace(2e-3, 0.05, 40))),
+    ],
+)
 def test_diffusers_denoiser_matches_scheduler_x0(tmp_path, prediction, schedule, trained):
     """D(x; sigma_k) equals DDPMScheduler.step's pred_original_sample at x_t = x / sqrt(1 + sigma_k^2)."""
     unet, sched = _save_tiny(tmp_path, prediction=prediction, schedule=schedule, trained=trained)
@@ -125,7 +146,7 @@ def test_diffusers_pipeline_layout_bin_weights_and_legacy_attention_names(tmp_pa
     legacy = {}
     for k, v in state.items():  # write the pre-0.15 attention names the google/ddpm-* files use
         for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
-            if f".attentions." in k and f".{new}." in k:
+            if ".attentions." in k and f".{new}." in k:
                 k = k.replace(f".{new}.", f".{old}.")
         legacy[k] = v
     assert any(".query." in k for k in legacy)
@@ -185,8 +206,16 @@ def test_directory_that_is_not_a_model(tmp_path):
 
 # ---------------------------------------------------------------- plain state dicts + sidecar
 
-NET_KWARGS = dict(img_resolution=8, in_channels=3, out_channels=3, model_channels=8, channel_mult=[1, 2],
-                  num_blocks=1, attn_resolutions=[4], dropout=0.0)
+NET_KWARGS = dict(
+    img_resolution=8,
+    in_channels=3,
+    out_channels=3,
+    model_channels=8,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    dropout=0.0,
+)
 
 
 def _tiny_songunet():
@@ -208,8 +237,16 @@ def _write_state_dict(tmp_path, state, *, sidecar=None, name="net.pt"):
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
         torch.save(state, path)
-    side = sidecar if sidecar is not None else {"network": "SongUNet", "network_kwargs": NET_KWARGS,
-                                                "precond": "EDMPrecond", "precond_kwargs": {"sigma_data": 0.5}}
+    side = (
+        sidecar
+        if sidecar is not None
+        else {
+            "network": "SongUNet",
+            "network_kwargs": NET_KWARGS,
+            "precond": "EDMPrecond",
+            "precond_kwargs": {"sigma_data": 0.5},
+        }
+    )
     path.with_suffix(".json").write_text(json.dumps(side))
     return path
 
@@ -235,7 +272,9 @@ def test_state_dict_that_does_not_fit_names_the_keys(tmp_path):
     state.pop(first)
     state["extra.weight"] = torch.zeros(1)
     path = _write_state_dict(tmp_path, state)
-    with pytest.raises(ModelLoadError, match=rf"missing 1 keys \({first}\); unexpected 1 keys \(extra.weight\)"):
+    with pytest.raises(
+        ModelLoadError, match=rf"missing 1 keys \({first}\); unexpected 1 keys \(extra.weight\)"
+    ):
         load_checkpoint(str(path))
 
 
@@ -254,8 +293,9 @@ class _Payload:
 def test_state_dict_with_objects_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(1), "obj": _Payload()}, path)
-    path.with_suffix(".json").write_text(json.dumps({"network": "SongUNet", "network_kwargs": NET_KWARGS,
-                                                     "precond": "EDMPrecond"}))
+    path.with_suffix(".json").write_text(
+        json.dumps({"network": "SongUNet", "network_kwargs": NET_KWARGS, "precond": "EDMPrecond"})
+    )
     with pytest.raises(ModelLoadError, match="weights_only"):
         load_checkpoint(str(path))
 
@@ -266,19 +306,26 @@ def test_sidecar_problems(tmp_path):
     path.with_suffix(".json").unlink()
     with pytest.raises(ModelLoadError, match="net.json .* is missing"):
         load_checkpoint(str(path))
-    path.with_suffix(".json").write_text(json.dumps({"network": "SongUNet", "precond": "EDMPrecond", "colour": 1}))
+    path.with_suffix(".json").write_text(
+        json.dumps({"network": "SongUNet", "precond": "EDMPrecond", "colour": 1})
+    )
     with pytest.raises(ConfigError, match="unknown keys colour"):
         load_checkpoint(str(path))
-    path.with_suffix(".json").write_text(json.dumps({"network": "SongUNet", "network_kwargs": NET_KWARGS,
-                                                     "precond": "EDMPrecnod"}))
+    path.with_suffix(".json").write_text(
+        json.dumps({"network": "SongUNet", "network_kwargs": NET_KWARGS, "precond": "EDMPrecnod"})
+    )
     with pytest.raises(DiffbenchError, match="Did you mean 'EDMPrecond'"):
         load_checkpoint(str(path))
 
 
 def test_discrete_ddpm_precond_from_sidecar_beta_schedule(tmp_path):
     net = _tiny_songunet()
-    side = {"network": "SongUNet", "network_kwargs": NET_KWARGS, "precond": "DiscreteDDPMPrecond",
-            "precond_kwargs": {"beta_schedule": "linear", "num_train_timesteps": 1000, "prediction": "epsilon"}}
+    side = {
+        "network": "SongUNet",
+        "network_kwargs": NET_KWARGS,
+        "precond": "DiscreteDDPMPrecond",
+        "precond_kwargs": {"beta_schedule": "linear", "num_train_timesteps": 1000, "prediction": "epsilon"},
+    }
     model = load_checkpoint(str(_write_state_dict(tmp_path, net.state_dict(), sidecar=side)))
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
     assert math.isclose(model.sigma_max, math.sqrt((1 - abar[-1]) / abar[-1]), rel_tol=1e-12)
@@ -326,7 +373,7 @@ def test_truncated_edm_pickle(tmp_path):
 
 # ---------------------------------------------------------------- entry points
 
-USER_MODULE = textwrap.dedent('''
+USER_MODULE = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -358,7 +405,7 @@ USER_MODULE = textwrap.dedent('''
         return 42
 
     NOT_CALLABLE = 3
-''')
+""")
 
 
 @pytest.fixture()
@@ -372,8 +419,12 @@ def user_module(tmp_path, monkeypatch):
 def test_entry_point_network_and_parameterisation(user_module):
     model = load_checkpoint(f"{user_module}:ve")
     assert isinstance(model, VEPrecond) and model.sigma_max == 50.0
-    assert model.source_info == {"spec": f"{user_module}:ve", "entry_point": f"{user_module}:ve",
-                                 "sha256": None, "format": "entry-point"}
+    assert model.source_info == {
+        "spec": f"{user_module}:ve",
+        "entry_point": f"{user_module}:ve",
+        "sha256": None,
+        "format": "entry-point",
+    }
     x, sigma = torch.randn(3, 2, 4, 4), torch.tensor([0.5, 2.0, 10.0])
     with torch.no_grad():  # VE, EDM Table 1: D = x + sigma F(x; ln(sigma / 2))
         ref = x + sigma.reshape(-1, 1, 1, 1) * model.model(x, (sigma / 2).log())
@@ -383,9 +434,15 @@ def test_entry_point_network_and_parameterisation(user_module):
     assert type(ready).__name__ == "VPPrecond" and not ready.training
 
 
-@pytest.mark.parametrize("attr,match", [("broken", "raised RuntimeError: no weights here"),
-                                        ("junk", "returned int"), ("NOT_CALLABLE", "not callable"),
-                                        ("missing", "has no attribute 'missing'")])
+@pytest.mark.parametrize(
+    "attr,match",
+    [
+        ("broken", "raised RuntimeError: no weights here"),
+        ("junk", "returned int"),
+        ("NOT_CALLABLE", "not callable"),
+        ("missing", "has no attribute 'missing'"),
+    ],
+)
 def test_entry_point_errors(user_module, attr, match):
     with pytest.raises(ModelLoadError, match=match):
         load_checkpoint(f"{user_module}:{attr}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from diffbench.cli.app import app
 checkpoints_app = typer.Typer(
     name="checkpoints",
     help="List, inspect, download and verify registered checkpoints (cache: $DIFFBENCH_HOME, "
-         "default ~/.cache/diffbench).",
+    "default ~/.cache/diffbench).",
     no_args_is_help=True,
 )
 app.add_typer(checkpoints_app, name="checkpoints")
@@ -21,19 +21,41 @@ app.add_typer(checkpoints_app, name="checkpoints")
 
 @contextlib.contextmanager
 def download_progress(label: str = "download", *, console=None) -> Iterator:
-    """A rich progress bar as a `progress(done, total)` callback for diffbench.models.fetch."""
+    """A rich progress bar as a `progress(done, total)` callback for diffbench.models.fetch.
+
+    The bar appears with the first reported byte, so a cached file or a refused request shows nothing.
+    """
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=console or Console(stderr=True)) as bar:
-        task = bar.add_task(label, total=None)
+    state: dict = {}
 
-        def update(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
+    def update(done: int, total: int | None) -> None:
+        if "bar" not in state:
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console or Console(stderr=True),
+            )
+            bar.start()
+            state["bar"], state["task"] = bar, bar.add_task(label, total=total)
+        state["bar"].update(state["task"], completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if "bar" in state:
+            state["bar"].stop()
 
 
 def _fmt_size(entry) -> str:
@@ -61,7 +83,7 @@ def _cached(entry) -> str:
 
 @checkpoints_app.command("list")
 def list_cmd(
-    kind: Annotated[Optional[str], typer.Option(help="Only this kind: model or fid-stats.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind: model or fid-stats.")] = None,
 ) -> None:
     """List the registry.
 
@@ -81,9 +103,18 @@ def list_cmd(
     for e in entries().values():
         if kind is not None and e.kind != kind:
             continue
-        table.add_row(e.name, e.kind, e.format, e.precond or "", str(e.resolution or ""),
-                      str(e.channels or ""), "" if e.label_dim is None else str(e.label_dim), e.fid_ref or "",
-                      _fmt_size(e), _cached(e))
+        table.add_row(
+            e.name,
+            e.kind,
+            e.format,
+            e.precond or "",
+            str(e.resolution or ""),
+            str(e.channels or ""),
+            "" if e.label_dim is None else str(e.label_dim),
+            e.fid_ref or "",
+            _fmt_size(e),
+            _cached(e),
+        )
     Console(width=200).print(table)
 
 
@@ -97,14 +128,29 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Registry name.")]) -> Non
     from diffbench.models.registry import get_entry
 
     e = get_entry(name)
-    rows = [("name", e.name), ("kind", e.kind), ("description", e.description), ("format", e.format),
-            ("url", e.url)]
+    rows = [
+        ("name", e.name),
+        ("kind", e.kind),
+        ("description", e.description),
+        ("format", e.format),
+        ("url", e.url),
+    ]
+    rows = [(k, v) for k, v in rows if v]
     if e.files:
         rows.append(("files", ", ".join(e.files)))
-    rows += [(k, str(v)) for k, v in (("precond", e.precond), ("network", e.network),
-                                      ("architecture", e.architecture), ("resolution", e.resolution),
-                                      ("channels", e.channels), ("label_dim", e.label_dim),
-                                      ("fid_ref", e.fid_ref)) if v is not None]
+    rows += [
+        (k, str(v))
+        for k, v in (
+            ("precond", e.precond),
+            ("network", e.network),
+            ("architecture", e.architecture),
+            ("resolution", e.resolution),
+            ("channels", e.channels),
+            ("label_dim", e.label_dim),
+            ("fid_ref", e.fid_ref),
+        )
+        if v is not None
+    ]
     for key, sampler in (("sampler", e.sampler), ("sampler_stochastic", e.sampler_stochastic)):
         if sampler:
             rows.append((key, ", ".join(f"{k}={v}" for k, v in sampler.items())))
@@ -123,7 +169,9 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Registry name.")]) -> Non
 @checkpoints_app.command("fetch")
 def fetch_cmd(
     names: Annotated[list[str], typer.Argument(help="Registry names (or http(s) URLs) to download.")],
-    offline: Annotated[bool, typer.Option(help="Never touch the network; only verify cached copies.")] = False,
+    offline: Annotated[
+        bool, typer.Option(help="Never touch the network; only verify cached copies.")
+    ] = False,
     retries: Annotated[int, typer.Option(help="Resume attempts after a cut connection.", min=0)] = 2,
 ) -> None:
     """Download into the cache, resuming partial files, and verify sha256.
@@ -136,8 +184,9 @@ def fetch_cmd(
     for name in names:
         if name.startswith(("http://", "https://")):
             with download_progress(fetch.url_basename(name)) as progress:
-                res = fetch.download(name, fetch.url_dest(name), offline=offline, retries=retries,
-                                     progress=progress)
+                res = fetch.download(
+                    name, fetch.url_dest(name), offline=offline, retries=retries, progress=progress
+                )
             path, digest, recorded = res.path, res.sha256, (res.path.name,) if res.recorded else ()
         else:
             entry = get_entry(name)
@@ -146,13 +195,15 @@ def fetch_cmd(
             path, digest, recorded = got.path, got.sha256, got.recorded
         typer.echo(f"{name}: {path} sha256 {digest}")
         for f in recorded:
-            typer.echo(f"{name}: no published sha256 for {f}; recorded this download's hash in "
-                       f"{fetch.cache_dir() / fetch.LOCK_NAME}, later downloads must match it")
+            typer.echo(
+                f"{name}: no published sha256 for {f}; recorded this download's hash in "
+                f"{fetch.cache_dir() / fetch.LOCK_NAME}, later downloads must match it"
+            )
 
 
 @checkpoints_app.command("verify")
 def verify_cmd(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Registry names; default: every entry.")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Registry names; default: every entry.")] = None,
 ) -> None:
     """Re-hash cached files; a mismatching file is moved to quarantine and the command fails.
 

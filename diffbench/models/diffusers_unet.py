@@ -27,12 +27,18 @@ _LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn
 
 
 def cosine_alpha_bar(t: float, s: float = 0.008) -> float:
-    """abar(t) = cos^2(((t + s) / (1 + s)) * pi / 2) (Nichol & Dhariwal 2021, Eq. 17; f(0) cancels in ratios)."""
+    """abar(t) = cos^2((t + s) / (1 + s) * pi / 2) (Nichol & Dhariwal 2021, Eq. 17; f(0) cancels)."""
     return math.cos((t + s) / (1 + s) * math.pi / 2) ** 2
 
 
-def make_betas(schedule: str, *, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000,
-               trained_betas: Sequence[float] | None = None) -> np.ndarray:
+def make_betas(
+    schedule: str,
+    *,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    num_steps: int = 1000,
+    trained_betas: Sequence[float] | None = None,
+) -> np.ndarray:
     """The beta schedule of a discrete DDPM, in float64 (names follow diffusers' `beta_schedule`)."""
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float64)
@@ -47,7 +53,7 @@ def make_betas(schedule: str, *, beta_start: float = 1e-4, beta_end: float = 0.0
         return np.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=np.float64) ** 2
     if schedule == "squaredcos_cap_v2":  # Nichol & Dhariwal 2021, Eq. 17, betas clipped at 0.999
         t = np.arange(num_steps, dtype=np.float64) / num_steps
-        ratio = np.array([cosine_alpha_bar(b) / cosine_alpha_bar(a) for a, b in zip(t, t + 1 / num_steps)])
+        ratio = np.array([cosine_alpha_bar(a + 1 / num_steps) / cosine_alpha_bar(a) for a in t])
         return np.minimum(1 - ratio, 0.999)
     if schedule == "sigmoid":  # Xu et al. 2022 (GeoDiff): sigmoid of a linear ramp on [-6, 6]
         ramp = np.linspace(-6, 6, num_steps, dtype=np.float64)
@@ -61,14 +67,17 @@ def betas_from_scheduler_config(cfg: dict[str, Any]) -> np.ndarray:
     """Betas of a diffusers DDPM/DDIM scheduler config (the keys of DDPMScheduler's constructor)."""
     if cfg.get("rescale_betas_zero_snr"):
         raise ConfigError("rescale_betas_zero_snr schedules end at sigma = infinity; not supported")
-    return make_betas(str(cfg.get("beta_schedule", "linear")), beta_start=float(cfg.get("beta_start", 1e-4)),
-                      beta_end=float(cfg.get("beta_end", 0.02)),
-                      num_steps=int(cfg.get("num_train_timesteps", 1000)),
-                      trained_betas=cfg.get("trained_betas"))
+    return make_betas(
+        str(cfg.get("beta_schedule", "linear")),
+        beta_start=float(cfg.get("beta_start", 1e-4)),
+        beta_end=float(cfg.get("beta_end", 0.02)),
+        num_steps=int(cfg.get("num_train_timesteps", 1000)),
+        trained_betas=cfg.get("trained_betas"),
+    )
 
 
 class UNet2DAdapter(nn.Module):
-    """Call a diffusers UNet2DModel as `model(x_t, timesteps, class_labels=None)`, one-hot labels to indices."""
+    """Call UNet2DModel as `model(x_t, timesteps, class_labels=None)` (one-hot labels to indices)."""
 
     def __init__(self, unet: nn.Module):
         super().__init__()
@@ -138,10 +147,14 @@ def load_diffusers(path: str | Path, *, device: str | torch.device = "cpu") -> n
         raise ModelLoadError(f"{unet_dir / 'config.json'} describes a {cls}; only UNet2DModel is supported")
     prediction = str(sched.get("prediction_type", "epsilon"))
     if prediction not in PREDICTIONS:
-        raise ModelLoadError(f"{sched_path}: prediction_type '{prediction}' is not one of {', '.join(PREDICTIONS)}")
+        raise ModelLoadError(
+            f"{sched_path}: prediction_type '{prediction}' is not one of {', '.join(PREDICTIONS)}"
+        )
     if cfg.get("class_embed_type") is not None:
-        raise ModelLoadError(f"class_embed_type '{cfg['class_embed_type']}' is not supported "
-                             "(only num_class_embeds with an embedding table)")
+        raise ModelLoadError(
+            f"class_embed_type '{cfg['class_embed_type']}' is not supported "
+            "(only num_class_embeds with an embedding table)"
+        )
     size = cfg.get("sample_size", 32)
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
@@ -154,8 +167,9 @@ def load_diffusers(path: str | Path, *, device: str | torch.device = "cpu") -> n
     try:
         from diffusers import UNet2DModel
     except ImportError:
-        raise MissingDependencyError("diffusers models need the optional extra: "
-                                     "pip install 'diffbench[diffusers]'") from None
+        raise MissingDependencyError(
+            "diffusers models need the optional extra: pip install 'diffbench[diffusers]'"
+        ) from None
     weights = weight_file(unet_dir)
     state = read_state_dict(weights)
     try:
@@ -167,7 +181,11 @@ def load_diffusers(path: str | Path, *, device: str | torch.device = "cpu") -> n
     unet.load_state_dict(state, strict=True)
     in_ch, out_ch = int(cfg.get("in_channels", 3)), int(cfg.get("out_channels", 3))
     denoiser = DiscreteDDPMPrecond(
-        UNet2DAdapter(unet), betas=betas, prediction=prediction, img_resolution=int(size), img_channels=in_ch,
+        UNet2DAdapter(unet),
+        betas=betas,
+        prediction=prediction,
+        img_resolution=int(size),
+        img_channels=in_ch,
         label_dim=int(cfg.get("num_class_embeds") or 0),
         out_channels=in_ch if out_ch != in_ch else None,  # learned-variance models output 2C channels
     )

@@ -42,7 +42,9 @@ def resolve(spec: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelLoadError(f"cannot import '{module_name}' for entry point {spec}: {_one_line(exc)}") from None
+        raise ModelLoadError(
+            f"cannot import '{module_name}' for entry point {spec}: {_one_line(exc)}"
+        ) from None
     except Exception as exc:  # the user's module failed while importing
         raise ModelLoadError(f"importing '{module_name}' failed: {_one_line(exc)}") from None
     for part in attr.split("."):
@@ -72,23 +74,32 @@ def load_entry_point(spec: str, *, device: str | torch.device = "cpu") -> nn.Mod
         network, param = out
         if isinstance(param, str):
             kwargs: dict[str, Any] = {"precond": param}
-            for key, attr, default in (("img_resolution", "img_resolution", None),
-                                       ("img_channels", "img_channels", None), ("label_dim", "label_dim", 0)):
+            for key, attr, default in (
+                ("img_resolution", "img_resolution", None),
+                ("img_channels", "img_channels", None),
+                ("label_dim", "label_dim", 0),
+            ):
                 value = getattr(network, attr, default)
                 if value is None:
-                    raise ModelLoadError(f"entry point {spec}: the network has no '{attr}'; return a mapping "
-                                         "with precond, img_resolution, img_channels, label_dim instead")
+                    raise ModelLoadError(
+                        f"entry point {spec}: the network has no '{attr}'; return a mapping "
+                        "with precond, img_resolution, img_channels, label_dim instead"
+                    )
                 kwargs[key] = value
         elif isinstance(param, Mapping) and isinstance(param.get("precond"), str):
             kwargs = dict(param)
         else:
-            raise ModelLoadError(f"entry point {spec}: the parameterisation must be a preconditioning name or a "
-                                 "mapping with a 'precond' key")
+            raise ModelLoadError(
+                f"entry point {spec}: the parameterisation must be a preconditioning name or a "
+                "mapping with a 'precond' key"
+            )
         name = kwargs.pop("precond")
         model = build_precond(name, network, kwargs)
     else:
-        raise ModelLoadError(f"entry point {spec} returned {type(out).__name__}; expected a Denoiser or a pair "
-                             "(network, parameterisation)")
+        raise ModelLoadError(
+            f"entry point {spec} returned {type(out).__name__}; expected a Denoiser or a pair "
+            "(network, parameterisation)"
+        )
     if isinstance(model, nn.Module):
         model = model.to(device).eval()
     return model

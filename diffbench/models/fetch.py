@@ -1,4 +1,4 @@
-"""Verified downloads into the diffbench cache: partial file, HTTP Range resume, sha256, lock file, quarantine.
+"""Verified downloads into the cache: partial file, HTTP Range resume, sha256, lock file, quarantine.
 
 Layout under the cache directory (DIFFBENCH_HOME, else $XDG_CACHE_HOME/diffbench, else ~/.cache/diffbench):
 
@@ -116,8 +116,10 @@ def _write_lock(records: dict[str, dict], *, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     path = root / LOCK_NAME
     tmp = path.with_name(f".{LOCK_NAME}.{os.getpid()}.tmp")
-    body = {"comment": "sha256 recorded by diffbench's first verified download where none is published",
-            "files": records}
+    body = {
+        "comment": "sha256 recorded by diffbench's first verified download where none is published",
+        "files": records,
+    }
     tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
@@ -126,13 +128,17 @@ def record_hash(url: str, *, sha256: str, size: int, root: Path | None = None) -
     """Record the hash and size of a first verified download of `url` in the lock file."""
     root = root or cache_dir()
     records = read_lock(root=root)
-    records[url] = {"sha256": sha256, "size": size,
-                    "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    records[url] = {
+        "sha256": sha256,
+        "size": size,
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     _write_lock(records, root=root)
 
 
-def expected_for(url: str, *, sha256: str | None, size: int | None,
-                 root: Path | None = None) -> tuple[str | None, int | None, bool]:
+def expected_for(
+    url: str, *, sha256: str | None, size: int | None, root: Path | None = None
+) -> tuple[str | None, int | None, bool]:
     """(sha256, size, from_lock): the published values, else those the lock file recorded."""
     if sha256:
         return sha256.lower(), size, False
@@ -155,20 +161,30 @@ def quarantine(path: Path, *, root: Path | None = None) -> Path:
     return target
 
 
-def check_file(path: Path, *, url: str, sha256: str | None, size: int | None,
-               root: Path | None = None, progress: Progress | None = None) -> tuple[str, int]:
+def check_file(
+    path: Path,
+    *,
+    url: str,
+    sha256: str | None,
+    size: int | None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[str, int]:
     """Hash a cached file and compare it with the expected hash/size; quarantine it on a mismatch."""
     root = root or cache_dir()
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         where = quarantine(path, root=root)
-        raise ModelLoadError(f"{path.name}: size {actual_size} bytes, expected {size}; "
-                             f"moved to {where}, never loaded")
+        raise ModelLoadError(
+            f"{path.name}: size {actual_size} bytes, expected {size}; moved to {where}, never loaded"
+        )
     digest = sha256_file(path, progress=progress)
     if sha256 and digest != sha256:
         where = quarantine(path, root=root)
-        raise ModelLoadError(f"{path.name}: sha256 {digest[:16]}… does not match the expected {sha256[:16]}…; "
-                             f"moved to {where}, never loaded")
+        raise ModelLoadError(
+            f"{path.name}: sha256 {digest[:16]}… does not match the expected {sha256[:16]}…; "
+            f"moved to {where}, never loaded"
+        )
     return digest, actual_size
 
 
@@ -229,8 +245,9 @@ def _stream(url: str, part: Path, *, timeout: float, progress: Progress | None) 
                     chunk = resp.read(CHUNK)
                 except (OSError, ValueError) as exc:  # reset connection, IncompleteRead, timeout
                     f.flush()
-                    raise IncompleteDownload(f"download of {url} stopped at {done} bytes ({exc}); "
-                                         "run again to resume") from None
+                    raise IncompleteDownload(
+                        f"download of {url} stopped at {done} bytes ({exc}); run again to resume"
+                    ) from None
                 if not chunk:
                     break
                 f.write(chunk)
@@ -242,9 +259,19 @@ def _stream(url: str, part: Path, *, timeout: float, progress: Progress | None) 
     return total if total is not None else done
 
 
-def download(url: str, dest: Path, *, sha256: str | None = None, size: int | None = None,
-             offline: bool = False, retries: int = 2, backoff: float = 0.5, timeout: float = 60.0,
-             progress: Progress | None = None, root: Path | None = None) -> FetchResult:
+def download(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    offline: bool = False,
+    retries: int = 2,
+    backoff: float = 0.5,
+    timeout: float = 60.0,
+    progress: Progress | None = None,
+    root: Path | None = None,
+) -> FetchResult:
     """Return a verified copy of `url` at `dest`, downloading it (resumably) if it is not cached.
 
     The expected sha256 is the published one, else the one the lock file recorded; with neither, the
@@ -265,8 +292,9 @@ def download(url: str, dest: Path, *, sha256: str | None = None, size: int | Non
             recorded = True
         return FetchResult(dest, url, digest, nbytes, downloaded=False, recorded=recorded)
     if offline:
-        raise ModelLoadError(f"{dest.name} is not in the cache ({dest.parent}) and offline mode forbids "
-                             f"downloading {url}")
+        raise ModelLoadError(
+            f"{dest.name} is not in the cache ({dest.parent}) and offline mode forbids downloading {url}"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     attempt = 0

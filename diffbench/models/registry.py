@@ -17,7 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from diffbench.errors import ConfigError, DiffbenchError, MissingDependencyError, ModelLoadError, UnknownNameError
+from diffbench.errors import (
+    ConfigError,
+    DiffbenchError,
+    MissingDependencyError,
+    ModelLoadError,
+    UnknownNameError,
+)
 from diffbench.models import fetch
 
 try:
@@ -29,13 +35,32 @@ Progress = Callable[[int, "int | None"], None]
 
 KINDS = ("model", "fid-stats")
 FORMATS = ("edm-pickle", "diffusers", "state-dict", "fid-stats-npz")
-ENTRY_KEYS = frozenset({
-    "kind", "url", "files", "format", "precond", "network", "architecture", "resolution", "channels",
-    "label_dim", "fid_ref", "sha256", "size", "approx_size_mb", "description", "sampler", "sampler_stochastic",
-    "network_kwargs", "precond_kwargs",
-})
-SAMPLER_KEYS = frozenset({"solver", "schedule", "steps", "nfe", "churn", "s_min", "s_max", "s_noise",
-                          "expected_fid", "source"})
+ENTRY_KEYS = frozenset(
+    {
+        "kind",
+        "url",
+        "files",
+        "format",
+        "precond",
+        "network",
+        "architecture",
+        "resolution",
+        "channels",
+        "label_dim",
+        "fid_ref",
+        "sha256",
+        "size",
+        "approx_size_mb",
+        "description",
+        "sampler",
+        "sampler_stochastic",
+        "network_kwargs",
+        "precond_kwargs",
+    }
+)
+SAMPLER_KEYS = frozenset(
+    {"solver", "schedule", "steps", "nfe", "churn", "s_min", "s_max", "s_noise", "expected_fid", "source"}
+)
 # the first bytes torch.save wrote before its zip format (pickled magic number 0x1950a86a20f9469cfc6c)
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
@@ -123,8 +148,11 @@ def parse_entry(name: str, table: Mapping[str, Any]) -> CheckpointEntry:
     if isinstance(sizes, int) and not isinstance(sizes, bool):
         sizes = {file_names[0]: sizes}
     for label, mapping, typ in (("sha256", hashes, str), ("size", sizes, int)):
-        if mapping is not None and (not isinstance(mapping, Mapping) or set(mapping) - set(file_names)
-                                    or not all(isinstance(v, typ) for v in mapping.values())):
+        if mapping is not None and (
+            not isinstance(mapping, Mapping)
+            or set(mapping) - set(file_names)
+            or not all(isinstance(v, typ) for v in mapping.values())
+        ):
             raise ConfigError(f"checkpoint '{name}': '{label}' must be a value or a table keyed by file name")
     if hashes and any(len(h) != 64 or set(h.lower()) - set("0123456789abcdef") for h in hashes.values()):
         raise ConfigError(f"checkpoint '{name}': sha256 must be 64 hex digits")
@@ -133,15 +161,24 @@ def parse_entry(name: str, table: Mapping[str, Any]) -> CheckpointEntry:
         if bad:
             raise ConfigError(f"checkpoint '{name}': unknown {key} keys {', '.join(bad)}")
     entry = CheckpointEntry(
-        name=name, kind=table["kind"], url=table["url"], format=table["format"], files=files,
-        precond=_typed(name, table, "precond", str), network=_typed(name, table, "network", str),
+        name=name,
+        kind=table["kind"],
+        url=table["url"],
+        format=table["format"],
+        files=files,
+        precond=_typed(name, table, "precond", str),
+        network=_typed(name, table, "network", str),
         architecture=_typed(name, table, "architecture", str),
-        resolution=_typed(name, table, "resolution", int), channels=_typed(name, table, "channels", int),
-        label_dim=_typed(name, table, "label_dim", int), fid_ref=_typed(name, table, "fid_ref", str),
-        sha256={k: v.lower() for k, v in (hashes or {}).items()}, size=dict(sizes or {}),
+        resolution=_typed(name, table, "resolution", int),
+        channels=_typed(name, table, "channels", int),
+        label_dim=_typed(name, table, "label_dim", int),
+        fid_ref=_typed(name, table, "fid_ref", str),
+        sha256={k: v.lower() for k, v in (hashes or {}).items()},
+        size=dict(sizes or {}),
         approx_size_mb=_typed(name, table, "approx_size_mb", (int, float)),
         description=_typed(name, table, "description", str) or "",
-        sampler=dict(table.get("sampler", {})), sampler_stochastic=dict(table.get("sampler_stochastic", {})),
+        sampler=dict(table.get("sampler", {})),
+        sampler_stochastic=dict(table.get("sampler_stochastic", {})),
         network_kwargs=dict(_typed(name, table, "network_kwargs", dict) or {}),
         precond_kwargs=dict(_typed(name, table, "precond_kwargs", dict) or {}),
     )
@@ -169,8 +206,9 @@ def read_registry(text: str, *, source: str = "checkpoints.toml") -> list[Checkp
     stats = {e.name for e in entries if e.kind == "fid-stats"}
     for e in entries:
         if e.fid_ref is not None and e.fid_ref not in stats:
-            raise ConfigError(f"{source}: checkpoint '{e.name}' has fid_ref '{e.fid_ref}', which is not a "
-                              "fid-stats entry")
+            raise ConfigError(
+                f"{source}: checkpoint '{e.name}' has fid_ref '{e.fid_ref}', which is not a fid-stats entry"
+            )
     return entries
 
 
@@ -221,19 +259,34 @@ def combined_sha256(pairs: list[tuple[str, str]]) -> str:
     return hashlib.sha256("".join(f"{p} {h}\n" for p, h in sorted(pairs)).encode()).hexdigest()
 
 
-def fetch_entry(entry: CheckpointEntry | str, *, offline: bool = False, progress: Progress | None = None,
-                retries: int = 2, root: Path | None = None) -> Fetched:
+def fetch_entry(
+    entry: CheckpointEntry | str,
+    *,
+    offline: bool = False,
+    progress: Progress | None = None,
+    retries: int = 2,
+    root: Path | None = None,
+) -> Fetched:
     """Download (or find in the cache) every file of an entry and verify each one's sha256."""
     entry = get_entry(entry) if isinstance(entry, str) else entry
     root = root or fetch.cache_dir()
     results = []
     for file in entry.file_names():
         dest = fetch.entry_dir(entry.name, root=root) / file
-        results.append(fetch.download(entry.file_url(file), dest, sha256=entry.sha256.get(file),
-                                      size=entry.size.get(file), offline=offline, retries=retries,
-                                      progress=progress, root=root))
+        results.append(
+            fetch.download(
+                entry.file_url(file),
+                dest,
+                sha256=entry.sha256.get(file),
+                size=entry.size.get(file),
+                offline=offline,
+                retries=retries,
+                progress=progress,
+                root=root,
+            )
+        )
     if entry.files:
-        digest = combined_sha256([(f, r.sha256) for f, r in zip(entry.file_names(), results)])
+        digest = combined_sha256([(f, r.sha256) for f, r in zip(entry.file_names(), results, strict=True)])
     else:
         digest = results[0].sha256
     return Fetched(entry.local_path(root=root), digest, tuple(results))
@@ -260,19 +313,26 @@ def verify_entry(entry: CheckpointEntry | str, *, root: Path | None = None) -> l
         if not path.exists():
             part = path.with_name(path.name + ".part")
             status = "partial" if part.exists() else "missing"
-            out.append(FileStatus(entry.name, file, status, f"{part.stat().st_size} bytes" if part.exists() else ""))
+            out.append(
+                FileStatus(entry.name, file, status, f"{part.stat().st_size} bytes" if part.exists() else "")
+            )
             continue
-        sha, size, locked = fetch.expected_for(url, sha256=entry.sha256.get(file), size=entry.size.get(file),
-                                               root=root)
+        sha, size, locked = fetch.expected_for(
+            url, sha256=entry.sha256.get(file), size=entry.size.get(file), root=root
+        )
         try:
             digest, _ = fetch.check_file(path, url=url, sha256=sha, size=size, root=root)
         except ModelLoadError as exc:
             out.append(FileStatus(entry.name, file, "mismatch", str(exc)))
             continue
         if sha is None:
-            out.append(FileStatus(entry.name, file, "unpinned", f"sha256 {digest} (no published or locked hash)"))
+            out.append(
+                FileStatus(entry.name, file, "unpinned", f"sha256 {digest} (no published or locked hash)")
+            )
         else:
-            out.append(FileStatus(entry.name, file, "ok", f"sha256 {digest}" + (" (lock file)" if locked else "")))
+            out.append(
+                FileStatus(entry.name, file, "ok", f"sha256 {digest}" + (" (lock file)" if locked else ""))
+            )
     return out
 
 
@@ -309,8 +369,10 @@ def detect_format(path: Path) -> str:
         return "state-dict"  # safetensors: 8-byte little-endian header length, then a JSON header
     if head[0] == 0x80:  # a pickle (protocol 2+): EDM's release format
         return "edm-pickle"
-    raise ModelLoadError(f"{path} is not a checkpoint: expected an EDM .pkl, a torch state dict, a .safetensors "
-                         "file or a diffusers directory")
+    raise ModelLoadError(
+        f"{path} is not a checkpoint: expected an EDM .pkl, a torch state dict, a .safetensors "
+        "file or a diffusers directory"
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -318,8 +380,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def load_path(path: Path, *, fmt: str | None = None, entry: CheckpointEntry | None = None,
-              device: str = "cpu") -> tuple[Any, str]:
+def load_path(
+    path: Path, *, fmt: str | None = None, entry: CheckpointEntry | None = None, device: str = "cpu"
+) -> tuple[Any, str]:
     """Load a local file or directory in the given (or detected) format; returns (model, format)."""
     fmt = fmt or detect_format(path)
     if fmt == "fid-stats-npz":
@@ -331,8 +394,9 @@ def load_path(path: Path, *, fmt: str | None = None, entry: CheckpointEntry | No
             except ModuleNotFoundError as exc:
                 if exc.name != "diffbench.models.edm_pickle":
                     raise
-                raise ModelLoadError("EDM pickle support (diffbench.models.edm_pickle) is missing from this "
-                                     "build") from None
+                raise ModelLoadError(
+                    "EDM pickle support (diffbench.models.edm_pickle) is missing from this build"
+                ) from None
             model = load_edm_pickle(path, device=device)
         elif fmt == "diffusers":
             from diffbench.models.diffusers_unet import load_diffusers
@@ -343,8 +407,12 @@ def load_path(path: Path, *, fmt: str | None = None, entry: CheckpointEntry | No
 
             spec = None
             if entry is not None:
-                spec = {"network": entry.network, "network_kwargs": dict(entry.network_kwargs),
-                        "precond": entry.precond, "precond_kwargs": dict(entry.precond_kwargs)}
+                spec = {
+                    "network": entry.network,
+                    "network_kwargs": dict(entry.network_kwargs),
+                    "precond": entry.precond,
+                    "precond_kwargs": dict(entry.precond_kwargs),
+                }
             model = load_state_dict_checkpoint(path, spec=spec, device=device)
         else:
             raise UnknownNameError("checkpoint format", fmt, FORMATS)
@@ -353,7 +421,9 @@ def load_path(path: Path, *, fmt: str | None = None, entry: CheckpointEntry | No
     except MemoryError:
         raise
     except ImportError as exc:
-        raise MissingDependencyError(f"loading {path.name} needs a missing package: {_one_line(exc)}") from None
+        raise MissingDependencyError(
+            f"loading {path.name} needs a missing package: {_one_line(exc)}"
+        ) from None
     except Exception as exc:  # pickle/zip/torch errors of a truncated or foreign file
         raise ModelLoadError(f"cannot load {path.name} as {fmt}: {_one_line(exc)}") from None
     if hasattr(model, "eval"):
@@ -365,15 +435,21 @@ def local_sha256(path: Path) -> str:
     """sha256 of a file, or the combined hash of the files under a directory."""
     if path.is_file():
         return fetch.sha256_file(path)
-    pairs = [(p.relative_to(path).as_posix(), fetch.sha256_file(p)) for p in sorted(path.rglob("*"))
-             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    pairs = [
+        (p.relative_to(path).as_posix(), fetch.sha256_file(p))
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    ]
     return combined_sha256(pairs)
 
 
 def _check_against_entry(model: Any, entry: CheckpointEntry) -> None:
     """A file that does not match its registry entry's image shape or label count is refused."""
-    for attr, want in (("img_resolution", entry.resolution), ("img_channels", entry.channels),
-                       ("label_dim", entry.label_dim)):
+    for attr, want in (
+        ("img_resolution", entry.resolution),
+        ("img_channels", entry.channels),
+        ("label_dim", entry.label_dim),
+    ):
         have = getattr(model, attr, None)
         if want is not None and have is not None and int(have) != int(want):
             raise ModelLoadError(f"{entry.name}: the file has {attr} {have}, the registry says {want}")
@@ -388,12 +464,17 @@ def _attach(model: Any, info: dict[str, Any]) -> Any:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return (os.sep in spec or "/" in spec or spec.startswith((".", "~"))
-            or Path(spec).suffix.lower() in (".pkl", ".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+    return (
+        os.sep in spec
+        or "/" in spec
+        or spec.startswith((".", "~"))
+        or Path(spec).suffix.lower() in (".pkl", ".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+    )
 
 
-def load_checkpoint(spec: str, *, device: str = "cpu", offline: bool = False,
-                    progress: Progress | None = None) -> Any:
+def load_checkpoint(
+    spec: str, *, device: str = "cpu", offline: bool = False, progress: Progress | None = None
+) -> Any:
     """Resolve a registry name, local path, http(s) URL or module:factory entry point to a Denoiser."""
     spec = str(spec)
     if spec.startswith(("http://", "https://")):
@@ -409,8 +490,14 @@ def load_checkpoint(spec: str, *, device: str = "cpu", offline: bool = False,
         got = fetch_entry(entry, offline=offline, progress=progress)
         model, fmt = load_path(got.path, fmt=entry.format, entry=entry, device=device)
         _check_against_entry(model, entry)
-        info = {"spec": spec, "name": spec, "url": entry.url, "path": str(got.path), "sha256": got.sha256,
-                "format": fmt}
+        info = {
+            "spec": spec,
+            "name": spec,
+            "url": entry.url,
+            "path": str(got.path),
+            "sha256": got.sha256,
+            "format": fmt,
+        }
         return _attach(model, info)
     path = Path(spec).expanduser()
     if path.exists():

@@ -75,8 +75,10 @@ def load_tensor_file(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
-            raise ModelLoadError(f"{path.name} holds Python objects besides tensors; refusing to unpickle it "
-                                 f"(weights_only): {first[:160]}") from None
+            raise ModelLoadError(
+                f"{path.name} holds Python objects besides tensors; refusing to unpickle it "
+                f"(weights_only): {first[:160]}"
+            ) from None
         raise ModelLoadError(f"{path.name} is not a readable torch file: {first[:160]}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -116,8 +118,11 @@ def check_keys(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, wha
     own = module.state_dict()
     missing = sorted(k for k in own if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in own)
-    shapes = sorted(f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-                    for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape))
+    shapes = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    )
     parts = []
     if missing:
         parts.append(f"missing {len(missing)} keys ({_preview(missing)})")
@@ -133,8 +138,10 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     """The JSON sidecar beside a state-dict file (same stem, .json)."""
     side = Path(path).with_suffix(".json")
     if not side.is_file():
-        raise ModelLoadError(f"{Path(path).name} is a bare state dict and {side.name} (which names its network "
-                             "and preconditioning) is missing beside it")
+        raise ModelLoadError(
+            f"{Path(path).name} is a bare state dict and {side.name} (which names its network "
+            "and preconditioning) is missing beside it"
+        )
     try:
         spec = json.loads(side.read_text())
     except (OSError, ValueError) as exc:
@@ -157,16 +164,23 @@ def validate_spec(spec: Mapping[str, Any], *, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: '{key}' must be an object")
     net_kwargs = dict(spec.get("network_kwargs", {}))
     pre_kwargs = dict(spec.get("precond_kwargs", {}))
-    for pre_key, net_key, default in (("img_resolution", "img_resolution", None),
-                                      ("img_channels", "in_channels", None), ("label_dim", "label_dim", 0)):
+    for pre_key, net_key, default in (
+        ("img_resolution", "img_resolution", None),
+        ("img_channels", "in_channels", None),
+        ("label_dim", "label_dim", 0),
+    ):
         value = net_kwargs.get(net_key, default)
         if pre_key not in pre_kwargs and value is not None:
             pre_kwargs[pre_key] = value
     for key in ("img_resolution", "img_channels"):
         if key not in pre_kwargs:
             raise ConfigError(f"{where}: precond_kwargs needs '{key}' (or network_kwargs its counterpart)")
-    return {"network": spec["network"], "network_kwargs": net_kwargs,
-            "precond": spec["precond"], "precond_kwargs": pre_kwargs}
+    return {
+        "network": spec["network"],
+        "network_kwargs": net_kwargs,
+        "precond": spec["precond"],
+        "precond_kwargs": pre_kwargs,
+    }
 
 
 def _build_network(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
@@ -179,8 +193,9 @@ def _build_network(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
         raise ConfigError(f"bad network_kwargs for {name}: {exc}") from None
 
 
-def load_state_dict_checkpoint(path: str | Path, *, spec: Mapping[str, Any] | None = None,
-                               device: str | torch.device = "cpu") -> nn.Module:
+def load_state_dict_checkpoint(
+    path: str | Path, *, spec: Mapping[str, Any] | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
     """Rebuild network + preconditioning from the sidecar (or `spec`) and load the file's tensors into it."""
     path = Path(path)
     where = f"registry entry for {path.name}" if spec is not None else str(path.with_suffix(".json"))
@@ -189,7 +204,7 @@ def load_state_dict_checkpoint(path: str | Path, *, spec: Mapping[str, Any] | No
     network = _build_network(spec["network"], spec["network_kwargs"])
     model = build_precond(spec["precond"], network, spec["precond_kwargs"])
     if all(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items()}
+        state = {k[len("model.") :]: v for k, v in state.items()}
     check_keys(network, state, what=spec["network"])
     network.load_state_dict(state, strict=True)
     return model.to(device).eval()
