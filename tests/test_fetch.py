@@ -89,10 +89,9 @@ def _sha(b: bytes) -> str:
 
 
 def _live_files(root: Path) -> list[Path]:
-    """Files under the cache other than quarantine and the lock file."""
-    return [
-        p for p in root.rglob("*") if p.is_file() and "quarantine" not in p.parts and p.name != "lock.json"
-    ]
+    """Files under the cache other than quarantine, inter-process locks and the lock file."""
+    skip = {"quarantine", "locks"}
+    return [p for p in root.rglob("*") if p.is_file() and not skip & set(p.parts) and p.name != "lock.json"]
 
 
 def test_cache_dir_env_and_default(tmp_path, monkeypatch):
@@ -266,3 +265,23 @@ def test_unreadable_lock_file_is_one_line(home):
     with pytest.raises(ModelLoadError, match="lock file"):
         fetch.read_lock()
     assert os.path.exists(home / "lock.json")
+
+
+def test_concurrent_fetch_of_one_file_downloads_once(server, home):
+    """A second process asking for a file another one is downloading waits, then uses the finished copy."""
+    body = _blob(100_000, seed=10)
+    server.files["/shared.pkl"] = body
+    dest = home / "d" / "shared.pkl"
+    dest.parent.mkdir(parents=True)
+    results = []
+    with fetch.exclusive(str(dest.resolve())):  # stands in for another rank's download in progress
+        waiter = threading.Thread(
+            target=lambda: results.append(fetch.download(server.url + "/shared.pkl", dest))
+        )
+        waiter.start()
+        waiter.join(timeout=0.3)
+        assert waiter.is_alive() and server.log == []  # blocked on the lock, no request made
+        dest.write_bytes(body)  # the other rank finishes
+    waiter.join(timeout=10)
+    (res,) = results
+    assert not res.downloaded and res.sha256 == _sha(body) and server.log == []

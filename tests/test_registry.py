@@ -342,3 +342,17 @@ def test_local_directory_hash_covers_every_file(tmp_path):
     (tmp_path / "sub" / "b").write_text("3")
     assert registry.local_sha256(tmp_path) != h1
     assert json.dumps(h1) and len(h1) == 64
+
+
+def test_fetch_file_resolves_names_urls_and_paths(server, home, tmp_path):  # noqa: F811
+    data = _npz_bytes(tmp_path)
+    server.files["/refs/c.npz"] = data
+    path, digest = registry.fetch_file(server.url + "/refs/c.npz")
+    assert path.read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
+    assert registry.fetch_file(str(tmp_path / "s.npz")) == (tmp_path / "s.npz", digest)
+    with pytest.raises(ModelLoadError, match="offline"):
+        registry.fetch_file("fid-cifar10-32x32", offline=True)
+    with pytest.raises(UnknownNameError, match="Did you mean 'fid-cifar10-32x32'"):
+        registry.fetch_file("fid-cifar10-32")
+    with pytest.raises(ModelLoadError, match="no such file"):
+        registry.fetch_file(str(tmp_path / "missing.npz"))

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,16 +124,40 @@ def _write_lock(records: dict[str, dict], *, root: Path) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def exclusive(key: str, *, root: Path | None = None) -> Iterator[None]:
+    """Hold an inter-process lock named by `key` (flock on locks/<hash>.lock; a no-op without fcntl).
+
+    Several processes (torchrun ranks) asking for the same file then download it once.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent downloads of one file are not guarded
+        yield
+        return
+    ldir = (root or cache_dir()) / "locks"
+    ldir.mkdir(parents=True, exist_ok=True)
+    with open(ldir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def record_hash(url: str, *, sha256: str, size: int, root: Path | None = None) -> None:
     """Record the hash and size of a first verified download of `url` in the lock file."""
     root = root or cache_dir()
-    records = read_lock(root=root)
-    records[url] = {
-        "sha256": sha256,
-        "size": size,
-        "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    _write_lock(records, root=root)
+    with exclusive(LOCK_NAME, root=root):
+        records = read_lock(root=root)
+        if url in records:  # recorded by another process meanwhile: that record stands
+            return
+        records[url] = {
+            "sha256": sha256,
+            "size": size,
+            "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _write_lock(records, root=root)
 
 
 def expected_for(
@@ -282,20 +306,53 @@ def download(
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
         raise ModelLoadError(f"cannot fetch '{url}': only http(s) URLs are supported")
-    want_sha, want_size, _ = expected_for(url, sha256=sha256, size=size, root=root)
     dest = Path(dest)
     if dest.exists():
-        digest, nbytes = check_file(dest, url=url, sha256=want_sha, size=want_size, root=root)
-        recorded = False
-        if want_sha is None:
-            record_hash(url, sha256=digest, size=nbytes, root=root)
-            recorded = True
-        return FetchResult(dest, url, digest, nbytes, downloaded=False, recorded=recorded)
+        return _verify_cached(url, dest, sha256=sha256, size=size, root=root)
     if offline:
         raise ModelLoadError(
             f"{dest.name} is not in the cache ({dest.parent}) and offline mode forbids downloading {url}"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(str(dest.resolve()), root=root):
+        if dest.exists():  # another process finished it while this one waited
+            return _verify_cached(url, dest, sha256=sha256, size=size, root=root)
+        return _download_locked(
+            url,
+            dest,
+            sha256=sha256,
+            size=size,
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            progress=progress,
+            root=root,
+        )
+
+
+def _verify_cached(url: str, dest: Path, *, sha256: str | None, size: int | None, root: Path) -> FetchResult:
+    """Check a cached file against the published or locked hash (recording it if there is none)."""
+    want_sha, want_size, _ = expected_for(url, sha256=sha256, size=size, root=root)
+    digest, nbytes = check_file(dest, url=url, sha256=want_sha, size=want_size, root=root)
+    if want_sha is None:
+        record_hash(url, sha256=digest, size=nbytes, root=root)
+    return FetchResult(dest, url, digest, nbytes, downloaded=False, recorded=want_sha is None)
+
+
+def _download_locked(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None,
+    size: int | None,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    progress: Progress | None,
+    root: Path,
+) -> FetchResult:
+    """The download proper, under the file's inter-process lock: stream, verify, rename, record."""
+    want_sha, want_size, _ = expected_for(url, sha256=sha256, size=size, root=root)
     part = dest.with_name(dest.name + ".part")
     attempt = 0
     while True:

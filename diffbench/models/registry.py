@@ -292,6 +292,24 @@ def fetch_entry(
     return Fetched(entry.local_path(root=root), digest, tuple(results))
 
 
+def fetch_file(spec: str, *, offline: bool = False, progress: Progress | None = None) -> tuple[Path, str]:
+    """(verified local path, sha256) of a registry name of any kind (e.g. FID statistics), URL or path."""
+    spec = str(spec)
+    if spec.startswith(("http://", "https://")):
+        res = fetch.download(spec, fetch.url_dest(spec), offline=offline, progress=progress)
+        return res.path, res.sha256
+    _ensure_default()
+    if spec in _ENTRIES:
+        got = fetch_entry(_ENTRIES[spec], offline=offline, progress=progress)
+        return got.path, got.sha256
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path, local_sha256(path)
+    if _looks_like_path(spec) or Path(spec).suffix:
+        raise ModelLoadError(f"no such file or directory: {spec}")
+    raise UnknownNameError("checkpoint", spec, _ENTRIES)
+
+
 @dataclass(frozen=True)
 class FileStatus:
     """Outcome of verifying one cached file: ok, unpinned, missing, partial or mismatch."""
