@@ -6,7 +6,9 @@ import io
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_nets import assert_close_to_reference, fixture_network, fixture_precond, load_fixture, net_inputs
@@ -16,6 +18,7 @@ from diffbench.models import edm_pickle as E
 from diffbench.models.nets import build_network
 
 ROUND_TRIP = ["song_ddpmpp", "song_ncsnpp", "song_skip", "adm_iddpm", "adm_edm"]
+ALL = [*ROUND_TRIP, "song_res_skip"]
 
 
 def written_from_fixture(tmp_path, name: str, **kwargs):
@@ -72,6 +75,34 @@ def test_round_trip_gives_identical_outputs(tmp_path, name):
     assert info["network"] == fx["meta"]["network"]
     assert fx["meta"]["network_kwargs"].items() <= info["network_kwargs"].items()
     assert info["init_kwargs"]["model_type"] == fx["meta"]["network"]
+
+
+def test_protocol_3_file_loads(tmp_path):
+    """Protocol 3 spells sets as builtins.set(...); the same network comes back."""
+    path, wrapper, fx = written_from_fixture(tmp_path, "adm_edm", protocol=3)
+    assert ("builtins", "set") in globals_named(path)
+    loaded = E.load_edm_pickle(path)
+    x, labels, _ = net_inputs(fx)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, fx["sigma"], labels), wrapper(x, fx["sigma"], labels))
+
+
+@pytest.mark.skipif(not os.environ.get("DIFFBENCH_EDM_PICKLE_DIR"), reason="set DIFFBENCH_EDM_PICKLE_DIR")
+def test_pickles_made_by_edm_itself():
+    """Pickles written by NVlabs/edm itself (<fixture>.pkl; never shipped: they embed its source)."""
+    folder = Path(os.environ["DIFFBENCH_EDM_PICKLE_DIR"])
+    found = [p for p in sorted(folder.glob("*.pkl")) if p.stem in ALL]
+    assert found, f"no <fixture>.pkl in {folder}"
+    for path in found:
+        fx = load_fixture(path.stem)
+        loaded = E.load_edm_pickle(path)
+        assert loaded.source_info["precond"] == fx["meta"]["precond"]
+        x, labels, aug = net_inputs(fx)
+        kwargs = {} if aug is None else {"augment_labels": aug}
+        with torch.no_grad():
+            assert_close_to_reference(loaded(x, fx["sigma"], labels, **kwargs), fx["D"])
+        assert torch.equal(loaded.round_sigma(fx["round_probe"]), fx["round_sigma"])
+        np.testing.assert_array_equal([loaded.sigma_min, loaded.sigma_max], fx["precond_sigma_range"].numpy())
 
 
 def test_written_pickle_has_edm_structure(tmp_path):

@@ -17,6 +17,7 @@ import math
 import os
 import pickle
 import struct
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +128,9 @@ def _load_storage(data: Any):
     if not isinstance(data, bytes | bytearray):
         raise ModelLoadError("EDM pickle passes a non-bytes object to torch.storage._load_from_bytes")
     try:
-        storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # TypedStorage deprecation notes are torch's, not the user's
+            warnings.simplefilter("ignore", UserWarning)
+            storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise PickleSecurityError(
             f"EDM pickle holds a tensor storage that a weights-only load refuses: {str(e).splitlines()[0]}"
@@ -199,6 +202,8 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): _numpy_dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    # protocol 3 files spell a module's empty _non_persistent_buffers_set as set([])
+    ("builtins", "set"): set,
 }
 
 
@@ -535,6 +540,7 @@ def write_edm_pickle(
     key: str = "ema",
     extra: dict | None = None,
     module_src: str = NO_SOURCE,
+    protocol: int = 4,
 ) -> None:
     """Write a diffbench precond wrapper in EDM's pickle layout (persistent objects, recorded arguments).
 
@@ -584,4 +590,4 @@ def write_edm_pickle(
         precond_state["_buffers"] = {"u": denoiser.u.detach().cpu()}
     data = {key: _Persistent(name, precond_state, module_src), **(extra or {})}
     with open(os.fspath(path), "wb") as f:
-        _EDMPickler(f, protocol=4).dump(data)
+        _EDMPickler(f, protocol=protocol).dump(data)
