@@ -321,17 +321,46 @@ def _npz_bytes(tmp_path) -> bytes:
     importlib.util.find_spec("diffbench.models.edm_pickle") is None,
     reason="diffbench.models.edm_pickle is not in this build yet",
 )
-def test_pkl_route_is_dispatched_to_the_edm_loader(tmp_path, monkeypatch):
-    import diffbench.models.edm_pickle as ep
+def test_edm_pickle_entry_end_to_end(server, home, isolated, tmp_path):  # noqa: F811
+    """A registry name whose file is an EDM pickle: download, verify, load, same outputs as the original."""
+    from diffbench.models.edm_pickle import write_edm_pickle
+    from diffbench.models.nets import build_network
+    from diffbench.models.precond import VPPrecond
 
-    calls = []
-    monkeypatch.setattr(
-        ep, "load_edm_pickle", lambda path, *, device="cpu": calls.append(path) or torch.nn.Identity()
+    torch.manual_seed(0)
+    net = build_network("SongUNet", {**NET_KWARGS, "label_dim": 10})
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    original = VPPrecond(net, img_resolution=8, img_channels=3, label_dim=10).eval()
+    write_edm_pickle(tmp_path / "net.pkl", denoiser=original)
+    server.files["/edm/net.pkl"] = (tmp_path / "net.pkl").read_bytes()
+    isolated.register_checkpoint(
+        _entry(
+            server.url + "/edm/net.pkl",
+            name="tiny-edm",
+            format="edm-pickle",
+            precond="VPPrecond",
+            label_dim=10,
+        )
     )
-    path = tmp_path / "x.pkl"
-    path.write_bytes(b"\x80\x04N.")  # pickle of None: the first bytes of a pickle
-    model = load_checkpoint(str(path))
-    assert calls == [path] and model.source_info["format"] == "edm-pickle"
+    model = load_checkpoint("tiny-edm")
+    assert type(model).__name__ == "VPPrecond" and model.source_info["format"] == "edm-pickle"
+    assert model.source_info["sha256"] == hashlib.sha256(server.files["/edm/net.pkl"]).hexdigest()
+    x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.1, 5.0])
+    labels = torch.nn.functional.one_hot(torch.tensor([3, 7]), 10).float()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, sigma, labels), original(x, sigma, labels), rtol=0, atol=0)
+    # the same file through a URL spec and a local path gives the same model and hash
+    by_url = load_checkpoint(server.url + "/edm/net.pkl")
+    by_path = load_checkpoint(str(tmp_path / "net.pkl"))
+    assert by_url.source_info["sha256"] == by_path.source_info["sha256"] == model.source_info["sha256"]
+    # the registry's label count must agree with the file's
+    isolated.register_checkpoint(
+        _entry(server.url + "/edm/net.pkl", name="tiny-edm-wrong", format="edm-pickle")
+    )
+    with pytest.raises(ModelLoadError, match="label_dim 10, the registry says 0"):
+        load_checkpoint("tiny-edm-wrong")
 
 
 def test_local_directory_hash_covers_every_file(tmp_path):

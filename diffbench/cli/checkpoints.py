@@ -115,7 +115,8 @@ def list_cmd(
             _fmt_size(e),
             _cached(e),
         )
-    Console(width=200).print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)  # pipes: no wrapped names
 
 
 @checkpoints_app.command("info")

@@ -172,10 +172,16 @@ def load_diffusers(path: str | Path, *, device: str | torch.device = "cpu") -> n
         ) from None
     weights = weight_file(unet_dir)
     state = read_state_dict(weights)
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # old configs carry keys diffusers warns about; they are harmless
     try:
         unet = UNet2DModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{unet_dir / 'config.json'}: cannot build UNet2DModel ({exc})") from None
+    finally:
+        diffusers_logging.set_verbosity(level)
     state = rename_legacy_keys(state, set(unet.state_dict()))
     check_keys(unet, state, what=f"UNet2DModel from {unet_dir / 'config.json'}")
     unet.load_state_dict(state, strict=True)
