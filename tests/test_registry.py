@@ -236,6 +236,7 @@ def test_registry_entry_downloads_verifies_and_loads(server, home, isolated, tmp
         "path": str(home / "checkpoints" / "tiny-test" / "tiny.pt"),
         "sha256": digest,
         "format": "state-dict",
+        "checked_against": "recorded now",
     }
     assert seen[-1] == (len(body), len(body))
     assert fetch.read_lock()[server.url + "/tiny.pt"]["sha256"] == digest  # first download recorded it
@@ -244,6 +245,7 @@ def test_registry_entry_downloads_verifies_and_loads(server, home, isolated, tmp
     n = len(server.log)
     again = load_checkpoint("tiny-test", offline=True)
     assert len(server.log) == n and again.source_info["sha256"] == digest
+    assert again.source_info["checked_against"] == "lock file"
     # a tampered cached file is quarantined, never loaded
     cached = home / "checkpoints" / "tiny-test" / "tiny.pt"
     cached.write_bytes(body[:-8] + b"\x00" * 8)

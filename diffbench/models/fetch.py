@@ -51,6 +51,12 @@ class FetchResult:
     size: int
     downloaded: bool  # False when an already cached copy was verified and used
     recorded: bool  # True when no hash was known and this download wrote it to the lock file
+    source: str = "published"  # where the expected hash came from: 'published' or 'lock file'
+
+    @property
+    def checked_against(self) -> str:
+        """'published', 'lock file' or 'recorded now' (first download of a file with no known hash)."""
+        return "recorded now" if self.recorded else self.source
 
 
 def cache_dir() -> Path:
@@ -332,11 +338,12 @@ def download(
 
 def _verify_cached(url: str, dest: Path, *, sha256: str | None, size: int | None, root: Path) -> FetchResult:
     """Check a cached file against the published or locked hash (recording it if there is none)."""
-    want_sha, want_size, _ = expected_for(url, sha256=sha256, size=size, root=root)
+    want_sha, want_size, locked = expected_for(url, sha256=sha256, size=size, root=root)
     digest, nbytes = check_file(dest, url=url, sha256=want_sha, size=want_size, root=root)
     if want_sha is None:
         record_hash(url, sha256=digest, size=nbytes, root=root)
-    return FetchResult(dest, url, digest, nbytes, downloaded=False, recorded=want_sha is None)
+    source = "lock file" if locked else "published"
+    return FetchResult(dest, url, digest, nbytes, downloaded=False, recorded=want_sha is None, source=source)
 
 
 def _download_locked(
@@ -352,7 +359,7 @@ def _download_locked(
     root: Path,
 ) -> FetchResult:
     """The download proper, under the file's inter-process lock: stream, verify, rename, record."""
-    want_sha, want_size, _ = expected_for(url, sha256=sha256, size=size, root=root)
+    want_sha, want_size, locked = expected_for(url, sha256=sha256, size=size, root=root)
     part = dest.with_name(dest.name + ".part")
     attempt = 0
     while True:
@@ -370,4 +377,5 @@ def _download_locked(
     if want_sha is None:
         record_hash(url, sha256=digest, size=nbytes, root=root)
         recorded = True
-    return FetchResult(dest, url, digest, nbytes, downloaded=True, recorded=recorded)
+    source = "lock file" if locked else "published"
+    return FetchResult(dest, url, digest, nbytes, downloaded=True, recorded=recorded, source=source)

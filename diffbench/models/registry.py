@@ -253,6 +253,12 @@ class Fetched:
         """Files whose hash this fetch recorded in the lock file (no published hash)."""
         return tuple(r.path.name for r in self.results if r.recorded)
 
+    @property
+    def checked_against(self) -> str:
+        """The weakest check over the files: 'recorded now' < 'lock file' < 'published'."""
+        order = ("recorded now", "lock file", "published")
+        return min((r.checked_against for r in self.results), key=order.index)
+
 
 def combined_sha256(pairs: list[tuple[str, str]]) -> str:
     """One hash for a set of files: sha256 over sorted 'relative-path sha256' lines."""
@@ -498,7 +504,14 @@ def load_checkpoint(
     if spec.startswith(("http://", "https://")):
         res = fetch.download(spec, fetch.url_dest(spec), offline=offline, progress=progress)
         model, fmt = load_path(res.path, device=device)
-        info = {"spec": spec, "url": spec, "path": str(res.path), "sha256": res.sha256, "format": fmt}
+        info = {
+            "spec": spec,
+            "url": spec,
+            "path": str(res.path),
+            "sha256": res.sha256,
+            "format": fmt,
+            "checked_against": res.checked_against,
+        }
         return _attach(model, info)
     _ensure_default()
     if spec in _ENTRIES:
@@ -515,12 +528,19 @@ def load_checkpoint(
             "path": str(got.path),
             "sha256": got.sha256,
             "format": fmt,
+            "checked_against": got.checked_against,
         }
         return _attach(model, info)
     path = Path(spec).expanduser()
     if path.exists():
         model, fmt = load_path(path, device=device)
-        info = {"spec": spec, "path": str(path.resolve()), "sha256": local_sha256(path), "format": fmt}
+        info = {
+            "spec": spec,
+            "path": str(path.resolve()),
+            "sha256": local_sha256(path),
+            "format": fmt,
+            "checked_against": "none (local file)",
+        }
         return _attach(model, info)
     from diffbench.models.entrypoint import is_entry_point, load_entry_point
 
