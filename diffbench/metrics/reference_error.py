@@ -1,0 +1,220 @@
+"""Reference-solution error: RMS distance of a deterministic sampler's output to an accurate ODE solve."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffbench.errors import ConfigError
+
+SCIPY_RTOL = 1e-10
+
+
+@dataclass(frozen=True)
+class ReferenceErrorResult:
+    """RMS over all samples and dimensions of (x − x_ref), the largest per-sample RMS, with n and NFE."""
+
+    rms: float
+    max_rms: float  # largest per-sample RMS
+    n: int
+    nfe: int
+    solver: str
+    reference: str  # how x_ref was computed
+    sigma_from: float
+    sigma_to: float  # last positive sigma of the grid; a final step to 0 is applied to both sides
+    cached: int  # samples whose reference came from the cache
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return dict(self.__dict__)
+
+
+def reference_home() -> Path:
+    """Cache folder: $DIFFBENCH_HOME/reference, default ~/.cache/diffbench/reference."""
+    home = os.environ.get("DIFFBENCH_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "diffbench") / "reference"
+
+
+def model_fingerprint(denoiser: Any) -> str:
+    """sha256 of a model's class, spec string and every parameter and buffer."""
+    h = hashlib.sha256(type(denoiser).__qualname__.encode())
+    h.update(str(getattr(denoiser, "spec", "")).encode())
+    if isinstance(denoiser, torch.nn.Module):
+        for name, t in sorted(denoiser.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def is_analytic(denoiser: Any) -> bool:
+    """True for the analytic models, whose ODE scipy can solve to tight tolerance."""
+    from diffbench.models.analytic import FiniteDataset, GaussianMixture
+
+    return isinstance(denoiser, GaussianMixture | FiniteDataset)
+
+
+def heun_reference(
+    denoiser: Any,
+    x: torch.Tensor,
+    *,
+    sigma_from: float,
+    sigma_to: float,
+    class_labels: torch.Tensor | None,
+    steps: int,
+    rho: float = 7.0,
+) -> torch.Tensor:
+    """A long deterministic Heun run (EDM Alg. 1) on a ρ=7 grid from sigma_from to sigma_to > 0, float64."""
+    i = torch.arange(steps + 1, dtype=torch.float64)
+    # EDM Eq. 5: σ_i = (σmax^(1/ρ) + i/N (σmin^(1/ρ) − σmax^(1/ρ)))^ρ
+    sig = (sigma_from ** (1 / rho) + i / steps * (sigma_to ** (1 / rho) - sigma_from ** (1 / rho))) ** rho
+    x = x.to(torch.float64)
+    b = x.shape[0]
+
+    def d(xx: torch.Tensor, s: float) -> torch.Tensor:
+        sigma = torch.full((b,), s, dtype=torch.float64, device=xx.device)
+        return (xx - denoiser(xx, sigma, class_labels).to(torch.float64)) / s  # EDM Eq. 3: dx/dσ = (x − D)/σ
+
+    with torch.no_grad():
+        for s, t in zip(sig[:-1].tolist(), sig[1:].tolist(), strict=True):
+            d0 = d(x, s)
+            x1 = x + (t - s) * d0
+            x = x + (t - s) * 0.5 * (d0 + d(x1, t))
+    return x
+
+
+def _one_hot(labels: torch.Tensor | None, label_dim: int, device: Any) -> torch.Tensor | None:
+    if labels is None or not label_dim:
+        return None
+    return torch.eye(label_dim, dtype=torch.float64, device=device)[labels.to(device)]
+
+
+def _cache_key(
+    *,
+    model: str,
+    latents: torch.Tensor,
+    labels: Any,
+    sigma_from: float,
+    sigma_to: float,
+    final: bool,
+    method: str,
+) -> str:
+    h = hashlib.sha256(model.encode())
+    h.update(latents.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+    h.update(b"none" if labels is None else labels.cpu().to(torch.int64).numpy().tobytes())
+    h.update(f"{sigma_from!r}|{sigma_to!r}|{final}|{method}".encode())
+    return h.hexdigest()[:40]
+
+
+def reference_error(
+    denoiser: Any,
+    *,
+    spec: Any,
+    seeds: Iterable[int],
+    class_labels: int | None = None,
+    batch: int = 64,
+    device: str | torch.device = "cpu",
+    ref_steps: int = 1024,
+    cache: bool = True,
+) -> ReferenceErrorResult:
+    """RMS error of a deterministic sampler against scipy's adaptive solve (analytic models) or long Heun.
+
+    Both start from the same latents x_0 = z σ_0 (REFERENCE §1) and stop at the grid's last positive σ; with
+    the edm endpoint the same final step to 0 (x = D(x; σ)) is applied to both, leaving discretisation error.
+    The reference is cached per model fingerprint, batch of latents, labels and σ range.
+    """
+    from diffbench.models.analytic import reference_solution
+    from diffbench.sampling.noise import NoiseSource
+    from diffbench.sampling.run import Sampler
+
+    run = Sampler(denoiser, spec, device=device)
+    stochastic = [k for k in ("S_churn", "churn_per_step", "eta") if (getattr(run.spec, k, None) or 0) > 0]
+    if run.info.stochastic or stochastic:
+        why = f"{', '.join(stochastic)} > 0" if stochastic else f"solver '{run.info.name}' is stochastic"
+        raise ConfigError(f"the reference-solution error needs a deterministic sampler ({why})")
+    seed_list = [int(s) for s in seeds]
+    if not seed_list:
+        raise ConfigError("no seeds given")
+    sig = run.plan.sigmas.to(torch.float64).cpu()
+    final = float(sig[-1]) == 0.0
+    positive = sig[sig > 0]
+    sigma_from, sigma_to = float(positive[0]), float(positive[-1])
+    analytic = is_analytic(denoiser)
+    method = f"scipy DOP853 rtol={SCIPY_RTOL:g}" if analytic else f"heun {ref_steps} steps, rho 7"
+    fingerprint = model_fingerprint(run.denoiser)
+    folder = reference_home()
+    sq_sum, count, max_rms, hits = 0.0, 0, 0.0, 0
+    for i in range(0, len(seed_list), batch):
+        chunk = seed_list[i : i + batch]
+        out = run.run(
+            chunk, class_labels=None if class_labels is None else torch.full((len(chunk),), class_labels)
+        )
+        z = NoiseSource(chunk, device=run.device).latents(run.shape)  # the same first draw the sampler made
+        labels = out.class_labels
+        key = _cache_key(
+            model=fingerprint,
+            latents=z,
+            labels=labels,
+            sigma_from=sigma_from,
+            sigma_to=sigma_to,
+            final=final,
+            method=method,
+        )
+        path = folder / f"{key}.pt"
+        if cache and path.is_file():
+            ref = torch.load(path, map_location="cpu", weights_only=True)
+            hits += len(chunk)
+        else:
+            onehot = _one_hot(labels, run.label_dim, run.device)
+            x0 = z.to(torch.float64) * sigma_from
+            if analytic:
+                ref = reference_solution(
+                    run.denoiser,
+                    x0.cpu(),
+                    sigma_from=sigma_from,
+                    sigma_to=sigma_to,
+                    class_labels=None if onehot is None else onehot.cpu(),
+                    rtol=SCIPY_RTOL,
+                    atol=SCIPY_RTOL,
+                )
+            else:
+                ref = heun_reference(
+                    run.denoiser,
+                    x0,
+                    sigma_from=sigma_from,
+                    sigma_to=sigma_to,
+                    class_labels=onehot,
+                    steps=ref_steps,
+                )
+            if final:  # the last step to σ = 0 is x = D(x; σ_last) on both sides
+                s = torch.full((len(chunk),), sigma_to, dtype=torch.float64, device=run.device)
+                with torch.no_grad():
+                    ref = run.denoiser(ref.to(run.device), s, onehot).to(torch.float64)
+            ref = ref.cpu()
+            if cache:
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(ref, tmp)
+                os.replace(tmp, path)
+        diff = out.images.to(torch.float64).cpu() - ref
+        per = diff.flatten(1).pow(2).mean(1)
+        sq_sum += float(per.sum())
+        count += len(chunk)
+        max_rms = max(max_rms, float(per.max().sqrt()))
+    return ReferenceErrorResult(
+        rms=math.sqrt(sq_sum / count),
+        max_rms=max_rms,
+        n=count,
+        nfe=run.plan.nfe,
+        solver=run.plan.solver,
+        reference=method,
+        sigma_from=sigma_from,
+        sigma_to=sigma_to,
+        cached=hits,
+    )
