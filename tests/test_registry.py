@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_fetch import home, server  # noqa: F401 (fixtures: local HTTP server, DIFFBENCH_HOME)
+from test_formats import NET_KWARGS
 
 from diffbench.errors import ConfigError, DiffbenchError, ModelLoadError, UnknownNameError
 from diffbench.models import fetch, registry
@@ -183,17 +184,6 @@ def test_registry_name_offline_and_not_cached(home):  # noqa: F811
 
 
 # ---------------------------------------------------------------- end to end through a local server
-
-NET_KWARGS = dict(
-    img_resolution=8,
-    in_channels=3,
-    out_channels=3,
-    model_channels=8,
-    channel_mult=[1],
-    num_blocks=1,
-    attn_resolutions=[],
-    dropout=0.0,
-)
 
 
 def _tiny_state_dict_bytes(tmp_path) -> bytes:
