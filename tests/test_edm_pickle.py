@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_nets import assert_close_to_reference, fixture_network, fixture_precond, load_fixture, net_inputs
+from test_nets import (
+    TINY,
+    assert_close_to_reference,
+    fixture_network,
+    fixture_precond,
+    load_fixture,
+    net_inputs,
+)
 
 from diffbench.errors import ModelLoadError
 from diffbench.models import edm_pickle as E
@@ -168,30 +175,29 @@ def test_other_key_and_device(tmp_path):
 # ------------------------------------------------------------------------------------ malicious pickles
 
 
-def reduce_pickle(module: str, name: str, arg: str) -> bytes:
+def _text(t: str) -> bytes:
+    return pickle.SHORT_BINUNICODE + bytes([len(t)]) + t.encode()
+
+
+def reduce_pickle(module: str, name: str, arg: str | bytes) -> bytes:
     """A protocol-4 pickle {'ema': module.name(arg)}, written opcode by opcode."""
     s = pickle
-    body = (
-        s.EMPTY_DICT
-        + s.SHORT_BINUNICODE
-        + bytes([3])
-        + b"ema"
-        + s.SHORT_BINUNICODE
-        + bytes([len(module)])
-        + module.encode()
-        + s.SHORT_BINUNICODE
-        + bytes([len(name)])
-        + name.encode()
-        + s.STACK_GLOBAL
-        + s.BINUNICODE
-        + len(arg.encode()).to_bytes(4, "little")
-        + arg.encode()
-        + s.TUPLE1
-        + s.REDUCE
-        + s.SETITEM
-        + s.STOP
-    )
-    return s.PROTO + bytes([4]) + body
+    if isinstance(arg, str):
+        arg_op = s.BINUNICODE + len(arg.encode()).to_bytes(4, "little") + arg.encode()
+    else:
+        arg_op = s.BINBYTES + len(arg).to_bytes(4, "little") + arg
+    call = _text(module) + _text(name) + s.STACK_GLOBAL + arg_op + s.TUPLE1 + s.REDUCE
+    return s.PROTO + bytes([4]) + s.EMPTY_DICT + _text("ema") + call + s.SETITEM + s.STOP
+
+
+class ShellCall:
+    """An object whose own __reduce__ asks the unpickler to run os.system(command)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
 
 
 @pytest.mark.parametrize(
@@ -202,16 +208,22 @@ def reduce_pickle(module: str, name: str, arg: str) -> bytes:
         ("builtins", "eval", "python"),
         ("builtins", "exec", "python"),
         ("subprocess", "getoutput", "shell"),
-        ("subprocess", "Popen", "shell"),
+        ("subprocess", "Popen", "argv"),
         ("torch_utils.persistence", "_src_to_module", "python"),
-        ("pickle", "loads", "python"),
+        ("pickle", "loads", "inert"),
     ],
 )
 def test_forbidden_global_is_refused_and_nothing_runs(tmp_path, module, name, how):
+    def payload(m):
+        return f"touch {m}" if how in ("shell", "argv") else marker_payload(m)
+
+    if how in ("shell", "python") and module != "torch_utils.persistence":
+        live = tmp_path / "live"  # the payload is real: an ordinary unpickler runs it
+        pickle.loads(reduce_pickle(module, name, payload(live)))
+        assert live.exists()
     marker = tmp_path / "marker"
-    payload = f"touch {marker}" if how == "shell" else marker_payload(marker)
     path = tmp_path / "evil.pkl"
-    path.write_bytes(reduce_pickle(module, name, payload))
+    path.write_bytes(reduce_pickle(module, name, payload(marker)))
     with pytest.raises(E.PickleSecurityError, match=f"'{module}.{name}'") as info:
         E.load_edm_pickle(path)
     assert isinstance(info.value, ModelLoadError) and "\n" not in str(info.value)
@@ -221,13 +233,8 @@ def test_forbidden_global_is_refused_and_nothing_runs(tmp_path, module, name, ho
 def test_forbidden_global_from_a_real_reduce(tmp_path):
     """An object whose __reduce__ calls os.system, pickled by Python itself."""
     marker = tmp_path / "marker"
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps({"ema": Evil(), "x": torch.zeros(2)}, protocol=4))
+    path.write_bytes(pickle.dumps({"ema": ShellCall(f"touch {marker}"), "x": torch.zeros(2)}, protocol=4))
     with pytest.raises(E.PickleSecurityError, match=r"system', which is not on the allow-list"):
         E.load_edm_pickle(path)
     assert not marker.exists()
@@ -253,23 +260,8 @@ def test_embedded_module_source_is_never_executed(tmp_path):
 def test_build_on_an_allowed_function_is_refused(tmp_path):
     """BUILD would set attributes on diffbench's allow-listed objects; only ModuleDict/dtype states pass."""
     s = pickle
-    body = (
-        s.SHORT_BINUNICODE
-        + bytes([11])
-        + b"collections"
-        + s.SHORT_BINUNICODE
-        + bytes([11])
-        + b"OrderedDict"
-        + s.STACK_GLOBAL
-        + s.EMPTY_DICT
-        + s.SHORT_BINUNICODE
-        + bytes([3])
-        + b"foo"
-        + s.NONE
-        + s.SETITEM
-        + s.BUILD
-        + s.STOP
-    )
+    body = _text("collections") + _text("OrderedDict") + s.STACK_GLOBAL
+    body += s.EMPTY_DICT + _text("foo") + s.NONE + s.SETITEM + s.BUILD + s.STOP
     path = tmp_path / "build.pkl"
     path.write_bytes(s.PROTO + bytes([4]) + body)
     with pytest.raises(E.PickleSecurityError, match="sets the state of a type"):
@@ -279,37 +271,19 @@ def test_build_on_an_allowed_function_is_refused(tmp_path):
 
 def test_nested_storage_bytes_are_loaded_weights_only(tmp_path):
     """torch.storage._load_from_bytes must not run torch.load's full unpickler on the nested bytes."""
+
+    def saved(command: str) -> bytes:  # the legacy torch.save format that EDM's storages use
+        buf = io.BytesIO()
+        torch.save(ShellCall(command), buf, _use_new_zipfile_serialization=False)
+        return buf.getvalue()
+
+    live = tmp_path / "live"  # torch.load without weights_only runs it
+    torch.load(io.BytesIO(saved(f"touch {live}")), weights_only=False)
+    assert live.exists()
     marker = tmp_path / "marker"
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    nested = pickle.dumps(Evil(), protocol=2)
     path = tmp_path / "nested.pkl"
-    s = pickle
-    body = (
-        s.EMPTY_DICT
-        + s.SHORT_BINUNICODE
-        + bytes([3])
-        + b"ema"
-        + s.SHORT_BINUNICODE
-        + bytes([13])
-        + b"torch.storage"
-        + s.SHORT_BINUNICODE
-        + bytes([16])
-        + b"_load_from_bytes"
-        + s.STACK_GLOBAL
-        + s.BINBYTES
-        + len(nested).to_bytes(4, "little")
-        + nested
-        + s.TUPLE1
-        + s.REDUCE
-        + s.SETITEM
-        + s.STOP
-    )
-    path.write_bytes(s.PROTO + bytes([4]) + body)
-    with pytest.raises(ModelLoadError, match="tensor storage"):
+    path.write_bytes(reduce_pickle("torch.storage", "_load_from_bytes", saved(f"touch {marker}")))
+    with pytest.raises(E.PickleSecurityError, match="weights-only load refuses"):
         E.load_edm_pickle(path)
     assert not marker.exists()
 
@@ -425,17 +399,6 @@ def test_unsupported_classes(tmp_path):
 def test_writer_refuses_non_edm_wrappers(tmp_path):
     from diffbench.errors import ConfigError
 
-    net = build_network(
-        "DhariwalUNet",
-        dict(
-            img_resolution=8,
-            in_channels=3,
-            out_channels=3,
-            model_channels=8,
-            channel_mult=[1],
-            num_blocks=1,
-            attn_resolutions=[],
-        ),
-    )
+    net = build_network("DhariwalUNet", TINY)
     with pytest.raises(ConfigError, match="not a VP/VE/iDDPM/EDM"):
         E.write_edm_pickle(tmp_path / "x.pkl", denoiser=net)

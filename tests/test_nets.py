@@ -33,6 +33,17 @@ PRECOND_CONSTANTS = {
 }
 
 
+TINY = dict(
+    img_resolution=8,
+    in_channels=3,
+    out_channels=3,
+    model_channels=8,
+    channel_mult=[1],
+    num_blocks=1,
+    attn_resolutions=[],
+)
+
+
 def load_fixture(name: str) -> dict:
     """One fixture: meta, the exact float32 state dict (q * 2^-e) and every array as a tensor."""
     z = np.load(FIXTURES / f"{name}.npz")
@@ -161,15 +172,7 @@ def test_build_network_refuses_unknown_names_and_arguments():
         build_network("SongUNett", {})
     with pytest.raises(UnknownNameError):
         network_arguments("Nope")
-    base = dict(
-        img_resolution=8,
-        in_channels=3,
-        out_channels=3,
-        model_channels=8,
-        channel_mult=[1],
-        num_blocks=1,
-        attn_resolutions=[],
-    )
+    base = TINY
     with pytest.raises(ConfigError, match="model_chanels"):
         build_network("SongUNet", {**base, "model_chanels": 4})
     with pytest.raises(ConfigError, match="embedding_type 'sinusoid'"):

@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffbench.models.nets.layers import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock
+from diffbench.models.nets.layers import (
+    Conv2d,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+    add_middle_or_up,
+)
 
 
 class DhariwalUNet(nn.Module):
@@ -97,11 +104,9 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(c, c, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(c, c, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(c, c, up=True, **block)
+            add_middle_or_up(
+                self.dec, res=res, channels=c, lowest=level == len(channel_mult) - 1, block=block
+            )
             for i in range(num_blocks + 1):
                 c_in, c = c + skip_channels.pop(), model_channels * mult
                 self.dec[f"{res}x{res}_block{i}"] = UNetBlock(

@@ -235,3 +235,13 @@ class FourierEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         angles = torch.outer(x, (2 * math.pi * self.freqs).to(x.dtype))
         return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+def add_middle_or_up(dec: nn.ModuleDict, *, res: int, channels: int, lowest: bool, block: dict) -> None:
+    """Decoder entry per resolution: middle blocks (in0 with attention, in1) at the lowest, else `up`."""
+    c = channels
+    if lowest:
+        dec[f"{res}x{res}_in0"] = UNetBlock(c, c, attention=True, **block)
+        dec[f"{res}x{res}_in1"] = UNetBlock(c, c, **block)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(c, c, up=True, **block)

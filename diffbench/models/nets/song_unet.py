@@ -18,6 +18,7 @@ from diffbench.models.nets.layers import (
     Linear,
     PositionalEmbedding,
     UNetBlock,
+    add_middle_or_up,
 )
 
 EMBEDDINGS = ("positional", "fourier")
@@ -160,11 +161,9 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(c, c, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(c, c, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(c, c, up=True, **block)
+            add_middle_or_up(
+                self.dec, res=res, channels=c, lowest=level == len(channel_mult) - 1, block=block
+            )
             for i in range(num_blocks + 1):
                 c_in, c = c + skip_channels.pop(), model_channels * mult
                 attn = i == num_blocks and res in attn_resolutions
