@@ -170,6 +170,11 @@ def test_other_key_and_device(tmp_path):
     with pytest.raises(ModelLoadError, match="dataset_kwargs.*dict, not a network"):
         E.load_edm_pickle(path, key="dataset_kwargs")
     assert next(E.load_edm_pickle(path, device="cpu").parameters()).device.type == "cpu"
+    with pytest.raises(ModelLoadError, match="cannot move the network to device 'tpu9'"):
+        E.load_edm_pickle(path, device="tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="device 'cuda'"):
+            E.load_edm_pickle(path, device="cuda")
 
 
 # ------------------------------------------------------------------------------------ malicious pickles
