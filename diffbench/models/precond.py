@@ -101,8 +101,9 @@ class VEPrecond(Precond):
 def iddpm_u_table(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008, dtype=torch.float32) -> torch.Tensor:
     """u_M = 0, u_{j-1} = sqrt((u_j^2 + 1) / max(abar_{j-1}/abar_j, C_1) - 1) (EDM Appendix C.3.4, Eq. 35)."""
     def alpha_bar(j: int) -> torch.Tensor:
-        # cosine schedule of Nichol & Dhariwal 2021, as parameterised in EDM Eq. 35
-        return torch.sin(torch.tensor(0.5 * math.pi * j / M / (C_2 + 1), dtype=dtype)) ** 2
+        # cosine schedule of Nichol & Dhariwal 2021, as parameterised in EDM Eq. 35; tensor arithmetic in
+        # float32 as EDM does, so the table (and round_sigma) matches its pickles bit for bit
+        return (0.5 * math.pi * torch.as_tensor(j) / M / (C_2 + 1)).sin().to(dtype) ** 2
 
     u = torch.zeros(M + 1, dtype=dtype)
     for j in range(M, 0, -1):
