@@ -182,3 +182,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, ref_file):
     with pytest.raises(ConfigError, match="8-d features, samples 6-d"):
         np.savez(tmp_path / "d8.npz", mu=np.zeros(8), sigma=np.eye(8))
         fid(sample, ref=tmp_path / "d8.npz", extractor=Proj())
+
+
+def test_package_exposes_the_fid_function(ref_file):
+    import diffbench.metrics
+
+    r = diffbench.metrics.fid(images(300, seed=1), ref=ref_file, extractor=Proj())
+    assert r.fid == pytest.approx(0, abs=1e-9) and diffbench.metrics.compare_fid is compare_fid

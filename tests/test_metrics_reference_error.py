@@ -1,4 +1,4 @@
-"""Reference-solution error: Heun's second-order convergence against scipy, the long-Heun reference, the cache."""
+"""Reference-solution error: Heun's second order against scipy, the long-Heun reference, the cache."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def test_heun_error_falls_as_nfe_squared(small_gmm):
     # Heun is second order (EDM Sec. 3): doubling the steps divides the global error by ~4
     nfes = [33, 65, 129]
     errs = [
-        reference_error(small_gmm, spec=spec(solver="heun", nfe=n), seeds=range(12), device="cpu").rms for n in nfes
+        reference_error(small_gmm, spec=spec(solver="heun", nfe=n), seeds=range(12), device="cpu").rms
+        for n in nfes
     ]
     slope = np.polyfit(np.log([(n + 1) / 2 for n in nfes]), np.log(errs), 1)[0]
     assert -2.6 < slope < -1.6, (errs, slope)
