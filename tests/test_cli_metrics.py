@@ -167,3 +167,15 @@ def test_each_bad_input_is_one_line(tmp_path, cli, ref):
         code, _, err = cli(*args)
         line = one_error_line(code, err)
         assert expected in line, (args, line)
+
+
+def test_statistics_file_on_the_samples_side(tmp_path, cli, ref):
+    np.savez(tmp_path / "s.npz", images=images(100, seed=4))
+    code, _, err = cli("stats", tmp_path / "s.npz", "-o", tmp_path / "s-stats.npz", *EXT)
+    assert code == 0, err
+    code, out_stats, _ = cli("fid", tmp_path / "s-stats.npz", "--ref", ref, "--json")  # no extractor needed
+    code2, out_imgs, _ = cli("fid", tmp_path / "s.npz", "--ref", ref, *EXT, "--json")
+    assert code == code2 == 0
+    assert json.loads(out_stats)["fid"] == pytest.approx(json.loads(out_imgs)["fid"], rel=1e-12)
+    code, _, err = cli("fid", tmp_path / "s-stats.npz", "--ref", ref, "--blocks", "2")
+    assert "seed blocks need the samples themselves" in one_error_line(code, err)

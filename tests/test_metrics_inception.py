@@ -151,3 +151,17 @@ def test_cli_stats_and_fid_with_local_weights(tmp_path, monkeypatch, cli, weight
     # full-covariance FID needs n > 2048 unless told otherwise
     code, _, err = cli("fid", tmp_path / "s.npz", "--ref", tmp_path / "ref.npz", *w)
     assert code != 0 and "needs at least 2049" in err
+
+
+def test_tf32_is_off_during_extraction_and_restored(inception, monkeypatch):
+    seen = []
+    real = inception.net.forward
+
+    def spy(x):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return real(x)
+
+    monkeypatch.setattr(inception.net, "forward", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    inception.features(images(1))
+    assert seen == [(False, False)] and torch.backends.cudnn.allow_tf32 is True

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -116,6 +117,17 @@ def _missing_weights_message(path: Path) -> str:
     )
 
 
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """Turn TF32 off for convolutions and matmuls inside the block, restoring the caller's flags after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class InceptionV3:
     """Inception-v3 pool3 (2048-d) and logits via torch-fidelity's TF-compatible port (REFERENCE §5)."""
 
@@ -157,7 +169,7 @@ class InceptionV3:
         x = images.to(self.device)
         if x.shape[1] == 1:  # grey images are fed as RGB
             x = x.expand(-1, 3, -1, -1)
-        with torch.no_grad():
+        with torch.no_grad(), _no_tf32():  # REFERENCE §5: no TF32 for reference numbers
             features, logits = self.net(x)
         return features, logits
 
