@@ -189,3 +189,25 @@ def test_package_exposes_the_fid_function(ref_file):
 
     r = diffbench.metrics.fid(images(300, seed=1), ref=ref_file, extractor=Proj())
     assert r.fid == pytest.approx(0, abs=1e-9) and diffbench.metrics.compare_fid is compare_fid
+
+
+def test_moments_only_files_on_both_sides(tmp_path):
+    # EDM's npz layout on both sides: no n, no extractor id; FD of two Gaussians, closed form (1-D per axis)
+    np.savez(tmp_path / "a.npz", mu=np.zeros(3), sigma=np.diag([1.0, 4.0, 9.0]))
+    np.savez(tmp_path / "b.npz", mu=np.ones(3), sigma=np.diag([4.0, 4.0, 4.0]))
+    r = fid(tmp_path / "a.npz", ref=tmp_path / "b.npz")
+    assert r.fid == pytest.approx(3 + (1 - 2) ** 2 + 0 + (3 - 2) ** 2, rel=1e-12)
+    assert r.n is None and r.extractor_id is None
+
+
+def test_small_n_is_refused_before_any_feature_is_computed(ref_file):
+    class Counting(Proj):
+        calls = 0
+
+        def features(self, x):
+            Counting.calls += 1
+            return super().features(x)
+
+    with pytest.raises(ConfigError, match="needs at least 7"):
+        fid(images(10), ref=ref_file, extractor=Counting(), blocks=2)
+    assert Counting.calls == 0

@@ -118,7 +118,8 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 def render_fid(result: Any) -> str:
     """Human-readable lines for a FIDResult; every line names n."""
     ref = Path(result.ref).name if result.ref else "reference"
-    lines = [f"FID {_fmt(result.fid)}  (n={result.n}, extractor {result.extractor_id}, ref {ref})"]
+    n = result.n if result.n is not None else "unknown"
+    lines = [f"FID {_fmt(result.fid)}  (n={n}, extractor {result.extractor_id}, ref {ref})"]
     if len(result.blocks) > 1:
         b = len(result.blocks)
         lines.append(

@@ -48,7 +48,7 @@ class FIDResult:
 
     fid: float  # the headline: the single FID, or the blocks' `shown` statistic
     shown: str  # single | mean | min
-    n: int  # samples behind each FID value (per block)
+    n: int | None  # samples behind each FID value (per block); None when a statistics file does not say
     blocks: tuple[float, ...]
     mean: float
     std: float  # sample standard deviation over blocks (nan for one block)
@@ -309,6 +309,9 @@ def fid(
             raise ConfigError(f"feature extractor '{ext.id}' gives no logits, so no Inception Score")
         known = getattr(src, "resolution", None)
         _check_pair(ref_stats, extractor_id=ext.id, dim=ref_stats.dim, resolution=known, what="FID")
+        if not allow_small_n and src is not None:  # fail before featurising anything
+            per = "samples" if blocks == 1 else "samples per block"
+            check_enough(src.count // blocks, ref_stats.dim, what=per)
         extracted, resolution = _extract_blocks(
             src if src is not None else samples,
             extractor=ext,
@@ -335,10 +338,8 @@ def fid(
             all_stats = per_block[0]
         src = all_stats
         ex_id = ext.id
-    if not allow_small_n:
-        check_enough(
-            per_block[0].n or 0, per_block[0].dim, what="samples" if blocks == 1 else "samples per block"
-        )
+    if not allow_small_n and per_block[0].n is not None:
+        check_enough(per_block[0].n, per_block[0].dim, what="samples" if blocks == 1 else "samples per block")
 
     values = [
         frechet_distance(mu1=s.mu, sigma1=s.sigma, mu2=ref_stats.mu, sigma2=ref_stats.sigma)
@@ -358,7 +359,7 @@ def fid(
     return FIDResult(
         fid=values[0] if blocks == 1 else (mean if shown == "mean" else lo),
         shown="single" if blocks == 1 else shown,
-        n=int(per_block[0].n or 0),
+        n=per_block[0].n,
         blocks=tuple(values),
         mean=mean,
         std=std,
