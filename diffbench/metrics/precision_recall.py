@@ -7,7 +7,7 @@ import torch
 from diffbench.errors import ConfigError
 
 
-def knn_radii(features: torch.Tensor, *, k: int, chunk: int = 4096) -> torch.Tensor:
+def knn_radii(features: torch.Tensor, *, k: int, chunk: int = 512) -> torch.Tensor:
     """Distance from each feature vector to its k-th nearest other vector in the same set."""
     n = features.shape[0]
     if n <= k:
@@ -21,7 +21,7 @@ def knn_radii(features: torch.Tensor, *, k: int, chunk: int = 4096) -> torch.Ten
 
 
 def manifold_coverage(
-    *, manifold: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor, chunk: int = 4096
+    *, manifold: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor, chunk: int = 512
 ) -> float:
     """Fraction of queries inside some ball B(manifold_i, radii_i) (Kynkäänniemi et al. 2019, Eq. 1-2)."""
     inside = []

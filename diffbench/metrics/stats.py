@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import zipfile
@@ -240,8 +241,6 @@ def _from_features(features: Any, *, extractor_id: str | None) -> Statistics:
 def _load_pt(p: Path) -> Statistics:
     # torch-fidelity caches: '<input>-<extractor>-stat-fid-<layer>.pt' ({'mu', 'sigma'} numpy) or
     # '<input>-<extractor>-features-<layer>.pt' (a tensor); loaded without running code
-    import importlib
-
     core = importlib.import_module(
         "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
     )
