@@ -65,3 +65,27 @@ def test_stochastic_samplers_are_refused(small_gmm):
         reference_error(small_gmm, spec=spec(solver="heun", nfe=9, S_churn=10.0), seeds=range(2))
     with pytest.raises(ConfigError, match="stochastic"):
         reference_error(small_gmm, spec=spec(solver="euler-ancestral", nfe=9), seeds=range(2))
+
+
+class Network(torch.nn.Module):
+    """The mixture behind a plain module: reference_error then takes the long-Heun path, as for a network."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        for k in ("sigma_min", "sigma_max", "img_channels", "img_resolution", "label_dim", "sample_shape"):
+            setattr(self, k, getattr(inner, k))
+
+    def round_sigma(self, sigma):
+        return self.inner.round_sigma(sigma)
+
+    def forward(self, x, sigma, class_labels=None):
+        return self.inner(x, sigma, class_labels)
+
+
+def test_networks_use_a_long_heun_reference_that_agrees_with_scipy(small_gmm):
+    s = spec(solver="euler", nfe=12)
+    exact = reference_error(small_gmm, spec=s, seeds=range(6), cache=False)
+    net = reference_error(Network(small_gmm), spec=s, seeds=range(6), ref_steps=256, cache=False)
+    assert net.reference == "heun 256 steps, rho 7" and exact.reference.startswith("scipy")
+    assert net.rms == pytest.approx(exact.rms, rel=1e-3)
