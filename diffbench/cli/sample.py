@@ -52,6 +52,18 @@ def sample_cmd(
     s_max: Annotated[Optional[float], typer.Option("--s-max", help="EDM S_max.")] = None,
     s_noise: Annotated[Optional[float], typer.Option("--s-noise", help="EDM S_noise.")] = None,
     eta: Annotated[Optional[float], typer.Option(help="Ancestral / DDIM noise (0 deterministic).")] = None,
+    order: Annotated[Optional[int], typer.Option(help="Order of a multistep/UniPC solver.")] = None,
+    lower_order_final: Annotated[Optional[str], typer.Option(
+        help="Multistep: lower orders on the last steps: always, never, or N (only below N steps).")] = None,
+    afs: Annotated[bool, typer.Option("--afs", help="Analytic first step: saves one NFE (multistep).")] = False,
+    variant: Annotated[Optional[str], typer.Option(help="UniPC B(h): bh1 or bh2.")] = None,
+    prediction: Annotated[Optional[str], typer.Option(help="UniPC form: data or noise.")] = None,
+    restart_min: Annotated[Optional[float], typer.Option(help="Restart: lower sigma of the interval.")] = None,
+    restart_max: Annotated[Optional[float], typer.Option(help="Restart: upper sigma of the interval.")] = None,
+    restart_k: Annotated[Optional[int], typer.Option(help="Restart: number of restarts.")] = None,
+    restart_steps: Annotated[Optional[int], typer.Option(help="Restart: Heun steps per restart.")] = None,
+    noise: Annotated[str, typer.Option(help="Step noise: independent (EDM's stream) or brownian (a per-seed "
+                                            "Brownian path, refined by an NFE sweep).")] = "independent",
     class_: Annotated[Optional[int], typer.Option("--class", help="Fixed class of a conditional model.")] = None,
     batch: Annotated[int, typer.Option(help="Batch size.", min=1)] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
@@ -84,7 +96,9 @@ def sample_cmd(
         solver=solver, schedule=schedule, nfe=nfe, steps=steps, nfe_policy=nfe_policy.value,
         endpoint=endpoint.value, denoise_to_zero=denoise_to_zero, sigma_min=sigma_min, sigma_max=sigma_max,
         rho=rho, sigma_t=sigma_t, scaling=scaling, alpha=alpha, S_churn=churn, churn_per_step=churn_per_step,
-        S_min=s_min, S_max=s_max, S_noise=s_noise, eta=eta, dtype=dtype.value)
+        S_min=s_min, S_max=s_max, S_noise=s_noise, eta=eta, order=order, lower_order_final=lower_order_final,
+        analytic_first_step=afs or None, variant=variant, prediction=prediction, restart_min=restart_min,
+        restart_max=restart_max, restart_k=restart_k, restart_steps=restart_steps, noise=noise, dtype=dtype.value)
     denoiser = load(model, device="cpu", offline=offline)
     run = Sampler(denoiser, spec, device=device)
     run.class_indices(class_, len(seed_list))

@@ -9,6 +9,7 @@ skipping changes nothing. Every image therefore depends only on its seed, not on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -53,3 +54,96 @@ class NoiseSource:
         out = torch.stack([torch.randn(shape, generator=g, dtype=dtype, device=self.device)
                            for g in self.generators])
         return out.to(like.device)
+
+    def increment(self, i: int, sigma: float, sigma_next: float, like: torch.Tensor) -> torch.Tensor:
+        """The standard normal a stochastic step i from sigma to sigma_next uses (here: the i-th draw)."""
+        return self.step(i, like)
+
+
+NOISE_MODES = ("independent", "brownian")
+
+
+def _mix(*values: int) -> int:
+    """splitmix64 over a tuple of integers: a well-spread 63-bit seed for one Brownian-tree node."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class BrownianTree:
+    """A per-seed Brownian path W on [t0, t1], queryable at any t (virtual Brownian tree, Li et al. 2020).
+
+    W(t1) and every bisection midpoint come from generators seeded by (seed, node), so W(t) is a fixed
+    function of the seed: increments over a finer grid sum to those over a coarser one (a sweep over NFE
+    refines one path). Midpoints follow the Brownian bridge; below `tol` the bridge is interpolated linearly.
+    """
+
+    def __init__(self, seed: int, shape: Sequence[int], t0: float, t1: float, *, tol: float = 1e-6,
+                 dtype: torch.dtype = torch.float64):
+        if not t1 > t0:
+            raise ValueError("a Brownian tree needs t1 > t0")
+        self.seed, self.shape, self.t0, self.t1, self.dtype = int(seed), tuple(shape), float(t0), float(t1), dtype
+        self.depth = max(1, int(math.ceil(math.log2((t1 - t0) / tol))))
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _normal(self, node: int) -> torch.Tensor:
+        out = self._cache.get(node)
+        if out is None:
+            g = torch.Generator().manual_seed(_mix(self.seed, node))
+            out = torch.randn(self.shape, generator=g, dtype=self.dtype)
+            if len(self._cache) < 4096:
+                self._cache[node] = out
+        return out
+
+    def __call__(self, t: float) -> torch.Tensor:
+        """W(t), with W(t0) = 0."""
+        t = min(max(float(t), self.t0), self.t1)
+        a, b = self.t0, self.t1
+        wa = torch.zeros(self.shape, dtype=self.dtype)
+        wb = math.sqrt(b - a) * self._normal(1)
+        node = 1
+        for _ in range(self.depth):
+            if t == a:
+                return wa
+            if t == b:
+                return wb
+            m = 0.5 * (a + b)
+            # Brownian bridge: W(m) | W(a), W(b) ~ N((W(a) + W(b))/2, (b - a)/4)
+            wm = 0.5 * (wa + wb) + math.sqrt((b - a) / 4) * self._normal(2 * node)
+            if t < m:
+                b, wb, node = m, wm, 2 * node
+            else:
+                a, wa, node = m, wm, 2 * node + 1
+        return wa + (wb - wa) * ((t - a) / (b - a))
+
+
+class BrownianNoise(NoiseSource):
+    """Per-seed streams whose step noise is the normalised increment of a Brownian path in sigma.
+
+    Step i over [sigma_{i+1}, sigma_i] gets (W(sigma_i) - W(sigma_{i+1})) / sqrt(sigma_i - sigma_{i+1}): a
+    standard normal, independent across disjoint steps, and the same path whatever the step count.
+    Latents and labels still come from each seed's generator, as in NoiseSource.
+    """
+
+    def __init__(self, seeds: Sequence[int], *, device: torch.device | str = "cpu", sigma_min: float,
+                 sigma_max: float):
+        super().__init__(seeds, device=device)
+        self.range = (float(sigma_min), float(sigma_max))
+        self._trees: dict[tuple[int, ...], list[BrownianTree]] = {}
+
+    def increment(self, i: int, sigma: float, sigma_next: float, like: torch.Tensor) -> torch.Tensor:
+        lo, hi = sorted((float(sigma), float(sigma_next)))
+        if hi <= lo:
+            return self.step(i, like)
+        shape = tuple(like.shape[1:])
+        trees = self._trees.get(shape)
+        if trees is None:
+            t0 = min(self.range[0], lo) * 0.5
+            t1 = max(self.range[1], hi) * 1.01
+            trees = [BrownianTree(s, shape, t0, t1) for s in self.seeds]
+            self._trees[shape] = trees
+        inc = torch.stack([(tree(hi) - tree(lo)) for tree in trees]) / math.sqrt(hi - lo)
+        return inc.to(like.device, like.dtype)

@@ -48,33 +48,38 @@ class Plan:
                 "sigmas": [float(s) for s in self.sigmas]}
 
 
-def reachable(info: SolverInfo, nfe: int, *, endpoint: str, denoise_to_zero: bool) -> tuple[int | None, int | None]:
+def reachable(info: SolverInfo, nfe: int, *, endpoint: str, denoise_to_zero: bool,
+              options: dict[str, Any] | None = None) -> tuple[int | None, int | None]:
     """The nearest budgets below and above `nfe` that the solver can hit exactly."""
-    below = next((k for k in range(nfe - 1, 0, -1)
-                  if info.steps_for(k, endpoint=endpoint, denoise_to_zero=denoise_to_zero)), None)
-    above = next((k for k in range(nfe + 1, 2 * nfe + 4)
-                  if info.steps_for(k, endpoint=endpoint, denoise_to_zero=denoise_to_zero)), None)
+    kw = {"endpoint": endpoint, "denoise_to_zero": denoise_to_zero, "options": options}
+    below = next((k for k in range(nfe - 1, 0, -1) if info.steps_for(k, **kw)), None)
+    above = next((k for k in range(nfe + 1, 2 * nfe + 8) if info.steps_for(k, **kw)), None)
     return below, above
 
 
 def resolve_steps(info: SolverInfo, *, nfe: int | None, steps: int | None, endpoint: str,
-                  denoise_to_zero: bool, policy: str) -> int:
+                  denoise_to_zero: bool, policy: str, options: dict[str, Any] | None = None) -> int:
     """Step count for an exact budget (or the policy's fallback); refused budgets list the nearest reachable ones."""
     if (nfe is None) == (steps is None):
         raise ConfigError("give exactly one of nfe and steps")
+    kw = {"endpoint": endpoint, "denoise_to_zero": denoise_to_zero, "options": options}
     if steps is not None:
-        if steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {steps}")
+        if steps < info.min_steps:
+            raise ConfigError(f"{info.name} needs at least {info.min_steps} steps, got {steps}")
         return steps
     assert nfe is not None
     if nfe < 1:
         raise BudgetError(f"nfe must be >= 1, got {nfe}")
     if policy not in NFE_POLICIES:
         raise UnknownNameError("nfe policy", policy, NFE_POLICIES)
-    found = info.steps_for(nfe, endpoint=endpoint, denoise_to_zero=denoise_to_zero)
+    found = info.steps_for(nfe, **kw)
     if found is not None:
         return found
-    below, above = reachable(info, nfe, endpoint=endpoint, denoise_to_zero=denoise_to_zero)
+    smallest = info.nfe(info.min_steps, **kw)
+    if nfe < smallest:
+        raise BudgetError(f"a budget of {nfe} NFE is too small for {info.name} with these options: "
+                          f"its smallest budget is {smallest}")
+    below, above = reachable(info, nfe, **kw)
     if policy == "floor" and below is not None:
         chosen = below
     elif policy == "nearest" and (below is not None or above is not None):
@@ -84,7 +89,7 @@ def resolve_steps(info: SolverInfo, *, nfe: int | None, steps: int | None, endpo
         raise BudgetError(f"{info.name} cannot spend exactly {nfe} NFE with endpoint '{endpoint}' "
                           f"({info.nfe_rule}); nearest reachable: {near}. "
                           "Use --nfe-policy nearest|floor to accept one")
-    return info.steps_for(chosen, endpoint=endpoint, denoise_to_zero=denoise_to_zero)  # type: ignore[return-value]
+    return info.steps_for(chosen, **kw)  # type: ignore[return-value]
 
 
 def sigma_range(denoiser: Any, default: tuple[float, float], sigma_min: float | None,
@@ -104,7 +109,7 @@ def sigma_range(denoiser: Any, default: tuple[float, float], sigma_min: float | 
 def plan(denoiser: Any, *, solver: str, schedule: str, nfe: int | None = None, steps: int | None = None,
          endpoint: str = "edm", denoise_to_zero: bool = False, nfe_policy: str = "exact",
          sigma_min: float | None = None, sigma_max: float | None = None,
-         schedule_options: dict[str, Any] | None = None) -> Plan:
+         schedule_options: dict[str, Any] | None = None, solver_options: dict[str, Any] | None = None) -> Plan:
     """Plan a run: steps from the budget, the schedule's grid on the clamped range, round_sigma, the endpoint."""
     info = get_solver(solver)
     if endpoint not in ENDPOINTS:
@@ -112,7 +117,7 @@ def plan(denoiser: Any, *, solver: str, schedule: str, nfe: int | None = None, s
     if denoise_to_zero and endpoint != "sigma_min":
         raise ConfigError("denoise_to_zero applies only to endpoint 'sigma_min' (endpoint 'edm' already ends at 0)")
     n_steps = resolve_steps(info, nfe=nfe, steps=steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero,
-                            policy=nfe_policy)
+                            policy=nfe_policy, options=solver_options)
     n_points = n_steps if endpoint == "edm" else n_steps + 1
     options = dict(schedule_options or {})
     if schedule.startswith("file:"):
@@ -135,5 +140,6 @@ def plan(denoiser: Any, *, solver: str, schedule: str, nfe: int | None = None, s
     if endpoint == "edm" or denoise_to_zero:
         grid = torch.cat([grid, grid.new_zeros(1)])
     return Plan(solver=info.name, schedule=schedule, steps=n_steps,
-                nfe=info.nfe(n_steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero), sigmas=grid,
+                nfe=info.nfe(n_steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero, options=solver_options),
+                sigmas=grid,
                 endpoint=endpoint, denoise_to_zero=denoise_to_zero, sigma_min=lo, sigma_max=hi, requested_nfe=nfe)

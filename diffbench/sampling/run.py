@@ -11,7 +11,7 @@ import torch
 from diffbench.denoiser import CountingDenoiser, check_denoiser, sample_shape
 from diffbench.errors import ConfigError, NonFiniteError
 from diffbench.provenance import compact_seeds, environment, model_info
-from diffbench.sampling.noise import NoiseSource
+from diffbench.sampling.noise import BrownianNoise, NoiseSource
 from diffbench.sampling.ode import TimeParam
 from diffbench.sampling.plan import Plan, plan
 from diffbench.sampling.solvers import StepInfo, get_solver
@@ -91,7 +91,7 @@ class Sampler:
         self.plan = plan(denoiser, solver=spec.solver, schedule=spec.schedule, nfe=spec.nfe, steps=spec.steps,
                          endpoint=spec.endpoint, denoise_to_zero=spec.denoise_to_zero, nfe_policy=spec.nfe_policy,
                          sigma_min=spec.sigma_min, sigma_max=spec.sigma_max,
-                         schedule_options=spec.schedule_options())
+                         schedule_options=spec.schedule_options(), solver_options=spec.solver_options())
         self.options = spec.solver_options()
         if self.info.ode_axes:
             self.options["ode"] = TimeParam.make(spec.sigma_t, spec.scaling, sigma_min=self.plan.sigma_min,
@@ -108,7 +108,8 @@ class Sampler:
             on_step: Callable[[StepInfo], None] | None = None) -> Batch:
         """Sample one batch; latents (standard normal) and class indices override the streams' draws."""
         dev, dtype, sig = self.device, self.spec.torch_dtype, self.plan.sigmas
-        noise = NoiseSource(seeds, device=dev)
+        noise = NoiseSource(seeds, device=dev) if self.spec.noise == "independent" else \
+            BrownianNoise(seeds, device=dev, sigma_min=self.plan.sigma_min, sigma_max=self.plan.sigma_max)
         z = noise.latents(self.shape)
         if latents is not None:
             z = latents.to(dev, torch.float32)

@@ -100,6 +100,23 @@ def logsnr_grid(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     return torch.exp(-lam / 2)
 
 
+def _vp_t(sigma: float, beta_d: float = 19.9, beta_min: float = 0.1) -> float:
+    """t(sigma) of the VP SDE (EDM Table 1)."""
+    return (math.sqrt(beta_min**2 + 2 * beta_d * math.log1p(sigma * sigma)) - beta_min) / beta_d
+
+
+def time_uniform_grid(n: int, sigma_min: float, sigma_max: float, *, rho: float = 1.0) -> torch.Tensor:
+    """Uniform in t^(1/rho), t the VP SDE time (beta_d 19.9, beta_min 0.1); rho = 1 is DPM-Solver's
+    'time_uniform' (Lu et al. 2022, App. D.1), rho = 2 its 'time_quadratic'."""
+    a, b = _vp_t(sigma_max) ** (1 / rho), _vp_t(sigma_min) ** (1 / rho)
+    return vp_sigma((a + _steps(n) * (b - a)) ** rho, 19.9, 0.1)
+
+
+def time_quadratic_grid(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Uniform in sqrt(t) of the VP SDE: DPM-Solver's 'time_quadratic' (Lu et al. 2022, App. D.1)."""
+    return time_uniform_grid(n, sigma_min, sigma_max, rho=2.0)
+
+
 def file_grid(path: str | Path) -> torch.Tensor:
     """A grid read from a text or .npy file: descending positive sigmas, used as given."""
     path = Path(path)
@@ -157,3 +174,7 @@ register_schedule(ScheduleInfo("linear", linear_grid, EDM_RANGE, "uniform in sig
 register_schedule(ScheduleInfo("log-linear", log_linear_grid, EDM_RANGE, "uniform in log sigma"))
 register_schedule(ScheduleInfo("logsnr", logsnr_grid, EDM_RANGE,
                                "uniform logSNR, Lu et al. 2022 (DPM-Solver) Sec. 3.3"))
+register_schedule(ScheduleInfo("time-uniform", time_uniform_grid, EDM_RANGE,
+                               "uniform VP time t (rho: in t^(1/rho)); Lu et al. 2022 App. D.1", ("rho",)))
+register_schedule(ScheduleInfo("time-quadratic", time_quadratic_grid, EDM_RANGE,
+                               "uniform sqrt(VP time t); Lu et al. 2022 App. D.1"))

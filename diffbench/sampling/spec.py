@@ -10,13 +10,16 @@ from typing import Any
 import torch
 
 from diffbench.errors import ConfigError, UnknownNameError
+from diffbench.sampling.noise import NOISE_MODES
 from diffbench.sampling.ode import SCALING, SIGMA_T
 from diffbench.sampling.solvers import get_solver
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 # options that belong to a solver (validated against SolverInfo.options); None means "not given"
-SOLVER_OPTIONS = ("alpha", "S_churn", "S_min", "S_max", "S_noise", "churn_per_step", "eta")
+SOLVER_OPTIONS = ("alpha", "S_churn", "S_min", "S_max", "S_noise", "churn_per_step", "eta", "order",
+                  "lower_order_final", "analytic_first_step", "variant", "prediction", "restart_min",
+                  "restart_max", "restart_k", "restart_steps")
 SCHEDULE_OPTIONS = ("rho", "epsilon_s", "M", "C_1", "C_2")
 
 
@@ -47,6 +50,16 @@ class SamplerSpec:
     S_noise: float | None = None
     churn_per_step: float | None = None
     eta: float | None = None
+    order: int | None = None
+    lower_order_final: str | int | None = None
+    analytic_first_step: bool | None = None
+    variant: str | None = None
+    prediction: str | None = None
+    restart_min: float | None = None
+    restart_max: float | None = None
+    restart_k: int | None = None
+    restart_steps: int | None = None
+    noise: str = "independent"
     dtype: str = "float64"
 
     def __post_init__(self) -> None:
@@ -58,6 +71,19 @@ class SamplerSpec:
         if wrong:
             raise ConfigError(f"option(s) {', '.join(wrong)} do not apply to solver '{self.solver}' "
                               f"(it takes: {', '.join(info.options) or 'none'})")
+        if self.order is not None and self.order not in (info.orders or (info.order,)):
+            raise ConfigError(f"{self.solver} supports order {', '.join(map(str, info.orders or (info.order,)))}; "
+                              f"got {self.order}")
+        if self.analytic_first_step is False:
+            object.__setattr__(self, "analytic_first_step", None)
+        if self.lower_order_final is not None:
+            from diffbench.sampling.solvers.exponential import check_lower_order_final
+
+            object.__setattr__(self, "lower_order_final", check_lower_order_final(self.lower_order_final))
+        if self.noise not in NOISE_MODES:
+            raise UnknownNameError("noise mode", self.noise, NOISE_MODES)
+        if self.noise != "independent" and not (info.stochastic or info.churn or "eta" in info.options):
+            raise ConfigError(f"--noise {self.noise} applies to stochastic solvers; '{self.solver}' draws no noise")
         if (self.sigma_t, self.scaling) != ("linear", "none") and not info.ode_axes:
             raise ConfigError(f"sigma_t/scaling apply to the euler/heun family, not to '{self.solver}'")
         if self.sigma_t not in SIGMA_T:

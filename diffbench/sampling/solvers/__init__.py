@@ -55,21 +55,27 @@ class SolverInfo:
     options: tuple[str, ...] = field(default=())
     churn: bool = False      # accepts EDM churn (S_churn, ...): stochastic when churn > 0
     ode_axes: bool = False   # honours sigma_t / scaling (EDM's general ODE)
+    orders: tuple[int, ...] = ()  # the values `order` may take (empty: the option does not apply)
+    min_steps: int = 1
+    corrector_order: int = 0  # orders a corrector adds to `order` (UniC: +1)
+    extra_nfe: Callable[[dict[str, Any]], int] = field(default=lambda options: 0)  # e.g. -1 for AFS
 
     @property
     def nfe_rule(self) -> str:
         e, f = self.evals_per_step, self.evals_final
         return f"{e} per step" if e == f else f"{e} per step, {f} on a final step to 0"
 
-    def nfe(self, steps: int, *, endpoint: str = "edm", denoise_to_zero: bool = False) -> int:
+    def nfe(self, steps: int, *, endpoint: str = "edm", denoise_to_zero: bool = False,
+            options: dict[str, Any] | None = None) -> int:
         """Network evaluations per sample for a plan of `steps` steps."""
         k, z = intervals(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero)
-        return self.evals_per_step * k + self.evals_final * z
+        return self.evals_per_step * k + self.evals_final * z + self.extra_nfe(options or {})
 
-    def steps_for(self, nfe: int, *, endpoint: str = "edm", denoise_to_zero: bool = False) -> int | None:
+    def steps_for(self, nfe: int, *, endpoint: str = "edm", denoise_to_zero: bool = False,
+                  options: dict[str, Any] | None = None) -> int | None:
         """The step count that spends exactly `nfe` evaluations, or None when none does."""
-        for steps in range(1, nfe + 2):
-            got = self.nfe(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero)
+        for steps in range(self.min_steps, nfe + 2 + max(0, -self.extra_nfe(options or {}))):
+            got = self.nfe(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero, options=options)
             if got == nfe:
                 return steps
             if got > nfe:
@@ -77,9 +83,10 @@ class SolverInfo:
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "order": self.order, "stochastic": self.stochastic,
-                "nfe_rule": self.nfe_rule, "churn": self.churn, "options": list(self.options),
-                "paper": self.paper}
+        return {"name": self.name, "order": self.order, "orders": list(self.orders or (self.order,)),
+                "convergence_order": self.order + self.corrector_order,
+                "stochastic": self.stochastic, "nfe_rule": self.nfe_rule, "churn": self.churn,
+                "options": list(self.options), "paper": self.paper}
 
 
 SOLVERS: dict[str, SolverInfo] = {}
@@ -116,6 +123,23 @@ def all_solvers() -> list[SolverInfo]:
 def _load_builtin() -> None:
     from diffbench.sampling.solvers import edm  # noqa: F401, I001  (modules register on import, in listing order)
     from diffbench.sampling.solvers import ancestral  # noqa: F401
+    from diffbench.sampling.solvers import exponential  # noqa: F401
+    from diffbench.sampling.solvers import unipc  # noqa: F401
+    from diffbench.sampling.solvers import multistep  # noqa: F401
+    from diffbench.sampling.solvers import restart  # noqa: F401
+
+
+def order_at(j: int, n: int, order: int, lower_order_final: str | int = "always",
+             history: int = 0) -> int:
+    """Order used at step j of n: warm-up min(order, j + 1 + history), then lower-order final steps.
+
+    lower_order_final: "always" (last steps drop to min(order, n - j)), "never", or an int N (only when
+    n < N, as DPM-Solver (N = 10) and diffusers (N = 15) do) (REFERENCE §4).
+    """
+    p = min(order, j + 1 + history)
+    if lower_order_final == "always" or (isinstance(lower_order_final, int) and n < lower_order_final):
+        p = min(p, n - j)
+    return max(p, 1)
 
 
 def round_sigma(denoiser: Any, sigma: float) -> float:

@@ -41,7 +41,7 @@ def euler_ancestral(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noi
         if up > 0:
             if noise is None:
                 raise ConfigError("euler-ancestral with eta > 0 needs a noise source")
-            x = x + noise.step(i, x) * S_noise * up
+            x = x + noise.increment(i, s, s_next, x) * S_noise * up
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, denoised))
     return x
@@ -65,7 +65,7 @@ def ddim(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSo
         if sig_eta > 0:
             if noise is None:
                 raise ConfigError("ddim with eta > 0 needs a noise source")
-            x_vp = x_vp + sig_eta * noise.step(i, x)
+            x_vp = x_vp + sig_eta * noise.increment(i, s, s_next, x)
         x = x_vp / math.sqrt(abar_next)  # back to EDM space: x = x_vp / sqrt(abar)
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, denoised))

@@ -29,7 +29,7 @@ def churn_gammas(sigmas: torch.Tensor, *, S_churn: float = 0.0, S_min: float = 0
 
 
 def _churn(denoiser: Any, x: torch.Tensor, t: float, gamma: float, i: int, ode: TimeParam,
-           noise: NoiseSource | None, S_noise: float) -> tuple[torch.Tensor, float]:
+           noise: NoiseSource | None, S_noise: float, sigma_next: float) -> tuple[torch.Tensor, float]:
     """Raise the noise level from sigma(t) to sigma_hat = sigma(1 + gamma) (EDM Alg. 2, lines 5-6)."""
     if gamma == 0:
         return x, t
@@ -38,7 +38,7 @@ def _churn(denoiser: Any, x: torch.Tensor, t: float, gamma: float, i: int, ode: 
     sig = ode.sigma(t)
     t_hat = ode.sigma_inv(round_sigma(denoiser, sig + gamma * sig))
     sig_hat = ode.sigma(t_hat)
-    eps = noise.step(i, x)
+    eps = noise.increment(i, sig, sigma_next, x)
     x_hat = ode.s(t_hat) / ode.s(t) * x + math.sqrt(max(sig_hat**2 - sig**2, 0.0)) * ode.s(t_hat) * S_noise * eps
     return x_hat, t_hat
 
@@ -67,7 +67,7 @@ def euler(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseS
     n = len(sigmas) - 1
     x = x * ode.s(t[0])
     for i in range(n):
-        x_hat, t_hat = _churn(denoiser, x, t[i], gammas[i], i, ode, noise, S_noise)
+        x_hat, t_hat = _churn(denoiser, x, t[i], gammas[i], i, ode, noise, S_noise, float(sigmas[i + 1]))
         d, denoised = _slope(denoiser, x_hat, t_hat, ode)
         x = x_hat + (t[i + 1] - t_hat) * d
         if callback is not None:
@@ -90,7 +90,7 @@ def heun(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSo
     n = len(sigmas) - 1
     x = x * ode.s(t[0])
     for i in range(n):
-        x_hat, t_hat = _churn(denoiser, x, t[i], gammas[i], i, ode, noise, S_noise)
+        x_hat, t_hat = _churn(denoiser, x, t[i], gammas[i], i, ode, noise, S_noise, float(sigmas[i + 1]))
         h = t[i + 1] - t_hat
         d, denoised = _slope(denoiser, x_hat, t_hat, ode)
         if sigmas[i + 1] == 0:
