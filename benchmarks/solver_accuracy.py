@@ -1,0 +1,79 @@
+"""Error versus NFE for every deterministic solver on the analytic mixture (exact denoiser, exact ODE solution).
+
+    python benchmarks/solver_accuracy.py [--samples 16] [--write]
+
+Each cell is the RMS distance, over `--samples` latents, between the solver's x(sigma_min) and scipy's
+DOP853 solution of the same ODE (rtol 1e-10) from the same latents, on the `gmm` model (3x8x8), sigma 80 ->
+0.002, endpoint sigma_min (no final denoising step: the convention of the fast-solver papers' tables).
+'-' marks a budget the solver cannot spend exactly. Table 1: every solver on EDM's rho=7 grid. Table 2: each
+on the grid its paper uses (logSNR for DPM-Solver(++)/UniPC, time-quadratic for DEIS, rho=7 otherwise).
+With --write the tables replace the marked section of benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+import torch
+
+import diffbench
+from diffbench.errors import BudgetError
+from diffbench.models.analytic import reference_solution
+from diffbench.sampling.noise import NoiseSource
+from diffbench.sampling.solvers import all_solvers
+
+BUDGETS = [*range(3, 21), 35]
+PAPER_GRID = {"dpm-solver-2": "logsnr", "dpm-solver-3": "logsnr", "dpmpp-2s": "logsnr", "dpmpp-2m": "logsnr",
+              "dpmpp-3m": "logsnr", "unipc": "logsnr", "deis": "time-quadratic"}
+START, END = "<!-- solver-accuracy:start -->", "<!-- solver-accuracy:end -->"
+
+
+def table(model, z, ref, grid_of) -> list[str]:
+    solvers = [s for s in all_solvers() if not s.stochastic]
+    lines = ["| solver | grid | " + " | ".join(str(b) for b in BUDGETS) + " |",
+             "|---|---|" + "---:|" * len(BUDGETS)]
+    for s in solvers:
+        grid = grid_of(s.name)
+        cells = []
+        for nfe in BUDGETS:
+            try:
+                out = diffbench.sample(model, latents=z, solver=s.name, schedule=grid, nfe=nfe,
+                                       endpoint="sigma_min", device="cpu")
+            except BudgetError:
+                cells.append("–")
+                continue
+            cells.append(f"{float(((out.images - ref) ** 2).mean().sqrt()):.1e}")
+        lines.append(f"| {s.name} | {grid} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--write", action="store_true", help="replace the table in benchmarks/README.md")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    model = diffbench.load("gmm")
+    z = NoiseSource(range(args.samples)).latents(model.sample_shape)
+    ref = reference_solution(model, z.double() * 80, sigma_from=80.0, sigma_to=0.002)
+    scale = float((ref**2).mean().sqrt())
+    out = [f"RMS error at sigma_min against the exact ODE solution (`gmm`, {args.samples} latents, "
+           f"RMS of the solution itself {scale:.3f}); columns are NFE.", "",
+           "Every solver on EDM's rho = 7 grid:", "", *table(model, z, ref, lambda name: "edm"), "",
+           "Each solver on its paper's grid:", "", *table(model, z, ref, lambda name: PAPER_GRID.get(name, "edm"))]
+    text = "\n".join(out)
+    print(text)
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
+    if args.write:
+        path = Path(__file__).with_name("README.md")
+        readme = path.read_text()
+        new = f"{START}\n{text}\n{END}"
+        readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda m: new, readme, flags=re.S)
+        path.write_text(readme)
+
+
+if __name__ == "__main__":
+    main()
