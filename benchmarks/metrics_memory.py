@@ -94,8 +94,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['n']} | {r['peak_mb']:.0f} | {r['base_mb']:.0f} | {r['seconds']:.1f} "
-            f"| {r['held_features_mb']:.0f} |"
+            f"| {r['n']} | {r['peak_mb']:.0f} | {r['base_mb']:.0f} | {r['seconds']:.1f} | {r['held_features_mb']:.0f} |"
         )
 
 

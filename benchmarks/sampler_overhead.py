@@ -35,13 +35,25 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     torch.manual_seed(0)
-    net = build_network("SongUNet", {
-        "img_resolution": 32, "in_channels": 3, "out_channels": 3, "model_channels": args.channels,
-        "channel_mult": [int(m) for m in args.mult.split(",")], "num_blocks": args.blocks,
-        "attn_resolutions": [16], "dropout": 0.0})
+    net = build_network(
+        "SongUNet",
+        {
+            "img_resolution": 32,
+            "in_channels": 3,
+            "out_channels": 3,
+            "model_channels": args.channels,
+            "channel_mult": [int(m) for m in args.mult.split(",")],
+            "num_blocks": args.blocks,
+            "attn_resolutions": [16],
+            "dropout": 0.0,
+        },
+    )
     model = EDMPrecond(net, img_resolution=32, img_channels=3).to(device).eval().requires_grad_(False)
     params = sum(p.numel() for p in model.parameters())
     seeds = list(range(args.batch))
@@ -71,11 +83,15 @@ def main() -> None:
         assert out.nfe == args.nfe
     b, b32, lp = min(bare), min(bare32), min(loop)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; torch {torch.__version__}; SongUNet {params / 1e6:.2f} M params; batch {args.batch}; "
-          f"NFE {args.nfe} (heun, 18 steps, float64 state)")
+    print(
+        f"device: {name}; torch {torch.__version__}; SongUNet {params / 1e6:.2f} M params; batch {args.batch}; "
+        f"NFE {args.nfe} (heun, 18 steps, float64 state)"
+    )
     print(f"bare network calls: {b:.3f} s (float32 inputs: {b32:.3f} s)   diffbench.sample: {lp:.3f} s")
-    print(f"loop overhead: {100 * (lp / b - 1):+.2f}% ({1000 * (lp - b) / args.nfe:.2f} ms per evaluation); "
-          f"against float32 inputs {100 * (lp / b32 - 1):+.2f}%; {args.batch / lp:.1f} img/s")
+    print(
+        f"loop overhead: {100 * (lp / b - 1):+.2f}% ({1000 * (lp - b) / args.nfe:.2f} ms per evaluation); "
+        f"against float32 inputs {100 * (lp / b32 - 1):+.2f}%; {args.batch / lp:.1f} img/s"
+    )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
 import diffbench
 from diffbench.errors import BudgetError
 from diffbench.models.analytic import reference_solution
@@ -26,22 +24,38 @@ from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.solvers import all_solvers
 
 BUDGETS = [*range(3, 21), 35]
-PAPER_GRID = {"dpm-solver-2": "logsnr", "dpm-solver-3": "logsnr", "dpmpp-2s": "logsnr", "dpmpp-2m": "logsnr",
-              "dpmpp-3m": "logsnr", "unipc": "logsnr", "deis": "time-quadratic"}
+PAPER_GRID = {
+    "dpm-solver-2": "logsnr",
+    "dpm-solver-3": "logsnr",
+    "dpmpp-2s": "logsnr",
+    "dpmpp-2m": "logsnr",
+    "dpmpp-3m": "logsnr",
+    "unipc": "logsnr",
+    "deis": "time-quadratic",
+}
 START, END = "<!-- solver-accuracy:start -->", "<!-- solver-accuracy:end -->"
 
 
 def table(model, z, ref, grid_of) -> list[str]:
     solvers = [s for s in all_solvers() if not s.stochastic]
-    lines = ["| solver | grid | " + " | ".join(str(b) for b in BUDGETS) + " |",
-             "|---|---|" + "---:|" * len(BUDGETS)]
+    lines = [
+        "| solver | grid | " + " | ".join(str(b) for b in BUDGETS) + " |",
+        "|---|---|" + "---:|" * len(BUDGETS),
+    ]
     for s in solvers:
         grid = grid_of(s.name)
         cells = []
         for nfe in BUDGETS:
             try:
-                out = diffbench.sample(model, latents=z, solver=s.name, schedule=grid, nfe=nfe,
-                                       endpoint="sigma_min", device="cpu")
+                out = diffbench.sample(
+                    model,
+                    latents=z,
+                    solver=s.name,
+                    schedule=grid,
+                    nfe=nfe,
+                    endpoint="sigma_min",
+                    device="cpu",
+                )
             except BudgetError:
                 cells.append("–")
                 continue
@@ -60,10 +74,18 @@ def main() -> None:
     z = NoiseSource(range(args.samples)).latents(model.sample_shape)
     ref = reference_solution(model, z.double() * 80, sigma_from=80.0, sigma_to=0.002)
     scale = float((ref**2).mean().sqrt())
-    out = [f"RMS error at sigma_min against the exact ODE solution (`gmm`, {args.samples} latents, "
-           f"RMS of the solution itself {scale:.3f}); columns are NFE.", "",
-           "Every solver on EDM's rho = 7 grid:", "", *table(model, z, ref, lambda name: "edm"), "",
-           "Each solver on its paper's grid:", "", *table(model, z, ref, lambda name: PAPER_GRID.get(name, "edm"))]
+    out = [
+        f"RMS error at sigma_min against the exact ODE solution (`gmm`, {args.samples} latents, "
+        f"RMS of the solution itself {scale:.3f}); columns are NFE.",
+        "",
+        "Every solver on EDM's rho = 7 grid:",
+        "",
+        *table(model, z, ref, lambda name: "edm"),
+        "",
+        "Each solver on its paper's grid:",
+        "",
+        *table(model, z, ref, lambda name: PAPER_GRID.get(name, "edm")),
+    ]
     text = "\n".join(out)
     print(text)
     print(f"\n({time.perf_counter() - t0:.0f} s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "sample", "Samples", "SamplerSpec", "__version__"]
+__all__ = ["load", "sample", "fid", "Samples", "SamplerSpec", "__version__"]
 
 
 def load(spec: Any, *, device: str = "cpu", offline: bool = False) -> Any:
@@ -20,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from diffbench.sampling import run
 
         return getattr(run, name)
+    if name == "fid":
+        from diffbench.metrics import fid
+
+        return fid
     if name == "SamplerSpec":
         from diffbench.sampling.spec import SamplerSpec
 

@@ -21,8 +21,10 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
 
 def _check_image_shaped(images: torch.Tensor) -> None:
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ConfigError(f"samples of shape {tuple(images.shape[1:])} are not images with 1 or 3 channels; "
-                          "use the Python API or an .npz of another model")
+        raise ConfigError(
+            f"samples of shape {tuple(images.shape[1:])} are not images with 1 or 3 channels; "
+            "use the Python API or an .npz of another model"
+        )
 
 
 def _to_pil(img: np.ndarray):
@@ -96,8 +98,12 @@ class ImageSink:
         """Finish the npz (with what finished, if the run failed) and write the sidecar."""
         if self.npz and self.images:
             tmp = self.out.with_name(self.out.name + ".tmp.npz")
-            np.savez(tmp, images=np.concatenate(self.images), seeds=np.asarray(self.seeds, dtype=np.int64),
-                     labels=np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int64))
+            np.savez(
+                tmp,
+                images=np.concatenate(self.images),
+                seeds=np.asarray(self.seeds, dtype=np.int64),
+                labels=np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int64),
+            )
             os.replace(tmp, self.out)
         record = dict(provenance, complete=complete, images_written=len(self.seeds))
         if error is not None:
@@ -115,5 +121,5 @@ def grid_image(images: torch.Tensor, *, columns: int | None = None):
     canvas = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
     for k in range(n):
         r, q = divmod(k, cols)
-        canvas[r * h:(r + 1) * h, q * w:(q + 1) * w] = u8[k]
+        canvas[r * h : (r + 1) * h, q * w : (q + 1) * w] = u8[k]
     return _to_pil(canvas)

@@ -22,7 +22,7 @@ class EDMStyleNet(torch.nn.Module):
 
     def forward(self, x, sigma, class_labels=None):
         assert class_labels is not None and class_labels.shape == (x.shape[0], 3)
-        return (x.to(torch.float32) * 0.5 / (1 + sigma.reshape(-1, 1, 1, 1).float() ** 2))
+        return x.to(torch.float32) * 0.5 / (1 + sigma.reshape(-1, 1, 1, 1).float() ** 2)
 
 
 def test_sample_returns_images_nfe_sigmas_seeds(gmm):
@@ -34,8 +34,15 @@ def test_sample_returns_images_nfe_sigmas_seeds(gmm):
 
 
 def test_duck_typed_network_is_accepted():
-    out = diffbench.sample(EDMStyleNet(), seeds=range(5), solver="euler", nfe=4, batch=2, device="cpu",
-                           class_labels=[0, 1, 2, 0, 1])
+    out = diffbench.sample(
+        EDMStyleNet(),
+        seeds=range(5),
+        solver="euler",
+        nfe=4,
+        batch=2,
+        device="cpu",
+        class_labels=[0, 1, 2, 0, 1],
+    )
     assert out.images.shape == (5, 1, 4, 4) and out.class_labels.tolist() == [0, 1, 2, 0, 1]
     assert torch.isfinite(out.images).all()
 
@@ -92,9 +99,15 @@ def test_gmm_denoiser_is_tweedie_exact():
     sigma = 0.7
     C = g.component_covs() + sigma**2 * torch.eye(3, dtype=torch.float64)
     xx = x.clone().requires_grad_()
-    logp = torch.logsumexp(torch.stack([
-        torch.distributions.MultivariateNormal(g.means[k], C[k]).log_prob(xx) + g.weights[k].log()
-        for k in range(2)]), 0)
+    logp = torch.logsumexp(
+        torch.stack(
+            [
+                torch.distributions.MultivariateNormal(g.means[k], C[k]).log_prob(xx) + g.weights[k].log()
+                for k in range(2)
+            ]
+        ),
+        0,
+    )
     logp.sum().backward()
     want = x + sigma**2 * xx.grad
     assert torch.allclose(g(x, torch.full((5,), sigma, dtype=torch.float64)), want, atol=1e-7)
@@ -131,8 +144,11 @@ def test_ideal_from_file(tmp_path):
 def test_reference_solution_of_a_single_gaussian_is_closed_form():
     """For N(mu, s0^2 I), x(sigma) = mu + (x0 - mu) sqrt((s0^2 + sigma^2)/(s0^2 + sigma0^2)) (EDM ODE)."""
     mu, s0 = 0.3, 0.5
-    g = GaussianMixture(weights=[1.0], means=torch.full((1, 4), mu, dtype=torch.float64),
-                        covs=torch.full((1, 4), s0**2, dtype=torch.float64))
+    g = GaussianMixture(
+        weights=[1.0],
+        means=torch.full((1, 4), mu, dtype=torch.float64),
+        covs=torch.full((1, 4), s0**2, dtype=torch.float64),
+    )
     x0 = torch.randn(2, 4, dtype=torch.float64) * 80
     got = reference_solution(g, x0, sigma_from=80.0, sigma_to=0.002)
     want = mu + (x0 - mu) * math.sqrt((s0**2 + 0.002**2) / (s0**2 + 80.0**2))

@@ -48,9 +48,7 @@ def images(n, seed=0, size=8):
 @pytest.fixture()
 def ref(tmp_path, cli):
     np.savez(tmp_path / "refimgs.npz", images=images(200, seed=1))
-    code, out, err = cli(
-        "stats", tmp_path / "refimgs.npz", "-o", tmp_path / "ref.npz", *EXT, "--keep-features"
-    )
+    code, out, err = cli("stats", tmp_path / "refimgs.npz", "-o", tmp_path / "ref.npz", *EXT, "--keep-features")
     assert code == 0, err
     assert "200 images 8x8, extractor proj, 6-d, features kept" in out
     return tmp_path / "ref.npz"
@@ -118,9 +116,7 @@ def test_fid_straight_from_a_sampler_spec(tmp_path, cli, ref):
 
 
 def test_stats_is_cached(tmp_path, cli, ref):
-    code, out, _ = cli(
-        "stats", tmp_path / "refimgs.npz", "-o", tmp_path / "again.npz", *EXT, "--keep-features"
-    )
+    code, out, _ = cli("stats", tmp_path / "refimgs.npz", "-o", tmp_path / "again.npz", *EXT, "--keep-features")
     assert code == 0 and "(from cache)" in out
 
 

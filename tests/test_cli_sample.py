@@ -14,8 +14,24 @@ import diffbench
 
 def test_sample_to_png_folder_with_grid_and_sidecar(cli, tmp_path, gmm):
     out, grid = tmp_path / "pngs", tmp_path / "grid.png"
-    code, _, err = cli("sample", "gmm", "--solver", "heun", "--schedule", "edm", "--nfe", "35", "--seeds", "0-5",
-                       "--batch", "4", "--out", out, "--grid", grid)
+    code, _, err = cli(
+        "sample",
+        "gmm",
+        "--solver",
+        "heun",
+        "--schedule",
+        "edm",
+        "--nfe",
+        "35",
+        "--seeds",
+        "0-5",
+        "--batch",
+        "4",
+        "--out",
+        out,
+        "--grid",
+        grid,
+    )
     assert code == 0, err
     assert sorted(p.name for p in out.glob("*.png")) == [f"{s:06d}.png" for s in range(6)]
     img = np.asarray(Image.open(out / "000003.png"))
@@ -34,8 +50,20 @@ def test_sample_to_png_folder_with_grid_and_sidecar(cli, tmp_path, gmm):
 
 def test_sample_to_npz(cli, tmp_path):
     out = tmp_path / "s.npz"
-    code, _, err = cli("sample", "gmm:cond=1", "--solver", "euler-ancestral", "--nfe", "8", "--seeds", "2,4,9-10",
-                       "--class", "1", "--out", out)
+    code, _, err = cli(
+        "sample",
+        "gmm:cond=1",
+        "--solver",
+        "euler-ancestral",
+        "--nfe",
+        "8",
+        "--seeds",
+        "2,4,9-10",
+        "--class",
+        "1",
+        "--out",
+        out,
+    )
     assert code == 0, err
     with np.load(out) as data:
         assert data["images"].shape == (4, 8, 8, 3) and data["images"].dtype == np.uint8
@@ -49,25 +77,29 @@ def test_solvers_and_schedules_json(cli):
     assert code == 0 and {"euler", "heun", "ddim", "euler-ancestral"} <= {r["name"] for r in rows}
     assert all({"name", "order", "stochastic", "nfe_rule", "paper"} <= set(r) for r in rows)
     code, out, _ = cli("schedules", "--json")
-    assert code == 0 and {"edm", "vp", "ve", "iddpm", "linear", "log-linear", "logsnr"} <= \
-        {r["name"] for r in json.loads(out)}
+    assert code == 0 and {"edm", "vp", "ve", "iddpm", "linear", "log-linear", "logsnr"} <= {
+        r["name"] for r in json.loads(out)
+    }
     code, out, _ = cli("solvers")
     assert code == 0 and "heun" in out
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--solver", "hen"], "unknown solver 'hen'. Did you mean 'heun'?"),
-    (["--schedule", "karras"], "unknown schedule 'karras'"),
-    (["--nfe", "36"], "nearest reachable: 35 or 37"),
-    (["--seeds", "1-x"], "malformed seed list"),
-    (["--seeds", "5-2"], "end before start"),
-    (["--sigma-min", "-1"], "outside the model's sigma range"),
-    (["--solver", "euler", "--alpha", "0.5"], "do not apply to solver 'euler'"),
-    (["--sigma-t", "vq"], "unknown sigma_t 'vq'"),
-    (["--denoise-to-zero"], "denoise_to_zero applies only"),
-    (["--class", "1"], "unconditional"),
-    (["--device", "cuda"], "no CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--solver", "hen"], "unknown solver 'hen'. Did you mean 'heun'?"),
+        (["--schedule", "karras"], "unknown schedule 'karras'"),
+        (["--nfe", "36"], "nearest reachable: 35 or 37"),
+        (["--seeds", "1-x"], "malformed seed list"),
+        (["--seeds", "5-2"], "end before start"),
+        (["--sigma-min", "-1"], "outside the model's sigma range"),
+        (["--solver", "euler", "--alpha", "0.5"], "do not apply to solver 'euler'"),
+        (["--sigma-t", "vq"], "unknown sigma_t 'vq'"),
+        (["--denoise-to-zero"], "denoise_to_zero applies only"),
+        (["--class", "1"], "unconditional"),
+        (["--device", "cuda"], "no CUDA GPU"),
+    ],
+)
 def test_bad_input_is_one_line(cli, tmp_path, args, message):
     if "--device" in args and torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -120,12 +152,24 @@ def test_non_finite_keeps_what_was_written(cli, tmp_path, monkeypatch, gmm):
     def write(self, images, seeds, labels):
         real_write(self, images, seeds, labels)
         seen["n"] += len(seeds)
-        model.breaking = seen["n"] >= 4   # the last batch (one image) goes non-finite
+        model.breaking = seen["n"] >= 4  # the last batch (one image) goes non-finite
 
     monkeypatch.setattr(diffbench.io.ImageSink, "write", write)
     out = tmp_path / "o"
-    code, _, err = cli("sample", "whatever", "--solver", "euler", "--nfe", "5", "--seeds", "0-4", "--batch", "4",
-                       "--out", out)
+    code, _, err = cli(
+        "sample",
+        "whatever",
+        "--solver",
+        "euler",
+        "--nfe",
+        "5",
+        "--seeds",
+        "0-4",
+        "--batch",
+        "4",
+        "--out",
+        out,
+    )
     assert code != 0 and "non-finite value at step 1/5 (sigma 80 -> " in err and "seeds 4" in err
     assert one_error_line(err)
     assert len(list(out.glob("*.png"))) == 4
@@ -136,3 +180,37 @@ def test_non_finite_keeps_what_was_written(cli, tmp_path, monkeypatch, gmm):
 def test_help_is_fast_and_lists_commands(cli):
     code, out, _ = cli("--help")
     assert code == 0 and "sample" in out and "solvers" in out
+
+
+def test_sample_from_an_edm_pickle_end_to_end(cli, tmp_path):
+    """A checkpoint in EDM's pickle format (random weights) samples through the CLI; the sidecar has its sha256."""
+    from diffbench.models.edm_pickle import write_edm_pickle
+    from diffbench.models.nets import build_network
+    from diffbench.models.precond import VPPrecond
+
+    torch.manual_seed(0)
+    net = build_network(
+        "SongUNet",
+        {
+            "img_resolution": 8,
+            "in_channels": 3,
+            "out_channels": 3,
+            "model_channels": 16,
+            "channel_mult": [1, 2],
+            "num_blocks": 1,
+            "attn_resolutions": [4],
+        },
+    )
+    model = VPPrecond(net, img_resolution=8, img_channels=3)
+    path = tmp_path / "tiny-vp.pkl"
+    write_edm_pickle(path, denoiser=model)
+    out = tmp_path / "s.npz"
+    code, _, err = cli("sample", path, "--nfe", "7", "--seeds", "0-2", "--out", out)
+    assert code == 0, err
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["model"]["source_info"]["format"] == "edm-pickle" and len(side["model"]["source_info"]["sha256"]) == 64
+    assert side["plan"]["sigma_max"] == pytest.approx(80.0) and side["model"]["sigma_min"] == 0.0009765625
+    want = diffbench.sample(diffbench.load(str(path)), seeds=[0, 1, 2], nfe=7, device="cpu").images
+    with np.load(out) as data:
+        u8 = (want * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        assert np.array_equal(data["images"], u8)

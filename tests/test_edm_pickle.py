@@ -66,9 +66,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, name):
     loaded = E.load_edm_pickle(path)
     assert type(loaded) is type(wrapper) and type(loaded.model) is type(wrapper.model)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
-    assert {k: v.shape for k, v in loaded.state_dict().items()} == {
-        k: v.shape for k, v in wrapper.state_dict().items()
-    }
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in wrapper.state_dict().items()}
     x, labels, aug = net_inputs(fx)
     kwargs = {} if aug is None else {"augment_labels": aug}
     with torch.no_grad():
@@ -130,9 +128,7 @@ def test_written_pickle_has_edm_structure(tmp_path):
     assert isinstance(rec, E.PersistentRecord) and rec.class_name == "EDMPrecond"
     assert rec.init_kwargs["sigma_data"] == pytest.approx(0.6) and rec.init_kwargs["model_type"] == "SongUNet"
     inner = rec.state["_modules"]["model"]
-    assert (
-        inner.class_name == "SongUNet" and fx["meta"]["network_kwargs"].items() <= inner.init_kwargs.items()
-    )
+    assert inner.class_name == "SongUNet" and fx["meta"]["network_kwargs"].items() <= inner.init_kwargs.items()
     assert isinstance(inner.state["_modules"]["enc"], E.ModuleDictRecord)
 
 

@@ -275,9 +275,7 @@ def test_concurrent_fetch_of_one_file_downloads_once(server, home):
     dest.parent.mkdir(parents=True)
     results = []
     with fetch.exclusive(str(dest.resolve())):  # stands in for another rank's download in progress
-        waiter = threading.Thread(
-            target=lambda: results.append(fetch.download(server.url + "/shared.pkl", dest))
-        )
+        waiter = threading.Thread(target=lambda: results.append(fetch.download(server.url + "/shared.pkl", dest)))
         waiter.start()
         waiter.join(timeout=0.3)
         assert waiter.is_alive() and server.log == []  # blocked on the lock, no request made

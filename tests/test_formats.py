@@ -272,9 +272,7 @@ def test_state_dict_that_does_not_fit_names_the_keys(tmp_path):
     state.pop(first)
     state["extra.weight"] = torch.zeros(1)
     path = _write_state_dict(tmp_path, state)
-    with pytest.raises(
-        ModelLoadError, match=rf"missing 1 keys \({first}\); unexpected 1 keys \(extra.weight\)"
-    ):
+    with pytest.raises(ModelLoadError, match=rf"missing 1 keys \({first}\); unexpected 1 keys \(extra.weight\)"):
         load_checkpoint(str(path))
 
 
@@ -306,9 +304,7 @@ def test_sidecar_problems(tmp_path):
     path.with_suffix(".json").unlink()
     with pytest.raises(ModelLoadError, match="net.json .* is missing"):
         load_checkpoint(str(path))
-    path.with_suffix(".json").write_text(
-        json.dumps({"network": "SongUNet", "precond": "EDMPrecond", "colour": 1})
-    )
+    path.with_suffix(".json").write_text(json.dumps({"network": "SongUNet", "precond": "EDMPrecond", "colour": 1}))
     with pytest.raises(ConfigError, match="unknown keys colour"):
         load_checkpoint(str(path))
     path.with_suffix(".json").write_text(

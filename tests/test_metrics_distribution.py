@@ -68,9 +68,7 @@ def test_exact_metrics_of_the_mixture_on_its_own_samples(small_gmm):
     assert exact_frechet(small_gmm, x) < 0.01 * scale
     shifted = x + 0.5
     assert exact_frechet(small_gmm, shifted) == pytest.approx(
-        exact_frechet(small_gmm, x)
-        + 2 * 0.5 * float((x.flatten(1).mean(0) - small_gmm.mean()).sum())
-        + 0.25 * 2,
+        exact_frechet(small_gmm, x) + 2 * 0.5 * float((x.flatten(1).mean(0) - small_gmm.mean()).sum()) + 0.25 * 2,
         rel=1e-6,
     )
     assert exact_sliced_wasserstein(small_gmm, x) < 0.2 * exact_sliced_wasserstein(small_gmm, shifted)

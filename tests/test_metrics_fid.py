@@ -111,9 +111,7 @@ def test_samples_straight_from_a_sampler_spec(gmm):
 
     ext = Proj(pixels=3 * 8 * 8)
     ref = sample(gmm, seeds=range(1000, 1100), solver="heun", nfe=35, device="cpu").images
-    src = sampler_source(
-        gmm, spec=SamplerSpec.make(solver="heun", nfe=7), seeds=range(20), device="cpu", batch=8
-    )
+    src = sampler_source(gmm, spec=SamplerSpec.make(solver="heun", nfe=7), seeds=range(20), device="cpu", batch=8)
     direct = fid(src, ref=ref, extractor=ext, blocks=2)
     written = sample(gmm, seeds=range(20), solver="heun", nfe=7, device="cpu").images
     assert direct.blocks == pytest.approx(fid(written, ref=ref, extractor=ext, blocks=2).blocks, rel=1e-12)
@@ -147,9 +145,7 @@ def result(blocks, n=1000):
 
 def test_compare_fid_verdicts():
     c = compare_fid(result([3.0, 3.1, 2.9]), result([5.0, 5.2, 4.9]))
-    assert (
-        c.significant and c.verdict.startswith("a is better") and c.difference == pytest.approx(-2.0333, 1e-3)
-    )
+    assert c.significant and c.verdict.startswith("a is better") and c.difference == pytest.approx(-2.0333, 1e-3)
     # Welch's test agrees with scipy's
     t, _ = sps.ttest_ind([3.0, 3.1, 2.9], [5.0, 5.2, 4.9], equal_var=False)
     assert c.t == pytest.approx(t, rel=1e-10)

@@ -25,9 +25,7 @@ def scipy_fd(mu1, s1, mu2, s2) -> float:
 
 def test_one_dimensional_closed_form():
     # 1-D: (m1 − m2)² + (s1 − s2)² with s the standard deviations
-    fd = frechet_distance(
-        mu1=np.array([1.5]), sigma1=np.array([[4.0]]), mu2=np.array([-0.5]), sigma2=np.array([[9.0]])
-    )
+    fd = frechet_distance(mu1=np.array([1.5]), sigma1=np.array([[4.0]]), mu2=np.array([-0.5]), sigma2=np.array([[9.0]]))
     assert fd == pytest.approx((1.5 + 0.5) ** 2 + (2.0 - 3.0) ** 2, rel=1e-12)
 
 

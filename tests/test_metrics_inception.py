@@ -137,9 +137,7 @@ def test_cli_stats_and_fid_with_local_weights(tmp_path, monkeypatch, cli, weight
     code, out, err = cli("stats", tmp_path / "s.npz", "-o", tmp_path / "ref.npz", *w, "--batch", "3")
     assert code == 0, err
     assert "4 images 12x12, extractor inception-v3-compat@" in out and "2048-d" in out
-    code, out, err = cli(
-        "fid", tmp_path / "s.npz", "--ref", tmp_path / "ref.npz", *w, "--json", "--allow-small-n"
-    )
+    code, out, err = cli("fid", tmp_path / "s.npz", "--ref", tmp_path / "ref.npz", *w, "--json", "--allow-small-n")
     assert code == 0, err
     import json
 

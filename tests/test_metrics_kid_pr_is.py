@@ -27,9 +27,7 @@ def test_mmd2_matches_double_loop():
     sxx = sum(k(x[i], x[j]) for i, j in itertools.permutations(range(m), 2)) / (m * (m - 1))
     syy = sum(k(y[i], y[j]) for i, j in itertools.permutations(range(m), 2)) / (m * (m - 1))
     sxy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
-    assert mmd2_unbiased(torch.as_tensor(x), torch.as_tensor(y)) == pytest.approx(
-        sxx + syy - 2 * sxy, rel=1e-10
-    )
+    assert mmd2_unbiased(torch.as_tensor(x), torch.as_tensor(y)) == pytest.approx(sxx + syy - 2 * sxy, rel=1e-10)
 
 
 def test_kid_matches_torch_fidelity_on_full_subsets():
@@ -44,9 +42,7 @@ def test_kid_matches_torch_fidelity_on_full_subsets():
 
 def test_kid_near_zero_for_same_distribution_and_positive_otherwise():
     same, _ = kid(features1=feats(300, 8, 4), features2=feats(300, 8, 5), subsets=20, subset_size=100)
-    diff, _ = kid(
-        features1=feats(300, 8, 4), features2=feats(300, 8, 5, shift=1.0), subsets=20, subset_size=100
-    )
+    diff, _ = kid(features1=feats(300, 8, 4), features2=feats(300, 8, 5, shift=1.0), subsets=20, subset_size=100)
     assert abs(same) < 0.05 * diff and diff > 0
 
 

@@ -26,8 +26,7 @@ def test_heun_error_falls_as_nfe_squared(small_gmm):
     # Heun is second order (EDM Sec. 3): doubling the steps divides the global error by ~4
     nfes = [33, 65, 129]
     errs = [
-        reference_error(small_gmm, spec=spec(solver="heun", nfe=n), seeds=range(12), device="cpu").rms
-        for n in nfes
+        reference_error(small_gmm, spec=spec(solver="heun", nfe=n), seeds=range(12), device="cpu").rms for n in nfes
     ]
     slope = np.polyfit(np.log([(n + 1) / 2 for n in nfes]), np.log(errs), 1)[0]
     assert -2.6 < slope < -1.6, (errs, slope)

@@ -44,8 +44,16 @@ def test_counted_equals_planned_for_every_reachable_budget(solver, endpoint, dtz
             if schedule == "iddpm" and steps > 500:
                 continue
             model = Counting()
-            out = diffbench.sample(model, seeds=[0, 1, 2], solver=solver, schedule=schedule, nfe=nfe,
-                                   endpoint=endpoint, denoise_to_zero=dtz, device="cpu")
+            out = diffbench.sample(
+                model,
+                seeds=[0, 1, 2],
+                solver=solver,
+                schedule=schedule,
+                nfe=nfe,
+                endpoint=endpoint,
+                denoise_to_zero=dtz,
+                device="cpu",
+            )
             assert out.nfe == nfe
             assert model.rows == 3 * nfe, (solver, schedule, endpoint, nfe)
 

@@ -100,7 +100,7 @@ def test_discrete_ddpm_predictions_recover_x0(prediction):
     p = DiscreteDDPMPrecond(Oracle(), betas=betas, prediction=prediction, img_resolution=4, img_channels=3)
     k = 500
     sigma = float(p.sigmas[k])
-    x = x0 + sigma * eps   # EDM space: x = x_t / sqrt(abar)
+    x = x0 + sigma * eps  # EDM space: x = x_t / sqrt(abar)
     out = p(x, torch.full((2,), sigma, dtype=torch.float64))
     assert torch.allclose(out.double(), x0, atol=2e-4 * max(1.0, sigma))
     assert p.round_sigma(torch.tensor(sigma * 1.0001, dtype=torch.float64)) == pytest.approx(sigma)

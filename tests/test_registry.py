@@ -65,11 +65,7 @@ def test_release_metadata_follows_the_names():
         e = registry.get_entry(name)
         m = re.match(r"(edm|baseline)-(\w+)-(\d+)x\d+-(cond|uncond)-(vp|ve|adm)$", name)
         family, data, res, cond, arch = m.groups()
-        want = (
-            "EDMPrecond"
-            if family == "edm"
-            else {"vp": "VPPrecond", "ve": "VEPrecond", "adm": "IDDPMPrecond"}[arch]
-        )
+        want = "EDMPrecond" if family == "edm" else {"vp": "VPPrecond", "ve": "VEPrecond", "adm": "IDDPMPrecond"}[arch]
         assert e.precond == want, name
         assert e.network == ("DhariwalUNet" if arch == "adm" else "SongUNet")
         assert e.resolution == int(res) and e.channels == 3
@@ -258,9 +254,7 @@ def test_registry_entry_with_published_hash_rejects_other_bytes(server, home, is
 
 def test_registry_entry_whose_file_disagrees_with_the_entry(server, home, isolated, tmp_path):  # noqa: F811
     server.files["/tiny.pt"] = _tiny_state_dict_bytes(tmp_path)
-    isolated.register_checkpoint(
-        _entry(server.url + "/tiny.pt", label_dim=10, precond_kwargs={"label_dim": 0})
-    )
+    isolated.register_checkpoint(_entry(server.url + "/tiny.pt", label_dim=10, precond_kwargs={"label_dim": 0}))
     with pytest.raises(ModelLoadError, match="label_dim 0, the registry says 10"):
         load_checkpoint("tiny-test")
 
@@ -348,9 +342,7 @@ def test_edm_pickle_entry_end_to_end(server, home, isolated, tmp_path):  # noqa:
     by_path = load_checkpoint(str(tmp_path / "net.pkl"))
     assert by_url.source_info["sha256"] == by_path.source_info["sha256"] == model.source_info["sha256"]
     # the registry's label count must agree with the file's
-    isolated.register_checkpoint(
-        _entry(server.url + "/edm/net.pkl", name="tiny-edm-wrong", format="edm-pickle")
-    )
+    isolated.register_checkpoint(_entry(server.url + "/edm/net.pkl", name="tiny-edm-wrong", format="edm-pickle"))
     with pytest.raises(ModelLoadError, match="label_dim 10, the registry says 0"):
         load_checkpoint("tiny-edm-wrong")
 

@@ -22,8 +22,26 @@ from diffbench.sampling.schedules import (
 )
 
 # REFERENCE §1: the 18-step EDM grid, as printed there
-EDM_18 = [80, 57.59, 40.79, 28.37, 19.35, 12.91, 8.40, 5.32, 3.26, 1.92, 1.09, 0.585, 0.296, 0.140, 0.060,
-          0.023, 0.0075, 0.002]
+EDM_18 = [
+    80,
+    57.59,
+    40.79,
+    28.37,
+    19.35,
+    12.91,
+    8.40,
+    5.32,
+    3.26,
+    1.92,
+    1.09,
+    0.585,
+    0.296,
+    0.140,
+    0.060,
+    0.023,
+    0.0075,
+    0.002,
+]
 
 
 class Raw(torch.nn.Module):
@@ -88,7 +106,7 @@ def test_default_range_is_clamped_to_the_network():
     assert p.sigma_max == 100.0
     iddpm = IDDPMPrecond(Raw(), img_resolution=4, img_channels=3)
     p = plan(iddpm, solver="euler", schedule="edm", steps=10)
-    assert p.sigma_min == pytest.approx(iddpm.sigma_min)   # 0.002 clamped up to the u-table's bottom
+    assert p.sigma_min == pytest.approx(iddpm.sigma_min)  # 0.002 clamped up to the u-table's bottom
 
 
 def test_explicit_range_outside_the_network_is_an_error():

@@ -24,39 +24,65 @@ def rms(a, b):
 
 
 def slope(model, z, ref, steps, **kw):
-    errs = [rms(diffbench.sample(model, latents=z, steps=n, endpoint="sigma_min", device="cpu", **kw).images, ref)
-            for n in steps]
+    errs = [
+        rms(diffbench.sample(model, latents=z, steps=n, endpoint="sigma_min", device="cpu", **kw).images, ref)
+        for n in steps
+    ]
     return np.polyfit(np.log(steps), np.log(errs), 1)[0], errs
 
 
-@pytest.mark.parametrize("solver,kw,order", [
-    ("euler", {}, 1),
-    ("heun", {}, 2),
-    ("heun", {"alpha": 0.5}, 2),
-    ("ddim", {}, 1),
-])
+@pytest.mark.parametrize(
+    "solver,kw,order",
+    [
+        ("euler", {}, 1),
+        ("heun", {}, 2),
+        ("heun", {"alpha": 0.5}, 2),
+        ("ddim", {}, 1),
+    ],
+)
 def test_convergence_order_on_the_mixture(problem, solver, kw, order):
     model, z, ref = problem
     s, errs = slope(model, z, ref, [16, 32, 64, 128], solver=solver, **kw)
     assert -s == pytest.approx(order, abs=0.25), errs
 
 
-@pytest.mark.parametrize("sigma_t,scaling,schedule", [("vp", "vp", "vp"), ("ve", "none", "ve"), ("linear", "vp", "edm")])
+@pytest.mark.parametrize(
+    "sigma_t,scaling,schedule", [("vp", "vp", "vp"), ("ve", "none", "ve"), ("linear", "vp", "edm")]
+)
 def test_ode_axes_solve_the_same_ode(problem, sigma_t, scaling, schedule):
     """EDM's general ODE in other sigma(t)/s(t) has the same solution: the 'original VP/VE' samplers converge."""
     model, z, ref = problem
-    s, errs = slope(model, z, ref, [32, 64, 128], solver="heun", sigma_t=sigma_t, scaling=scaling,
-                    schedule="edm")
+    s, errs = slope(model, z, ref, [32, 64, 128], solver="heun", sigma_t=sigma_t, scaling=scaling, schedule="edm")
     assert errs[-1] < 5e-3 and -s > 1.7, errs
-    out = diffbench.sample(model, latents=z, steps=256, solver="heun", schedule=schedule, sigma_t=sigma_t,
-                           scaling=scaling, endpoint="sigma_min", sigma_min=0.002, sigma_max=80.0, device="cpu")
+    out = diffbench.sample(
+        model,
+        latents=z,
+        steps=256,
+        solver="heun",
+        schedule=schedule,
+        sigma_t=sigma_t,
+        scaling=scaling,
+        endpoint="sigma_min",
+        sigma_min=0.002,
+        sigma_max=80.0,
+        device="cpu",
+    )
     assert rms(out.images, ref) < 5e-3
 
 
 def test_churn_zero_equals_deterministic(gmm):
     a = diffbench.sample(gmm, seeds=range(4), solver="heun", nfe=35, device="cpu")
-    b = diffbench.sample(gmm, seeds=range(4), solver="heun", nfe=35, S_churn=0.0, S_min=0.05, S_max=50.0,
-                         S_noise=1.003, device="cpu")
+    b = diffbench.sample(
+        gmm,
+        seeds=range(4),
+        solver="heun",
+        nfe=35,
+        S_churn=0.0,
+        S_min=0.05,
+        S_max=50.0,
+        S_noise=1.003,
+        device="cpu",
+    )
     assert torch.equal(a.images, b.images)
     c = diffbench.sample(gmm, seeds=range(4), solver="heun", nfe=35, S_churn=40.0, device="cpu")
     assert not torch.equal(a.images, c.images)

@@ -28,7 +28,7 @@ class Exact:
         return MODEL(x, torch.full((x.shape[0],), float(sigma), dtype=torch.float64))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exact_state(sigma_from: float, sigma: float) -> torch.Tensor:
     x0 = Z * sigma_from
     return x0 if sigma == sigma_from else reference_solution(MODEL, x0, sigma_from=sigma_from, sigma_to=sigma)
@@ -91,8 +91,9 @@ def test_ipndm_order_on_a_uniform_grid(order, steps):
     assert s == pytest.approx(order, abs=0.3), errs
 
 
-@pytest.mark.parametrize("name,kw", [("dpmpp-2m", {}), ("dpmpp-3m", {}), ("unipc", {}), ("ipndm", {}),
-                                     ("deis", {}), ("lms", {})])
+@pytest.mark.parametrize(
+    "name,kw", [("dpmpp-2m", {}), ("dpmpp-3m", {}), ("unipc", {}), ("ipndm", {}), ("deis", {}), ("lms", {})]
+)
 def test_order_with_the_usual_warm_up(name, kw):
     s, errs = slope(name, [40, 80, 160], exact_start=False, **kw)
     assert s >= 1.9, errs
@@ -121,24 +122,32 @@ def test_ten_nfe_ordering_matches_the_literature():
     ref = reference_solution(MODEL, z.double() * 80, sigma_from=80.0, sigma_to=0.002)
 
     def err(solver, schedule):
-        out = diffbench.sample(MODEL, latents=z, solver=solver, schedule=schedule, nfe=10, endpoint="sigma_min",
-                               device="cpu")
+        out = diffbench.sample(
+            MODEL, latents=z, solver=solver, schedule=schedule, nfe=10, endpoint="sigma_min", device="cpu"
+        )
         return float(((out.images - ref) ** 2).mean().sqrt())
 
     euler = err("euler", "edm")
-    for solver, schedule in (("dpmpp-3m", "logsnr"), ("unipc", "logsnr"), ("deis", "time-quadratic"),
-                             ("ipndm", "edm")):
+    for solver, schedule in (
+        ("dpmpp-3m", "logsnr"),
+        ("unipc", "logsnr"),
+        ("deis", "time-quadratic"),
+        ("ipndm", "edm"),
+    ):
         assert err(solver, schedule) < euler / 2, solver
 
 
-@pytest.mark.parametrize("solver,options,nfe,steps", [
-    ("dpmpp-3m", {"analytic_first_step": True}, 9, 10),
-    ("unipc", {"analytic_first_step": True}, 5, 6),
-    ("ipndm", {"analytic_first_step": True}, 4, 5),
-    ("restart", {}, 3 + 12, 2),
-    ("restart", {"restart_k": 1, "restart_steps": 2}, 35 + 4, 18),
-    ("dpm-solver-3", {}, 3 * 4 + 1, 5),
-])
+@pytest.mark.parametrize(
+    "solver,options,nfe,steps",
+    [
+        ("dpmpp-3m", {"analytic_first_step": True}, 9, 10),
+        ("unipc", {"analytic_first_step": True}, 5, 6),
+        ("ipndm", {"analytic_first_step": True}, 4, 5),
+        ("restart", {}, 3 + 12, 2),
+        ("restart", {"restart_k": 1, "restart_steps": 2}, 35 + 4, 18),
+        ("dpm-solver-3", {}, 3 * 4 + 1, 5),
+    ],
+)
 def test_exact_nfe_with_options(solver, options, nfe, steps):
     class Count:
         sigma_min, sigma_max, img_channels, img_resolution, label_dim = 0.0, float("inf"), 3, 8, 0
@@ -162,27 +171,34 @@ def test_unreachable_budgets_list_the_nearest():
         diffbench.sample(MODEL, seeds=[0], solver="restart", nfe=10)
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"solver": "unipc", "order": 4}, "unipc supports order 1, 2, 3"),
-    ({"solver": "heun", "order": 2}, "do not apply to solver 'heun'"),
-    ({"solver": "dpmpp-2m", "variant": "bh1"}, "do not apply to solver 'dpmpp-2m'"),
-    ({"solver": "unipc", "variant": "bh3"}, "unknown unipc variant 'bh3'"),
-    ({"solver": "lms", "lower_order_final": "sometimes"}, "lower_order_final must be"),
-    ({"solver": "dpmpp-2m", "noise": "brownian"}, "applies to stochastic solvers"),
-    ({"solver": "euler", "analytic_first_step": True}, "do not apply to solver 'euler'"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"solver": "unipc", "order": 4}, "unipc supports order 1, 2, 3"),
+        ({"solver": "heun", "order": 2}, "do not apply to solver 'heun'"),
+        ({"solver": "dpmpp-2m", "variant": "bh1"}, "do not apply to solver 'dpmpp-2m'"),
+        ({"solver": "unipc", "variant": "bh3"}, "unknown unipc variant 'bh3'"),
+        ({"solver": "lms", "lower_order_final": "sometimes"}, "lower_order_final must be"),
+        ({"solver": "dpmpp-2m", "noise": "brownian"}, "applies to stochastic solvers"),
+        ({"solver": "euler", "analytic_first_step": True}, "do not apply to solver 'euler'"),
+    ],
+)
 def test_bad_options(kw, message):
     with pytest.raises(DiffbenchError, match=message):
         diffbench.sample(MODEL, seeds=[0], nfe=6, **kw)
 
 
-@pytest.mark.parametrize("solver,kw", [("euler-ancestral", {}), ("dpmpp-2m-sde", {}),
-                                       ("heun", {"churn_per_step": 0.3})])
+@pytest.mark.parametrize(
+    "solver,kw", [("euler-ancestral", {}), ("dpmpp-2m-sde", {}), ("heun", {"churn_per_step": 0.3})]
+)
 def test_brownian_noise_refines_one_path(solver, kw):
     """With a per-seed Brownian path, doubling the steps converges to one sample; fresh noise does not."""
+
     def gap(noise):
-        a, b = (diffbench.sample(MODEL, seeds=[0, 1], solver=solver, steps=n, noise=noise, device="cpu", **kw).images
-                for n in (64, 128))
+        a, b = (
+            diffbench.sample(MODEL, seeds=[0, 1], solver=solver, steps=n, noise=noise, device="cpu", **kw).images
+            for n in (64, 128)
+        )
         return float(((a - b) ** 2).mean().sqrt())
 
     assert gap("brownian") < 0.3 * gap("independent")

@@ -170,9 +170,7 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Registry name.")]) -> Non
 @checkpoints_app.command("fetch")
 def fetch_cmd(
     names: Annotated[list[str], typer.Argument(help="Registry names (or http(s) URLs) to download.")],
-    offline: Annotated[
-        bool, typer.Option(help="Never touch the network; only verify cached copies.")
-    ] = False,
+    offline: Annotated[bool, typer.Option(help="Never touch the network; only verify cached copies.")] = False,
     retries: Annotated[int, typer.Option(help="Resume attempts after a cut connection.", min=0)] = 2,
 ) -> None:
     """Download into the cache, resuming partial files, and verify sha256.
@@ -185,9 +183,7 @@ def fetch_cmd(
     for name in names:
         if name.startswith(("http://", "https://")):
             with download_progress(fetch.url_basename(name)) as progress:
-                res = fetch.download(
-                    name, fetch.url_dest(name), offline=offline, retries=retries, progress=progress
-                )
+                res = fetch.download(name, fetch.url_dest(name), offline=offline, retries=retries, progress=progress)
             path, digest, recorded = res.path, res.sha256, (res.path.name,) if res.recorded else ()
         else:
             entry = get_entry(name)

@@ -30,17 +30,34 @@ def solvers_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JS
 
 
 @app.command("schedules")
-def schedules_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
+def schedules_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
     """List the sigma grids: default range, options and source."""
     from rich.console import Console
     from rich.table import Table
 
     from diffbench.sampling.schedules import SCHEDULES
 
-    rows = [{"name": s.name, "sigma_min": s.default_range[0], "sigma_max": s.default_range[1],
-             "options": list(s.options), "paper": s.paper} for s in SCHEDULES.values()]
-    rows.append({"name": "file:PATH", "sigma_min": None, "sigma_max": None, "options": [],
-                 "paper": "descending sigmas from a text or .npy file"})
+    rows = [
+        {
+            "name": s.name,
+            "sigma_min": s.default_range[0],
+            "sigma_max": s.default_range[1],
+            "options": list(s.options),
+            "paper": s.paper,
+        }
+        for s in SCHEDULES.values()
+    ]
+    rows.append(
+        {
+            "name": "file:PATH",
+            "sigma_min": None,
+            "sigma_max": None,
+            "options": [],
+            "paper": "descending sigmas from a text or .npy file",
+        }
+    )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -141,9 +141,7 @@ def render_fid(result: Any) -> str:
 
 @app.command("fid")
 def fid_cmd(
-    ref: Annotated[
-        str, typer.Option("--ref", help="Reference statistics (.npz mu/sigma) or reference images.")
-    ],
+    ref: Annotated[str, typer.Option("--ref", help="Reference statistics (.npz mu/sigma) or reference images.")],
     samples: Annotated[
         str | None,
         typer.Argument(help="Image folder, .zip, .npz of images, or a statistics .npz; omit with --model."),
@@ -158,16 +156,10 @@ def fid_cmd(
     steps: Annotated[int | None, typer.Option(help="With --model: steps instead of --nfe.", min=1)] = None,
     churn: Annotated[float | None, typer.Option("--churn", help="With --model: EDM S_churn.")] = None,
     class_: Annotated[int | None, typer.Option("--class", help="With --model: fixed class.")] = None,
-    blocks: Annotated[
-        int, typer.Option(help="Disjoint seed blocks: FID per block, mean/std/min and a CI.", min=1)
-    ] = 1,
-    show: Annotated[
-        Shown, typer.Option(help="Headline over blocks: mean, or min (EDM's choice).")
-    ] = Shown.mean,
+    blocks: Annotated[int, typer.Option(help="Disjoint seed blocks: FID per block, mean/std/min and a CI.", min=1)] = 1,
+    show: Annotated[Shown, typer.Option(help="Headline over blocks: mean, or min (EDM's choice).")] = Shown.mean,
     kid: Annotated[bool, typer.Option("--kid", help="Also KID (needs reference features).")] = False,
-    pr: Annotated[
-        bool, typer.Option("--pr", help="Also precision/recall (needs reference features).")
-    ] = False,
+    pr: Annotated[bool, typer.Option("--pr", help="Also precision/recall (needs reference features).")] = False,
     isc: Annotated[bool, typer.Option("--is", help="Also the Inception Score.")] = False,
     extractor: ExtractorOpt = "inception-v3-compat",
     inception_weights: WeightsOpt = None,

@@ -28,8 +28,7 @@ def exact_frechet(model: Any, samples: torch.Tensor, *, allow_small_n: bool = Fa
         raise ConfigError(f"samples have {d} values each, the model {int(model.mean().numel())}")
     if n < d + 1 and not allow_small_n:
         raise ConfigError(
-            f"{n} samples give a rank-deficient {d}x{d} covariance; the exact Fréchet distance "
-            f"needs at least {d + 1}"
+            f"{n} samples give a rank-deficient {d}x{d} covariance; the exact Fréchet distance needs at least {d + 1}"
         )
     mu, sigma = moments_of(x).numpy()
     return frechet_distance(
@@ -44,9 +43,7 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, projections: int = 2
     """SW₂ over random unit directions: sqrt of the mean over θ of W₂²(θᵀx, θᵀy) (Bonneel et al. 2015)."""
     a, b = _flat(x), _flat(y)
     if a.shape != b.shape:
-        raise ConfigError(
-            f"sliced Wasserstein needs equal-size samples, got {list(a.shape)} and {list(b.shape)}"
-        )
+        raise ConfigError(f"sliced Wasserstein needs equal-size samples, got {list(a.shape)} and {list(b.shape)}")
     if projections < 1:
         raise ConfigError(f"projections must be >= 1, got {projections}")
     g = torch.Generator().manual_seed(seed)
@@ -58,9 +55,7 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, projections: int = 2
     return float(((pa - pb) ** 2).mean(dim=0).mean().sqrt())
 
 
-def exact_sliced_wasserstein(
-    model: Any, samples: torch.Tensor, *, projections: int = 256, seed: int = 0
-) -> float:
+def exact_sliced_wasserstein(model: Any, samples: torch.Tensor, *, projections: int = 256, seed: int = 0) -> float:
     """Sliced W₂ between samples and as many fresh exact samples of the model (model.sample_data)."""
     if not callable(getattr(model, "sample_data", None)):
         raise ConfigError(f"{type(model).__name__} cannot draw exact samples (sample_data)")

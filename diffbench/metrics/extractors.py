@@ -15,7 +15,9 @@ import torch
 from diffbench.errors import ConfigError, MissingDependencyError, ModelLoadError, UnknownNameError
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub's convention: the file name carries its sha256 prefix
 INCEPTION_ID = "inception-v3-compat"
 
@@ -51,9 +53,7 @@ def register_extractor(info: ExtractorInfo) -> None:
     if info.name in EXTRACTORS:
         raise ConfigError(f"feature extractor '{info.name}' is already registered")
     if ":" in info.name:
-        raise ConfigError(
-            f"feature extractor name '{info.name}' must not contain ':' (reserved for module:factory)"
-        )
+        raise ConfigError(f"feature extractor name '{info.name}' must not contain ':' (reserved for module:factory)")
     EXTRACTORS[info.name] = info
 
 
@@ -68,9 +68,7 @@ def load_extractor(
             raise UnknownNameError("feature extractor", name, EXTRACTORS)
         extractor = EXTRACTORS[name].factory(device=device, weights_path=weights_path)
     if not isinstance(extractor, FeatureExtractor):
-        raise ConfigError(
-            f"feature extractor '{name}' gives {type(extractor).__name__}, which lacks id / features()"
-        )
+        raise ConfigError(f"feature extractor '{name}' gives {type(extractor).__name__}, which lacks id / features()")
     return extractor
 
 
@@ -163,9 +161,7 @@ class InceptionV3:
 
     def _run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ConfigError(
-                f"Inception takes uint8 [B, 3, H, W] images, got {images.dtype} {list(images.shape)}"
-            )
+            raise ConfigError(f"Inception takes uint8 [B, 3, H, W] images, got {images.dtype} {list(images.shape)}")
         x = images.to(self.device)
         if x.shape[1] == 1:  # grey images are fed as RGB
             x = x.expand(-1, 3, -1, -1)

@@ -83,9 +83,7 @@ class Comparison:
     verdict: str
 
 
-def block_summary(
-    values: Iterable[float], *, confidence: float = 0.95
-) -> tuple[float, float, float, float, float]:
+def block_summary(values: Iterable[float], *, confidence: float = 0.95) -> tuple[float, float, float, float, float]:
     """(mean, std, min, ci_low, ci_high) of block FIDs; t-interval mean ± t_{B−1} s/√B (Student 1908)."""
     from scipy import stats as sps
 
@@ -105,9 +103,7 @@ def compare_fid(a: FIDResult, b: FIDResult, *, confidence: float = 0.95) -> Comp
     if a.n != b.n:
         raise ConfigError(f"cannot compare FIDs at different n ({a.n} vs {b.n}): FID is biased by n")
     if a.extractor_id != b.extractor_id:
-        raise ConfigError(
-            f"cannot compare FIDs from different extractors ({a.extractor_id} vs {b.extractor_id})"
-        )
+        raise ConfigError(f"cannot compare FIDs from different extractors ({a.extractor_id} vs {b.extractor_id})")
     if a.ref_sha256 != b.ref_sha256:
         raise ConfigError("cannot compare FIDs against different reference statistics")
     diff = a.mean - b.mean
@@ -155,9 +151,7 @@ class SamplerSource:
         from diffbench.sampling.run import iter_batches
 
         if self.resolution is None:
-            raise ConfigError(
-                f"samples of shape {list(self.sampler.shape)} are not images; use exact metrics"
-            )
+            raise ConfigError(f"samples of shape {list(self.sampler.shape)} are not images; use exact metrics")
         for rec in iter_batches(
             self.sampler.denoiser,
             seeds=list(self.seeds[start:stop]),
@@ -206,19 +200,14 @@ def _as_source(samples: Any) -> ImageSource | Statistics | None:
 
 def _check_pair(ref: Statistics, *, extractor_id: str | None, dim: int, resolution: Any, what: str) -> None:
     if ref.dim != dim:
-        raise ConfigError(
-            f"{what}: reference has {ref.dim}-d features, samples {dim}-d: different extractors"
-        )
+        raise ConfigError(f"{what}: reference has {ref.dim}-d features, samples {dim}-d: different extractors")
     if ref.extractor_id is not None and extractor_id is not None and ref.extractor_id != extractor_id:
         raise ConfigError(
-            f"{what}: reference statistics come from extractor '{ref.extractor_id}', "
-            f"samples from '{extractor_id}'"
+            f"{what}: reference statistics come from extractor '{ref.extractor_id}', samples from '{extractor_id}'"
         )
     if ref.resolution is not None and resolution is not None and tuple(ref.resolution) != tuple(resolution):
         r, s = ref.resolution, resolution
-        raise ConfigError(
-            f"{what}: reference images are {r[1]}x{r[0]}, samples {s[1]}x{s[0]}: different resolution"
-        )
+        raise ConfigError(f"{what}: reference images are {r[1]}x{r[0]}, samples {s[1]}x{s[0]}: different resolution")
 
 
 def _ref_label(ref: Any) -> str:
@@ -292,15 +281,11 @@ def fid(
         if blocks > 1:
             raise ConfigError("seed blocks need the samples themselves, not their statistics")
         if need_features and src.features is None:
-            raise ConfigError(
-                "KID and precision/recall need sample features, not only their moments (mu, sigma)"
-            )
+            raise ConfigError("KID and precision/recall need sample features, not only their moments (mu, sigma)")
         if inception_score and src.logits is None:
             raise ConfigError("the Inception Score needs the samples' logits, not their statistics")
         check_finite(src, what="samples")
-        _check_pair(
-            ref_stats, extractor_id=src.extractor_id, dim=src.dim, resolution=src.resolution, what="FID"
-        )
+        _check_pair(ref_stats, extractor_id=src.extractor_id, dim=src.dim, resolution=src.resolution, what="FID")
         per_block = [src]
         ex_id = src.extractor_id or ref_stats.extractor_id
     else:
@@ -321,9 +306,7 @@ def fid(
             keep_logits=inception_score,
             progress=progress,
         )
-        per_block = [
-            statistics_from_extracted(e, extractor_id=ext.id, resolution=resolution) for e in extracted
-        ]
+        per_block = [statistics_from_extracted(e, extractor_id=ext.id, resolution=resolution) for e in extracted]
         for s in per_block:
             check_finite(s, what="samples")
         _check_pair(ref_stats, extractor_id=ext.id, dim=per_block[0].dim, resolution=resolution, what="FID")
@@ -341,10 +324,7 @@ def fid(
     if not allow_small_n and per_block[0].n is not None:
         check_enough(per_block[0].n, per_block[0].dim, what="samples" if blocks == 1 else "samples per block")
 
-    values = [
-        frechet_distance(mu1=s.mu, sigma1=s.sigma, mu2=ref_stats.mu, sigma2=ref_stats.sigma)
-        for s in per_block
-    ]
+    values = [frechet_distance(mu1=s.mu, sigma1=s.sigma, mu2=ref_stats.mu, sigma2=ref_stats.sigma) for s in per_block]
     mean, std, lo, ci_lo, ci_hi = block_summary(values, confidence=confidence)
     extras = _optional_metrics(
         src,

@@ -20,9 +20,7 @@ def knn_radii(features: torch.Tensor, *, k: int, chunk: int = 512) -> torch.Tens
     return torch.cat(out)
 
 
-def manifold_coverage(
-    *, manifold: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor, chunk: int = 512
-) -> float:
+def manifold_coverage(*, manifold: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor, chunk: int = 512) -> float:
     """Fraction of queries inside some ball B(manifold_i, radii_i) (Kynkäänniemi et al. 2019, Eq. 1-2)."""
     inside = []
     for i in range(0, queries.shape[0], chunk):

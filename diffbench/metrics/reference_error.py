@@ -152,9 +152,7 @@ def reference_error(
     sq_sum, count, max_rms, hits = 0.0, 0, 0.0, 0
     for i in range(0, len(seed_list), batch):
         chunk = seed_list[i : i + batch]
-        out = run.run(
-            chunk, class_labels=None if class_labels is None else torch.full((len(chunk),), class_labels)
-        )
+        out = run.run(chunk, class_labels=None if class_labels is None else torch.full((len(chunk),), class_labels))
         z = NoiseSource(chunk, device=run.device).latents(run.shape)  # the same first draw the sampler made
         labels = out.class_labels
         key = _cache_key(

@@ -99,21 +99,16 @@ def _same_size(sizes: list[tuple[int, int, int]], names: list[str], label: str) 
     for size, name in zip(sizes, names, strict=True):
         if size[1:] != first[1:]:
             raise ConfigError(
-                f"{label}: mixed image sizes ({names[0]} is {first[2]}x{first[1]}, "
-                f"{name} is {size[2]}x{size[1]})"
+                f"{label}: mixed image sizes ({names[0]} is {first[2]}x{first[1]}, {name} is {size[2]}x{size[1]})"
             )
     return (3 if any(s[0] == 3 for s in sizes) else 1, first[1], first[2])
 
 
 def _open_folder(p: Path) -> ImageSource:
-    names = sorted(
-        str(f.relative_to(p)) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-    )
+    names = sorted(str(f.relative_to(p)) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     sizes = [_image_size(p / n, n, str(p)) for n in names]
     c, h, w = _same_size(sizes, names, str(p))
-    return ImageSource(
-        kind="folder", path=p, count=len(names), channels=c, resolution=(h, w), members=tuple(names)
-    )
+    return ImageSource(kind="folder", path=p, count=len(names), channels=c, resolution=(h, w), members=tuple(names))
 
 
 def _open_zip(p: Path) -> ImageSource:
@@ -124,9 +119,7 @@ def _open_zip(p: Path) -> ImageSource:
             with zf.open(n) as fp:
                 sizes.append(_image_size(io.BytesIO(fp.read()), n, str(p)))
     c, h, w = _same_size(sizes, names, str(p))
-    return ImageSource(
-        kind="zip", path=p, count=len(names), channels=c, resolution=(h, w), members=tuple(names)
-    )
+    return ImageSource(kind="zip", path=p, count=len(names), channels=c, resolution=(h, w), members=tuple(names))
 
 
 def _npy_header(fp: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -163,14 +156,10 @@ def _open_npz(p: Path) -> ImageSource:
     if len(shape) != 4 or fortran:
         raise ConfigError(f"{p}: array '{key}' must be C-ordered uint8 [N, H, W, C], got shape {list(shape)}")
     _check_nhwc(shape, str(p))
-    return ImageSource(
-        kind="npz", path=p, count=shape[0], channels=shape[3], resolution=shape[1:3], array_key=key
-    )
+    return ImageSource(kind="npz", path=p, count=shape[0], channels=shape[3], resolution=shape[1:3], array_key=key)
 
 
-def iter_uint8(
-    source: ImageSource, *, batch: int, start: int = 0, stop: int | None = None
-) -> Iterator[torch.Tensor]:
+def iter_uint8(source: ImageSource, *, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
     """Stream images [start, stop) of a source as uint8 NCHW CPU tensors of at most `batch` images."""
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")

@@ -77,9 +77,7 @@ def extract(
             f = extractor.features(x)
         f = f.detach()
         if f.ndim != 2 or f.shape[0] != x.shape[0]:
-            raise ConfigError(
-                f"feature extractor '{extractor.id}' gave shape {list(f.shape)} for {x.shape[0]} images"
-            )
+            raise ConfigError(f"feature extractor '{extractor.id}' gave shape {list(f.shape)} for {x.shape[0]} images")
         acc = moments_of(f) if acc is None else merge(acc, moments_of(f))
         if keep_features:
             feats.append(f.float().cpu())
@@ -129,9 +127,7 @@ def statistics_of(
         progress=progress,
         total=source.count,
     )
-    return statistics_from_extracted(
-        ex, extractor_id=extractor.id, resolution=source.resolution, source_sha256=sha256
-    )
+    return statistics_from_extracted(ex, extractor_id=extractor.id, resolution=source.resolution, source_sha256=sha256)
 
 
 def statistics_from_extracted(
@@ -201,9 +197,7 @@ def load_statistics(path: str | os.PathLike) -> Statistics:
 def _check_shapes(stats: Statistics, label: str) -> None:
     mu, sigma = stats.mu, stats.sigma
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ConfigError(
-            f"{label}: mu {list(mu.shape)} and sigma {list(sigma.shape)} are not [D] and [D, D]"
-        )
+        raise ConfigError(f"{label}: mu {list(mu.shape)} and sigma {list(sigma.shape)} are not [D] and [D, D]")
     if stats.features is not None and (stats.features.ndim != 2 or stats.features.shape[1] != mu.shape[0]):
         raise ConfigError(f"{label}: features {list(stats.features.shape)} do not match mu {list(mu.shape)}")
 
@@ -241,9 +235,7 @@ def _from_features(features: Any, *, extractor_id: str | None) -> Statistics:
 def _load_pt(p: Path) -> Statistics:
     # torch-fidelity caches: '<input>-<extractor>-stat-fid-<layer>.pt' ({'mu', 'sigma'} numpy) or
     # '<input>-<extractor>-features-<layer>.pt' (a tensor); loaded without running code
-    core = importlib.import_module(
-        "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
-    )
+    core = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
     rebuild = core._reconstruct
     # files written under numpy 1.x and 2.x name the same function differently
     safe: list[Any] = [np.ndarray, np.dtype, rebuild, (rebuild, "numpy.core.multiarray._reconstruct")]
@@ -312,9 +304,7 @@ def cached_statistics(
         sha256=sha,
     )
     if cache:
-        save_statistics(
-            stats, cache_path(source_sha256=sha, extractor_id=extractor.id, features=want_features)
-        )
+        save_statistics(stats, cache_path(source_sha256=sha, extractor_id=extractor.id, features=want_features))
     return stats, False
 
 

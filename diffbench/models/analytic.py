@@ -30,8 +30,12 @@ def _per_sample(fn, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Te
     """Apply fn one sample at a time, so each result is bit-identical whatever the batch size."""
     B = x.shape[0]
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(B)
-    return torch.cat([fn(x[b:b + 1], sigma[b:b + 1], None if class_labels is None else class_labels[b:b + 1])
-                      for b in range(B)])
+    return torch.cat(
+        [
+            fn(x[b : b + 1], sigma[b : b + 1], None if class_labels is None else class_labels[b : b + 1])
+            for b in range(B)
+        ]
+    )
 
 
 class GaussianMixture(nn.Module):
@@ -43,8 +47,16 @@ class GaussianMixture(nn.Module):
     sigma_min = 0.0
     sigma_max = math.inf
 
-    def __init__(self, *, weights: Sequence[float] | torch.Tensor, means: torch.Tensor, covs: torch.Tensor,
-                 shape: Sequence[int] | None = None, cond: bool = False, name: str = "gmm"):
+    def __init__(
+        self,
+        *,
+        weights: Sequence[float] | torch.Tensor,
+        means: torch.Tensor,
+        covs: torch.Tensor,
+        shape: Sequence[int] | None = None,
+        cond: bool = False,
+        name: str = "gmm",
+    ):
         super().__init__()
         means = torch.as_tensor(means, dtype=torch.float64)
         covs = torch.as_tensor(covs, dtype=torch.float64)
@@ -87,23 +99,24 @@ class GaussianMixture(nn.Module):
     def _unrotate(self, w: torch.Tensor) -> torch.Tensor:
         return w if self.diagonal else torch.einsum("kde,bke->bkd", self.U, w)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
-                **_: Any) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None, **_: Any
+    ) -> torch.Tensor:
         return _per_sample(self._denoise, x, sigma, class_labels)
 
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         B = x.shape[0]
         y = x.to(torch.float64).reshape(B, 1, -1)
         s2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1, 1).expand(B, 1, 1) ** 2
-        w = self._rotate(y - self.means[None])                     # [B, K, D]
-        var = self.lam[None] + s2                                 # covariance of p_sigma per component
+        w = self._rotate(y - self.means[None])  # [B, K, D]
+        var = self.lam[None] + s2  # covariance of p_sigma per component
         # log N(x; mu_k, S_k + sigma^2 I) from the eigen-decomposition
         logp = -0.5 * ((w**2 / var).sum(-1) + var.log().sum(-1) + w.shape[-1] * math.log(2 * math.pi))
         logits = logp + self.weights.log()[None]
         mask = _one_hot_mask(class_labels, self.means.shape[0], B, x.device) if self.label_dim else None
         if mask is not None:
             logits = logits + mask
-        r = torch.softmax(logits, dim=1)                          # posterior over components
+        r = torch.softmax(logits, dim=1)  # posterior over components
         # E[y | x, k] = mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k)  (Gaussian conditioning)
         post = self.means[None] + self._unrotate(self.lam[None] / var * w)
         return (r[..., None] * post).sum(1).reshape(x.shape).to(x.dtype)
@@ -121,12 +134,14 @@ class GaussianMixture(nn.Module):
     def covariance(self) -> torch.Tensor:
         """Exact covariance of the data distribution [D, D]: sum w_k (S_k + mu_k mu_k^T) - mu mu^T."""
         mu = self.mean()
-        second = (self.weights[:, None, None] * (self.component_covs()
-                                                   + self.means[:, :, None] * self.means[:, None, :])).sum(0)
+        second = (
+            self.weights[:, None, None] * (self.component_covs() + self.means[:, :, None] * self.means[:, None, :])
+        ).sum(0)
         return second - mu[:, None] * mu[None, :]
 
-    def sample_data(self, n: int, generator: torch.Generator | None = None, *,
-                    labels: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_data(
+        self, n: int, generator: torch.Generator | None = None, *, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """n exact samples of the data distribution, shaped [n, *sample_shape]."""
         if labels is None:
             labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -160,8 +175,9 @@ class FiniteDataset(nn.Module):
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
-                **_: Any) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None, **_: Any
+    ) -> torch.Tensor:
         return _per_sample(self._denoise, x, sigma, class_labels)
 
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
@@ -179,6 +195,7 @@ class FiniteDataset(nn.Module):
 
 # ---- built-in names -------------------------------------------------------------------------------
 
+
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in str(text).lower().split("x"))
@@ -189,8 +206,15 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def make_gmm(*, components: int = 3, shape: Sequence[int] = (3, 8, 8), cov: str = "full", rank: int = 8,
-             seed: int = 0, cond: bool = False) -> GaussianMixture:
+def make_gmm(
+    *,
+    components: int = 3,
+    shape: Sequence[int] = (3, 8, 8),
+    cov: str = "full",
+    rank: int = 8,
+    seed: int = 0,
+    cond: bool = False,
+) -> GaussianMixture:
     """A reproducible mixture of smooth image-like components with low-rank-plus-diagonal covariances."""
     if cov not in ("full", "diag"):
         raise ConfigError(f"gmm cov must be 'full' or 'diag', got '{cov}'")
@@ -209,8 +233,14 @@ def make_gmm(*, components: int = 3, shape: Sequence[int] = (3, 8, 8), cov: str 
         r = max(1, min(rank, D))
         A = g.standard_normal((components, D, r)) * (0.3 / math.sqrt(r))
         covs = A @ A.transpose(0, 2, 1) + 0.01 * np.eye(D)[None]
-    return GaussianMixture(weights=torch.tensor(weights), means=torch.tensor(means), covs=torch.tensor(covs),
-                           shape=shape, cond=cond, name="gmm")
+    return GaussianMixture(
+        weights=torch.tensor(weights),
+        means=torch.tensor(means),
+        covs=torch.tensor(covs),
+        shape=shape,
+        cond=cond,
+        name="gmm",
+    )
 
 
 def _load_points(path: str) -> torch.Tensor:
@@ -225,7 +255,9 @@ def _load_points(path: str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(arr, dtype=np.float64))
 
 
-def make_ideal(*, n: int = 32, seed: int = 0, path: str | None = None, shape: Sequence[int] = (3, 8, 8)) -> FiniteDataset:
+def make_ideal(
+    *, n: int = 32, seed: int = 0, path: str | None = None, shape: Sequence[int] = (3, 8, 8)
+) -> FiniteDataset:
     """The ideal denoiser of `n` points drawn from the default mixture, or of the images in an npz file."""
     if path is not None:
         return FiniteDataset(points=_load_points(path), name="ideal")
@@ -236,8 +268,14 @@ def make_ideal(*, n: int = 32, seed: int = 0, path: str | None = None, shape: Se
 
 
 _OPTION_TYPES: dict[str, dict[str, Any]] = {
-    "gmm": {"components": int, "shape": _parse_shape, "cov": str, "rank": int, "seed": int,
-            "cond": lambda v: str(v).lower() in ("1", "true", "yes")},
+    "gmm": {
+        "components": int,
+        "shape": _parse_shape,
+        "cov": str,
+        "rank": int,
+        "seed": int,
+        "cond": lambda v: str(v).lower() in ("1", "true", "yes"),
+    },
     "ideal": {"n": int, "seed": int, "path": str, "shape": _parse_shape},
 }
 _FACTORIES = {"gmm": make_gmm, "ideal": make_ideal}
@@ -271,9 +309,17 @@ def load_builtin(spec: str) -> nn.Module:
     return model
 
 
-def reference_solution(denoiser: Any, x: torch.Tensor, *, sigma_from: float, sigma_to: float,
-                       class_labels: torch.Tensor | None = None, rtol: float = 1e-10, atol: float = 1e-10,
-                       method: str = "DOP853") -> torch.Tensor:
+def reference_solution(
+    denoiser: Any,
+    x: torch.Tensor,
+    *,
+    sigma_from: float,
+    sigma_to: float,
+    class_labels: torch.Tensor | None = None,
+    rtol: float = 1e-10,
+    atol: float = 1e-10,
+    method: str = "DOP853",
+) -> torch.Tensor:
     """Solve dx/dsigma = (x - D(x; sigma)) / sigma (EDM Eq. 3) from sigma_from to sigma_to > 0 with scipy.
 
     Integrated in u = ln sigma, where dx/du = x - D(x; e^u); float64 throughout.
@@ -292,9 +338,14 @@ def reference_solution(denoiser: Any, x: torch.Tensor, *, sigma_from: float, sig
             d = denoiser(xt, sig, class_labels).to(torch.float64)
         return (xt - d).reshape(-1).numpy()
 
-    sol = solve_ivp(rhs, (math.log(sigma_from), math.log(sigma_to)),
-                    x.detach().to(torch.float64).cpu().reshape(-1).numpy(),
-                    method=method, rtol=rtol, atol=atol)
+    sol = solve_ivp(
+        rhs,
+        (math.log(sigma_from), math.log(sigma_to)),
+        x.detach().to(torch.float64).cpu().reshape(-1).numpy(),
+        method=method,
+        rtol=rtol,
+        atol=atol,
+    )
     if not sol.success:
         raise RuntimeError(f"reference ODE solve failed: {sol.message}")
     return torch.from_numpy(sol.y[:, -1].copy()).reshape(shape)

@@ -147,9 +147,7 @@ def load_diffusers(path: str | Path, *, device: str | torch.device = "cpu") -> n
         raise ModelLoadError(f"{unet_dir / 'config.json'} describes a {cls}; only UNet2DModel is supported")
     prediction = str(sched.get("prediction_type", "epsilon"))
     if prediction not in PREDICTIONS:
-        raise ModelLoadError(
-            f"{sched_path}: prediction_type '{prediction}' is not one of {', '.join(PREDICTIONS)}"
-        )
+        raise ModelLoadError(f"{sched_path}: prediction_type '{prediction}' is not one of {', '.join(PREDICTIONS)}")
     if cfg.get("class_embed_type") is not None:
         raise ModelLoadError(
             f"class_embed_type '{cfg['class_embed_type']}' is not supported "

@@ -111,16 +111,13 @@ def _record_persistent(meta: Any) -> PersistentRecord:
         raise ModelLoadError("EDM pickle holds a persistent object with malformed metadata")
     if meta.get("version") != PERSISTENCE_VERSION:
         raise ModelLoadError(
-            f"EDM pickle persistence version {meta.get('version')!r} is not "
-            f"{PERSISTENCE_VERSION}, the only one known"
+            f"EDM pickle persistence version {meta.get('version')!r} is not {PERSISTENCE_VERSION}, the only one known"
         )
     name, state = meta.get("class_name"), meta.get("state")
     if not isinstance(name, str) or not isinstance(state, dict):
         raise ModelLoadError("EDM pickle holds a persistent object without class name or state")
     src = meta.get("module_src")
-    return PersistentRecord(
-        class_name=name, state=state, source_chars=len(src) if isinstance(src, str) else 0
-    )
+    return PersistentRecord(class_name=name, state=state, source_chars=len(src) if isinstance(src, str) else 0)
 
 
 def _load_storage(data: Any):
@@ -146,9 +143,7 @@ def _ints(v: Any) -> bool:
     return isinstance(v, tuple | list | torch.Size) and all(isinstance(i, int) and i >= 0 for i in v)
 
 
-def _rebuild_tensor(
-    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
-):
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     """torch._utils._rebuild_tensor_v2 with its arguments checked first (hooks must be empty)."""
     if not isinstance(storage, torch.TypedStorage | torch.UntypedStorage):
         raise ModelLoadError("EDM pickle rebuilds a tensor from something that is not a storage")
@@ -237,9 +232,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise ModelLoadError(
-            "EDM pickle uses persistent ids, which the EDM format never does (torch.save file?)"
-        )
+        raise ModelLoadError("EDM pickle uses persistent ids, which the EDM format never does (torch.save file?)")
 
 
 def _describe_start(head: bytes) -> str:
@@ -338,9 +331,7 @@ def _children(state: dict) -> dict:
 def _collect_tensors(node: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
     """Flatten recorded parameters and persistent buffers into state-dict keys (module.sub.name)."""
     if not isinstance(node, PersistentRecord | ModuleDictRecord) or not isinstance(node.state, dict):
-        raise ModelLoadError(
-            f"EDM pickle holds a {type(node).__name__} at '{prefix.rstrip('.')}', not a module"
-        )
+        raise ModelLoadError(f"EDM pickle holds a {type(node).__name__} at '{prefix.rstrip('.')}', not a module")
     state = node.state
     skip = state.get("_non_persistent_buffers_set") or set()
     for group in ("_parameters", "_buffers"):
@@ -376,16 +367,13 @@ def load_recorded_state(net: nn.Module, state: dict[str, torch.Tensor], *, what:
         problems.append(f"unexpected {_key_list(unexpected)}")
     if shapes:
         problems.append(
-            "wrong shape "
-            + _key_list([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes])
+            "wrong shape " + _key_list([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes])
         )
     if problems:
         raise ModelLoadError(
             f"{what}: the recorded weights do not fit the recorded architecture: " + "; ".join(problems)
         )
-    net.load_state_dict(
-        {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}, strict=True
-    )
+    net.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}, strict=True)
 
 
 def _network_from_record(record: PersistentRecord, *, what: str) -> tuple[nn.Module, dict]:
@@ -393,8 +381,7 @@ def _network_from_record(record: PersistentRecord, *, what: str) -> tuple[nn.Mod
         raise ModelLoadError(f"{what}: the inner network record is malformed")
     if record.class_name not in NETWORKS:
         raise ModelLoadError(
-            f"{what}: network class '{record.class_name}' is not supported "
-            f"(supported: {', '.join(sorted(NETWORKS))})"
+            f"{what}: network class '{record.class_name}' is not supported (supported: {', '.join(sorted(NETWORKS))})"
         )
     kwargs = _named_arguments(record, network_arguments(record.class_name), "network")
     try:
@@ -423,8 +410,7 @@ def build_denoiser(record: PersistentRecord, *, what: str = "EDM pickle") -> nn.
     if record.class_name not in PRECONDS:
         kind = "a bare network" if record.class_name in NETWORKS else "an unsupported class"
         raise ModelLoadError(
-            f"{what} holds {kind} '{record.class_name}', not one of the preconditioned "
-            f"networks {', '.join(PRECONDS)}"
+            f"{what} holds {kind} '{record.class_name}', not one of the preconditioned networks {', '.join(PRECONDS)}"
         )
     spec = PRECONDS[record.class_name]
     pkw = _named_arguments(record, _PRECOND_COMMON + spec.constants + ("model_type",), "preconditioning")
@@ -466,9 +452,7 @@ def _adopt_recorded_buffers(wrapper: nn.Module, record: PersistentRecord, *, wha
             continue
         mine = getattr(wrapper, name)
         if not isinstance(t, torch.Tensor) or not isinstance(mine, torch.Tensor) or t.shape != mine.shape:
-            raise ModelLoadError(
-                f"{what}: {record.class_name} buffer '{name}' does not fit the recorded arguments"
-            )
+            raise ModelLoadError(f"{what}: {record.class_name} buffer '{name}' does not fit the recorded arguments")
         with torch.no_grad():
             mine.copy_(t)
     for name in ("sigma_min", "sigma_max"):
@@ -477,9 +461,7 @@ def _adopt_recorded_buffers(wrapper: nn.Module, record: PersistentRecord, *, wha
             setattr(wrapper, name, v)
 
 
-def load_edm_pickle(
-    path: str | os.PathLike, *, device: str | torch.device = "cpu", key: str = "ema"
-) -> nn.Module:
+def load_edm_pickle(path: str | os.PathLike, *, device: str | torch.device = "cpu", key: str = "ema") -> nn.Module:
     """An EDM pickle's network as a diffbench Denoiser (eval, no grad), built without running its code."""
     data = read_edm_pickle(path)
     if key not in data:
@@ -491,9 +473,7 @@ def load_edm_pickle(
     try:
         return wrapper.to(device)
     except (RuntimeError, AssertionError) as e:
-        raise ModelLoadError(
-            f"cannot move the network to device '{device}': {str(e).splitlines()[0]}"
-        ) from None
+        raise ModelLoadError(f"cannot move the network to device '{device}': {str(e).splitlines()[0]}") from None
 
 
 # --------------------------------------------------------------------------------------- writing
@@ -564,11 +544,7 @@ def write_edm_pickle(
         pkw[c] = getattr(denoiser, c)
     pkw["model_type"] = type(net).__name__
     pkw.update(
-        {
-            k: v
-            for k, v in net_kwargs.items()
-            if k not in ("img_resolution", "in_channels", "out_channels", "label_dim")
-        }
+        {k: v for k, v in net_kwargs.items() if k not in ("img_resolution", "in_channels", "out_channels", "label_dim")}
     )
     precond_state = {
         "training": denoiser.training,

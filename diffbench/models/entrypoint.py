@@ -42,9 +42,7 @@ def resolve(spec: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelLoadError(
-            f"cannot import '{module_name}' for entry point {spec}: {_one_line(exc)}"
-        ) from None
+        raise ModelLoadError(f"cannot import '{module_name}' for entry point {spec}: {_one_line(exc)}") from None
     except Exception as exc:  # the user's module failed while importing
         raise ModelLoadError(f"importing '{module_name}' failed: {_one_line(exc)}") from None
     for part in attr.split("."):

@@ -205,9 +205,7 @@ def check_file(
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         where = quarantine(path, root=root)
-        raise ModelLoadError(
-            f"{path.name}: size {actual_size} bytes, expected {size}; moved to {where}, never loaded"
-        )
+        raise ModelLoadError(f"{path.name}: size {actual_size} bytes, expected {size}; moved to {where}, never loaded")
     digest = sha256_file(path, progress=progress)
     if sha256 and digest != sha256:
         where = quarantine(path, root=root)

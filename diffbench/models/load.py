@@ -9,7 +9,7 @@ from diffbench.errors import UnknownNameError
 from diffbench.models.analytic import BUILTIN_NAMES, is_builtin, load_builtin
 
 
-def load(spec: Any, *, device: str = "cpu", offline: bool = False) -> Any:
+def load(spec: Any, *, device: str = "cpu", offline: bool = False, progress: Any = None) -> Any:
     """Resolve `spec` to a Denoiser; an object that already is one is returned as it is."""
     if not isinstance(spec, str):
         check_denoiser(spec)
@@ -23,6 +23,6 @@ def load(spec: Any, *, device: str = "cpu", offline: bool = False) -> Any:
             raise
         raise UnknownNameError("model", spec, BUILTIN_NAMES) from None
     try:
-        return load_checkpoint(spec, device=device, offline=offline)
+        return load_checkpoint(spec, device=device, offline=offline, progress=progress)
     except UnknownNameError as exc:  # neither a built-in nor a checkpoint: list both
         raise UnknownNameError("model", spec, [*BUILTIN_NAMES, *getattr(exc, "valid", [])]) from None

@@ -21,8 +21,16 @@ class Precond(nn.Module):
     sigma_min: float
     sigma_max: float
 
-    def __init__(self, model: nn.Module, *, img_resolution: int, img_channels: int, label_dim: int = 0,
-                 use_fp16: bool = False, out_channels: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        out_channels: int | None = None,
+    ):
         super().__init__()
         self.model = model
         self.img_resolution = int(img_resolution)
@@ -39,8 +47,14 @@ class Precond(nn.Module):
         """Identity for continuous-time models."""
         return torch.as_tensor(sigma)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
-                force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        force_fp32: bool = False,
+        **model_kwargs,
+    ) -> torch.Tensor:
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
         if self.label_dim == 0:
@@ -61,10 +75,23 @@ class Precond(nn.Module):
 class VPPrecond(Precond):
     """Variance preserving, epsilon prediction, continuous t (Song et al. 2021; EDM Table 1 'VP')."""
 
-    def __init__(self, model: nn.Module, *, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000,
-                 epsilon_t: float = 1e-5, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        beta_d: float = 19.9,
+        beta_min: float = 0.1,
+        M: int = 1000,
+        epsilon_t: float = 1e-5,
+        **kwargs,
+    ):
         super().__init__(model, **kwargs)
-        self.beta_d, self.beta_min, self.M, self.epsilon_t = float(beta_d), float(beta_min), int(M), float(epsilon_t)
+        self.beta_d, self.beta_min, self.M, self.epsilon_t = (
+            float(beta_d),
+            float(beta_min),
+            int(M),
+            float(epsilon_t),
+        )
         # EDM computes the range in float32 (sigma_min = 0.0009765625 with the defaults, REFERENCE §2)
         self.sigma_min = float(self.sigma(torch.tensor(self.epsilon_t, dtype=torch.float32)))
         self.sigma_max = float(self.sigma(torch.tensor(1.0, dtype=torch.float32)))
@@ -100,6 +127,7 @@ class VEPrecond(Precond):
 
 def iddpm_u_table(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008, dtype=torch.float32) -> torch.Tensor:
     """u_M = 0, u_{j-1} = sqrt((u_j^2 + 1) / max(abar_{j-1}/abar_j, C_1) - 1) (EDM Appendix C.3.4, Eq. 35)."""
+
     def alpha_bar(j: int) -> torch.Tensor:
         # cosine schedule of Nichol & Dhariwal 2021, as parameterised in EDM Eq. 35; tensor arithmetic in
         # float32 as EDM does, so the table (and round_sigma) matches its pickles bit for bit
@@ -141,10 +169,21 @@ class IDDPMPrecond(Precond):
 class EDMPrecond(Precond):
     """EDM's own preconditioning (Karras et al. 2022, Table 1 'EDM', Eq. 7)."""
 
-    def __init__(self, model: nn.Module, *, sigma_min: float = 0.0, sigma_max: float = float("inf"),
-                 sigma_data: float = 0.5, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        sigma_min: float = 0.0,
+        sigma_max: float = float("inf"),
+        sigma_data: float = 0.5,
+        **kwargs,
+    ):
         super().__init__(model, **kwargs)
-        self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
+        self.sigma_min, self.sigma_max, self.sigma_data = (
+            float(sigma_min),
+            float(sigma_max),
+            float(sigma_data),
+        )
 
     def coefficients(self, sigma):
         sd = self.sigma_data
@@ -166,8 +205,14 @@ class DiscreteDDPMPrecond(Precond):
     epsilon, v (Salimans & Ho 2022) or x0; timestep k is the index of the nearest sigma_k.
     """
 
-    def __init__(self, model: nn.Module, *, betas: Sequence[float] | np.ndarray | torch.Tensor,
-                 prediction: str = "epsilon", **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        betas: Sequence[float] | np.ndarray | torch.Tensor,
+        prediction: str = "epsilon",
+        **kwargs,
+    ):
         super().__init__(model, **kwargs)
         if prediction not in PREDICTIONS:
             from diffbench.errors import UnknownNameError

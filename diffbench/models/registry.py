@@ -337,26 +337,18 @@ def verify_entry(entry: CheckpointEntry | str, *, root: Path | None = None) -> l
         if not path.exists():
             part = path.with_name(path.name + ".part")
             status = "partial" if part.exists() else "missing"
-            out.append(
-                FileStatus(entry.name, file, status, f"{part.stat().st_size} bytes" if part.exists() else "")
-            )
+            out.append(FileStatus(entry.name, file, status, f"{part.stat().st_size} bytes" if part.exists() else ""))
             continue
-        sha, size, locked = fetch.expected_for(
-            url, sha256=entry.sha256.get(file), size=entry.size.get(file), root=root
-        )
+        sha, size, locked = fetch.expected_for(url, sha256=entry.sha256.get(file), size=entry.size.get(file), root=root)
         try:
             digest, _ = fetch.check_file(path, url=url, sha256=sha, size=size, root=root)
         except ModelLoadError as exc:
             out.append(FileStatus(entry.name, file, "mismatch", str(exc)))
             continue
         if sha is None:
-            out.append(
-                FileStatus(entry.name, file, "unpinned", f"sha256 {digest} (no published or locked hash)")
-            )
+            out.append(FileStatus(entry.name, file, "unpinned", f"sha256 {digest} (no published or locked hash)"))
         else:
-            out.append(
-                FileStatus(entry.name, file, "ok", f"sha256 {digest}" + (" (lock file)" if locked else ""))
-            )
+            out.append(FileStatus(entry.name, file, "ok", f"sha256 {digest}" + (" (lock file)" if locked else "")))
     return out
 
 
@@ -445,9 +437,7 @@ def load_path(
     except MemoryError:
         raise
     except ImportError as exc:
-        raise MissingDependencyError(
-            f"loading {path.name} needs a missing package: {_one_line(exc)}"
-        ) from None
+        raise MissingDependencyError(f"loading {path.name} needs a missing package: {_one_line(exc)}") from None
     except Exception as exc:  # pickle/zip/torch errors of a truncated or foreign file
         raise ModelLoadError(f"cannot load {path.name} as {fmt}: {_one_line(exc)}") from None
     if hasattr(model, "eval"):
@@ -496,9 +486,7 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
-def load_checkpoint(
-    spec: str, *, device: str = "cpu", offline: bool = False, progress: Progress | None = None
-) -> Any:
+def load_checkpoint(spec: str, *, device: str = "cpu", offline: bool = False, progress: Progress | None = None) -> Any:
     """Resolve a registry name, local path, http(s) URL or module:factory entry point to a Denoiser."""
     spec = str(spec)
     if spec.startswith(("http://", "https://")):

@@ -22,7 +22,7 @@ class NoiseSource:
         self.seeds = [int(s) for s in seeds]
         self.device = torch.device(device)
         self.generators = [torch.Generator(self.device).manual_seed(s % (1 << 32)) for s in self.seeds]
-        self._phase = 0          # 0: latents next, 1: label next, 2: steps
+        self._phase = 0  # 0: latents next, 1: label next, 2: steps
         self._next_step = 0
 
     def _advance(self, phase: int, what: str) -> None:
@@ -38,8 +38,7 @@ class NoiseSource:
     def labels(self, label_dim: int) -> torch.Tensor:
         """One class index per image, randint(label_dim) (the second draw, for conditional models)."""
         self._advance(1, "labels")
-        return torch.stack([torch.randint(label_dim, (), generator=g, device=self.device)
-                            for g in self.generators])
+        return torch.stack([torch.randint(label_dim, (), generator=g, device=self.device) for g in self.generators])
 
     def step(self, i: int, like: torch.Tensor) -> torch.Tensor:
         """The standard normal of step i, shaped and typed like `like` (earlier skipped draws are burnt)."""
@@ -51,8 +50,7 @@ class NoiseSource:
             for g in self.generators:
                 torch.randn(shape, generator=g, dtype=dtype, device=self.device)
         self._next_step = i + 1
-        out = torch.stack([torch.randn(shape, generator=g, dtype=dtype, device=self.device)
-                           for g in self.generators])
+        out = torch.stack([torch.randn(shape, generator=g, dtype=dtype, device=self.device) for g in self.generators])
         return out.to(like.device)
 
     def increment(self, i: int, sigma: float, sigma_next: float, like: torch.Tensor) -> torch.Tensor:
@@ -81,11 +79,25 @@ class BrownianTree:
     refines one path). Midpoints follow the Brownian bridge; below `tol` the bridge is interpolated linearly.
     """
 
-    def __init__(self, seed: int, shape: Sequence[int], t0: float, t1: float, *, tol: float = 1e-6,
-                 dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        seed: int,
+        shape: Sequence[int],
+        t0: float,
+        t1: float,
+        *,
+        tol: float = 1e-6,
+        dtype: torch.dtype = torch.float64,
+    ):
         if not t1 > t0:
             raise ValueError("a Brownian tree needs t1 > t0")
-        self.seed, self.shape, self.t0, self.t1, self.dtype = int(seed), tuple(shape), float(t0), float(t1), dtype
+        self.seed, self.shape, self.t0, self.t1, self.dtype = (
+            int(seed),
+            tuple(shape),
+            float(t0),
+            float(t1),
+            dtype,
+        )
         self.depth = max(1, int(math.ceil(math.log2((t1 - t0) / tol))))
         self._cache: dict[int, torch.Tensor] = {}
 
@@ -128,8 +140,7 @@ class BrownianNoise(NoiseSource):
     Latents and labels still come from each seed's generator, as in NoiseSource.
     """
 
-    def __init__(self, seeds: Sequence[int], *, device: torch.device | str = "cpu", sigma_min: float,
-                 sigma_max: float):
+    def __init__(self, seeds: Sequence[int], *, device: torch.device | str = "cpu", sigma_min: float, sigma_max: float):
         super().__init__(seeds, device=device)
         self.range = (float(sigma_min), float(sigma_max))
         self._trees: dict[tuple[int, ...], list[BrownianTree]] = {}

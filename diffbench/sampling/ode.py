@@ -26,8 +26,15 @@ class TimeParam:
     beta_min: float = 0.1
 
     @classmethod
-    def make(cls, sigma_t: str, scaling: str, *, sigma_min: float, sigma_max: float,
-             epsilon_s: float = VP_EPSILON_S) -> TimeParam:
+    def make(
+        cls,
+        sigma_t: str,
+        scaling: str,
+        *,
+        sigma_min: float,
+        sigma_max: float,
+        epsilon_s: float = VP_EPSILON_S,
+    ) -> TimeParam:
         """Validate the names; for vp, fit beta_d and beta_min to the sigma range (EDM ablation sampler)."""
         if sigma_t not in SIGMA_T:
             raise UnknownNameError("sigma_t", sigma_t, SIGMA_T)
@@ -50,8 +57,9 @@ class TimeParam:
 
     def sigma_inv(self, sigma: float) -> float:
         if self.sigma_t == "vp":  # EDM Table 1: (sqrt(beta_min^2 + 2 beta_d ln(sigma^2+1)) - beta_min) / beta_d
-            return (math.sqrt(self.beta_min**2 + 2 * self.beta_d * math.log1p(sigma * sigma)) - self.beta_min) \
-                / self.beta_d
+            return (
+                math.sqrt(self.beta_min**2 + 2 * self.beta_d * math.log1p(sigma * sigma)) - self.beta_min
+            ) / self.beta_d
         if self.sigma_t == "ve":
             return sigma * sigma
         return sigma

@@ -41,15 +41,25 @@ class Plan:
         return int((self.sigmas[1:] == self.sigmas[:-1]).sum())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"solver": self.solver, "schedule": self.schedule, "steps": self.steps, "nfe": self.nfe,
-                "requested_nfe": self.requested_nfe, "endpoint": self.endpoint,
-                "denoise_to_zero": self.denoise_to_zero, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
-                "distinct_sigma_levels": self.distinct_levels, "merged_steps": self.merged_steps,
-                "sigmas": [float(s) for s in self.sigmas]}
+        return {
+            "solver": self.solver,
+            "schedule": self.schedule,
+            "steps": self.steps,
+            "nfe": self.nfe,
+            "requested_nfe": self.requested_nfe,
+            "endpoint": self.endpoint,
+            "denoise_to_zero": self.denoise_to_zero,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "distinct_sigma_levels": self.distinct_levels,
+            "merged_steps": self.merged_steps,
+            "sigmas": [float(s) for s in self.sigmas],
+        }
 
 
-def reachable(info: SolverInfo, nfe: int, *, endpoint: str, denoise_to_zero: bool,
-              options: dict[str, Any] | None = None) -> tuple[int | None, int | None]:
+def reachable(
+    info: SolverInfo, nfe: int, *, endpoint: str, denoise_to_zero: bool, options: dict[str, Any] | None = None
+) -> tuple[int | None, int | None]:
     """The nearest budgets below and above `nfe` that the solver can hit exactly."""
     kw = {"endpoint": endpoint, "denoise_to_zero": denoise_to_zero, "options": options}
     below = next((k for k in range(nfe - 1, 0, -1) if info.steps_for(k, **kw)), None)
@@ -57,8 +67,16 @@ def reachable(info: SolverInfo, nfe: int, *, endpoint: str, denoise_to_zero: boo
     return below, above
 
 
-def resolve_steps(info: SolverInfo, *, nfe: int | None, steps: int | None, endpoint: str,
-                  denoise_to_zero: bool, policy: str, options: dict[str, Any] | None = None) -> int:
+def resolve_steps(
+    info: SolverInfo,
+    *,
+    nfe: int | None,
+    steps: int | None,
+    endpoint: str,
+    denoise_to_zero: bool,
+    policy: str,
+    options: dict[str, Any] | None = None,
+) -> int:
     """Step count for an exact budget (or the policy's fallback); refused budgets list the nearest reachable ones."""
     if (nfe is None) == (steps is None):
         raise ConfigError("give exactly one of nfe and steps")
@@ -77,8 +95,9 @@ def resolve_steps(info: SolverInfo, *, nfe: int | None, steps: int | None, endpo
         return found
     smallest = info.nfe(info.min_steps, **kw)
     if nfe < smallest:
-        raise BudgetError(f"a budget of {nfe} NFE is too small for {info.name} with these options: "
-                          f"its smallest budget is {smallest}")
+        raise BudgetError(
+            f"a budget of {nfe} NFE is too small for {info.name} with these options: its smallest budget is {smallest}"
+        )
     below, above = reachable(info, nfe, **kw)
     if policy == "floor" and below is not None:
         chosen = below
@@ -86,14 +105,17 @@ def resolve_steps(info: SolverInfo, *, nfe: int | None, steps: int | None, endpo
         chosen = min((b for b in (below, above) if b is not None), key=lambda b: (abs(b - nfe), b))
     else:
         near = " or ".join(str(b) for b in (below, above) if b is not None)
-        raise BudgetError(f"{info.name} cannot spend exactly {nfe} NFE with endpoint '{endpoint}' "
-                          f"({info.nfe_rule}); nearest reachable: {near}. "
-                          "Use --nfe-policy nearest|floor to accept one")
+        raise BudgetError(
+            f"{info.name} cannot spend exactly {nfe} NFE with endpoint '{endpoint}' "
+            f"({info.nfe_rule}); nearest reachable: {near}. "
+            "Use --nfe-policy nearest|floor to accept one"
+        )
     return info.steps_for(chosen, **kw)  # type: ignore[return-value]
 
 
-def sigma_range(denoiser: Any, default: tuple[float, float], sigma_min: float | None,
-                sigma_max: float | None) -> tuple[float, float]:
+def sigma_range(
+    denoiser: Any, default: tuple[float, float], sigma_min: float | None, sigma_max: float | None
+) -> tuple[float, float]:
     """Defaults clamped to the network's range; an explicit value outside it is an error (DESIGN.md)."""
     net_min, net_max = float(denoiser.sigma_min), float(denoiser.sigma_max)
     for label, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
@@ -106,18 +128,36 @@ def sigma_range(denoiser: Any, default: tuple[float, float], sigma_min: float | 
     return float(lo), float(hi)
 
 
-def plan(denoiser: Any, *, solver: str, schedule: str, nfe: int | None = None, steps: int | None = None,
-         endpoint: str = "edm", denoise_to_zero: bool = False, nfe_policy: str = "exact",
-         sigma_min: float | None = None, sigma_max: float | None = None,
-         schedule_options: dict[str, Any] | None = None, solver_options: dict[str, Any] | None = None) -> Plan:
+def plan(
+    denoiser: Any,
+    *,
+    solver: str,
+    schedule: str,
+    nfe: int | None = None,
+    steps: int | None = None,
+    endpoint: str = "edm",
+    denoise_to_zero: bool = False,
+    nfe_policy: str = "exact",
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    schedule_options: dict[str, Any] | None = None,
+    solver_options: dict[str, Any] | None = None,
+) -> Plan:
     """Plan a run: steps from the budget, the schedule's grid on the clamped range, round_sigma, the endpoint."""
     info = get_solver(solver)
     if endpoint not in ENDPOINTS:
         raise UnknownNameError("endpoint", endpoint, ENDPOINTS)
     if denoise_to_zero and endpoint != "sigma_min":
         raise ConfigError("denoise_to_zero applies only to endpoint 'sigma_min' (endpoint 'edm' already ends at 0)")
-    n_steps = resolve_steps(info, nfe=nfe, steps=steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero,
-                            policy=nfe_policy, options=solver_options)
+    n_steps = resolve_steps(
+        info,
+        nfe=nfe,
+        steps=steps,
+        endpoint=endpoint,
+        denoise_to_zero=denoise_to_zero,
+        policy=nfe_policy,
+        options=solver_options,
+    )
     n_points = n_steps if endpoint == "edm" else n_steps + 1
     options = dict(schedule_options or {})
     if schedule.startswith("file:"):
@@ -126,20 +166,32 @@ def plan(denoiser: Any, *, solver: str, schedule: str, nfe: int | None = None, s
         grid = file_grid(schedule[5:])
         lo, hi = sigma_range(denoiser, (float(grid[-1]), float(grid[0])), float(grid[-1]), float(grid[0]))
         if len(grid) != n_points:
-            raise BudgetError(f"the grid in {schedule[5:]} has {len(grid)} sigmas; {info.name} at this budget "
-                              f"needs {n_points} (endpoint '{endpoint}')")
+            raise BudgetError(
+                f"the grid in {schedule[5:]} has {len(grid)} sigmas; {info.name} at this budget "
+                f"needs {n_points} (endpoint '{endpoint}')"
+            )
     else:
         sched = get_schedule(schedule)
         unknown = set(options) - set(sched.options)
         if unknown:
-            raise ConfigError(f"option(s) {', '.join(sorted(unknown))} do not apply to schedule '{schedule}' "
-                              f"(it takes: {', '.join(sched.options) or 'none'})")
+            raise ConfigError(
+                f"option(s) {', '.join(sorted(unknown))} do not apply to schedule '{schedule}' "
+                f"(it takes: {', '.join(sched.options) or 'none'})"
+            )
         lo, hi = sigma_range(denoiser, sched.default_range, sigma_min, sigma_max)
         grid = sched.fn(n_points, lo, hi, **options)
     grid = torch.as_tensor(denoiser.round_sigma(grid.to(torch.float64)), dtype=torch.float64).reshape(-1)
     if endpoint == "edm" or denoise_to_zero:
         grid = torch.cat([grid, grid.new_zeros(1)])
-    return Plan(solver=info.name, schedule=schedule, steps=n_steps,
-                nfe=info.nfe(n_steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero, options=solver_options),
-                sigmas=grid,
-                endpoint=endpoint, denoise_to_zero=denoise_to_zero, sigma_min=lo, sigma_max=hi, requested_nfe=nfe)
+    return Plan(
+        solver=info.name,
+        schedule=schedule,
+        steps=n_steps,
+        nfe=info.nfe(n_steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero, options=solver_options),
+        sigmas=grid,
+        endpoint=endpoint,
+        denoise_to_zero=denoise_to_zero,
+        sigma_min=lo,
+        sigma_max=hi,
+        requested_nfe=nfe,
+    )

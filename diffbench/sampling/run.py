@@ -88,14 +88,25 @@ class Sampler:
             denoiser = denoiser.to(self.device).eval()
         self.denoiser, self.spec = denoiser, spec
         self.info = get_solver(spec.solver)
-        self.plan = plan(denoiser, solver=spec.solver, schedule=spec.schedule, nfe=spec.nfe, steps=spec.steps,
-                         endpoint=spec.endpoint, denoise_to_zero=spec.denoise_to_zero, nfe_policy=spec.nfe_policy,
-                         sigma_min=spec.sigma_min, sigma_max=spec.sigma_max,
-                         schedule_options=spec.schedule_options(), solver_options=spec.solver_options())
+        self.plan = plan(
+            denoiser,
+            solver=spec.solver,
+            schedule=spec.schedule,
+            nfe=spec.nfe,
+            steps=spec.steps,
+            endpoint=spec.endpoint,
+            denoise_to_zero=spec.denoise_to_zero,
+            nfe_policy=spec.nfe_policy,
+            sigma_min=spec.sigma_min,
+            sigma_max=spec.sigma_max,
+            schedule_options=spec.schedule_options(),
+            solver_options=spec.solver_options(),
+        )
         self.options = spec.solver_options()
         if self.info.ode_axes:
-            self.options["ode"] = TimeParam.make(spec.sigma_t, spec.scaling, sigma_min=self.plan.sigma_min,
-                                                 sigma_max=self.plan.sigma_max)
+            self.options["ode"] = TimeParam.make(
+                spec.sigma_t, spec.scaling, sigma_min=self.plan.sigma_min, sigma_max=self.plan.sigma_max
+            )
         self.shape = sample_shape(denoiser)
         self.label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
 
@@ -103,47 +114,69 @@ class Sampler:
         """Integer class indices for n samples (a scalar fixes one class), checked against label_dim."""
         return _class_indices(class_labels, n, self.label_dim)
 
-    def run(self, seeds: Sequence[int], *, latents: torch.Tensor | None = None,
-            class_labels: torch.Tensor | None = None,
-            on_step: Callable[[StepInfo], None] | None = None) -> Batch:
+    def run(
+        self,
+        seeds: Sequence[int],
+        *,
+        latents: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
+    ) -> Batch:
         """Sample one batch; latents (standard normal) and class indices override the streams' draws."""
         dev, dtype, sig = self.device, self.spec.torch_dtype, self.plan.sigmas
-        noise = NoiseSource(seeds, device=dev) if self.spec.noise == "independent" else \
-            BrownianNoise(seeds, device=dev, sigma_min=self.plan.sigma_min, sigma_max=self.plan.sigma_max)
+        noise = (
+            NoiseSource(seeds, device=dev)
+            if self.spec.noise == "independent"
+            else BrownianNoise(seeds, device=dev, sigma_min=self.plan.sigma_min, sigma_max=self.plan.sigma_max)
+        )
         z = noise.latents(self.shape)
         if latents is not None:
             z = latents.to(dev, torch.float32)
         labels = None
         if self.label_dim:
-            labels = noise.labels(self.label_dim)           # drawn even when fixed, to keep streams aligned
+            labels = noise.labels(self.label_dim)  # drawn even when fixed, to keep streams aligned
             if class_labels is not None:
                 labels = class_labels.to(dev)
         one_hot = None if labels is None else torch.eye(self.label_dim, device=dev)[labels]
         counting = CountingDenoiser(self.denoiser, len(seeds), one_hot)
-        x = z.to(dtype) * sig[0].item()                      # EDM: x_0 = latents * sigma_0
+        x = z.to(dtype) * sig[0].item()  # EDM: x_0 = latents * sigma_0
 
         def step(info: StepInfo) -> None:
-            if not torch.isfinite(info.x).all():
-                raise NonFiniteError(f"non-finite value at step {info.i + 1}/{info.n} "
-                                     f"(sigma {info.sigma:.6g} -> {info.sigma_next:.6g}) for seeds "
-                                     f"{compact_seeds(list(seeds))}")
+            if not torch.isfinite(info.x.sum()):  # one reduction: NaN and Inf reach the sum
+                raise NonFiniteError(
+                    f"non-finite value at step {info.i + 1}/{info.n} "
+                    f"(sigma {info.sigma:.6g} -> {info.sigma_next:.6g}) for seeds "
+                    f"{compact_seeds(list(seeds))}"
+                )
             if on_step is not None:
                 on_step(info)
 
         with torch.no_grad():
             x = self.info.fn(counting, x, sig.to(dev), noise=noise, callback=step, **self.options)
         if counting.nfe != self.plan.nfe:
-            raise RuntimeError(f"bug: {self.info.name} made {counting.nfe} evaluations per sample, "
-                               f"the plan says {self.plan.nfe}")
-        return Batch(images=x, seeds=list(seeds), class_labels=None if labels is None else labels.cpu(),
-                     nfe=self.plan.nfe)
+            raise RuntimeError(
+                f"bug: {self.info.name} made {counting.nfe} evaluations per sample, the plan says {self.plan.nfe}"
+            )
+        return Batch(
+            images=x,
+            seeds=list(seeds),
+            class_labels=None if labels is None else labels.cpu(),
+            nfe=self.plan.nfe,
+        )
 
     def provenance(self, seeds: Sequence[int]) -> dict[str, Any]:
         env = environment(self.device)
         env["generator_device"] = str(self.device)
-        return {"environment": env, "model": model_info(self.denoiser), "spec": self.spec.to_dict(),
-                "plan": self.plan.to_dict(), "nfe_counted": self.plan.nfe, "seeds": compact_seeds(list(seeds)),
-                "num_images": len(seeds), "dtype": self.spec.dtype}
+        return {
+            "environment": env,
+            "model": model_info(self.denoiser),
+            "spec": self.spec.to_dict(),
+            "plan": self.plan.to_dict(),
+            "nfe_counted": self.plan.nfe,
+            "seeds": compact_seeds(list(seeds)),
+            "num_images": len(seeds),
+            "dtype": self.spec.dtype,
+        }
 
 
 def _inputs(seeds: Sequence[int] | None, latents: torch.Tensor | None) -> list[int]:
@@ -159,10 +192,18 @@ def _inputs(seeds: Sequence[int] | None, latents: torch.Tensor | None) -> list[i
     return seeds
 
 
-def iter_batches(denoiser: Any, *, seeds: Sequence[int] | None = None, latents: torch.Tensor | None = None,
-                 class_labels: Any = None, batch: int = 64, device: str | torch.device = "auto",
-                 progress: Callable[[Progress], None] | None = None, sampler: Sampler | None = None,
-                 **spec: Any) -> Iterator[Batch]:
+def iter_batches(
+    denoiser: Any,
+    *,
+    seeds: Sequence[int] | None = None,
+    latents: torch.Tensor | None = None,
+    class_labels: Any = None,
+    batch: int = 64,
+    device: str | torch.device = "auto",
+    progress: Callable[[Progress], None] | None = None,
+    sampler: Sampler | None = None,
+    **spec: Any,
+) -> Iterator[Batch]:
     """Yield finished batches in seed order (edm2 style: a thin caller writes them as they come)."""
     if batch < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch}")
@@ -171,27 +212,62 @@ def iter_batches(denoiser: Any, *, seeds: Sequence[int] | None = None, latents: 
     labels = run.class_indices(class_labels, len(seeds))
     chunks = [range(i, min(i + batch, len(seeds))) for i in range(0, len(seeds), batch)]
     for b, idx in enumerate(chunks):
+
         def on_step(info: StepInfo, b: int = b, done: int = idx.start) -> None:
             if progress is not None:
                 progress(Progress(b, len(chunks), info.i + 1, info.n, done, len(seeds)))
 
-        out = run.run([seeds[i] for i in idx], latents=None if latents is None else latents[idx.start:idx.stop],
-                      class_labels=None if labels is None else labels[idx.start:idx.stop], on_step=on_step)
+        out = run.run(
+            [seeds[i] for i in idx],
+            latents=None if latents is None else latents[idx.start : idx.stop],
+            class_labels=None if labels is None else labels[idx.start : idx.stop],
+            on_step=on_step,
+        )
         if progress is not None:
             progress(Progress(b, len(chunks), run.plan.steps, run.plan.steps, idx.stop, len(seeds)))
         yield out
 
 
-def sample(denoiser: Any, *, seeds: Sequence[int] | None = None, latents: torch.Tensor | None = None,
-           class_labels: Any = None, solver: str = "heun", schedule: str = "edm", nfe: int | None = None,
-           steps: int | None = None, batch: int = 64, device: str | torch.device = "auto",
-           progress: Callable[[Progress], None] | None = None, **options: Any) -> Samples:
+def sample(
+    denoiser: Any,
+    *,
+    seeds: Sequence[int] | None = None,
+    latents: torch.Tensor | None = None,
+    class_labels: Any = None,
+    solver: str = "heun",
+    schedule: str = "edm",
+    nfe: int | None = None,
+    steps: int | None = None,
+    batch: int = 64,
+    device: str | torch.device = "auto",
+    progress: Callable[[Progress], None] | None = None,
+    **options: Any,
+) -> Samples:
     """Sample images with any solver/schedule at an exact NFE budget (options: SamplerSpec's fields)."""
-    run = Sampler(denoiser, SamplerSpec.make(solver=solver, schedule=schedule, nfe=nfe, steps=steps, **options),
-                  device=device)
+    run = Sampler(
+        denoiser,
+        SamplerSpec.make(solver=solver, schedule=schedule, nfe=nfe, steps=steps, **options),
+        device=device,
+    )
     seed_list = _inputs(seeds, latents)
-    parts = list(iter_batches(denoiser, seeds=seed_list, latents=latents, class_labels=class_labels, batch=batch,
-                              progress=progress, sampler=run))
+    parts = list(
+        iter_batches(
+            denoiser,
+            seeds=seed_list,
+            latents=latents,
+            class_labels=class_labels,
+            batch=batch,
+            progress=progress,
+            sampler=run,
+        )
+    )
     labels = None if parts[0].class_labels is None else torch.cat([p.class_labels for p in parts])
-    return Samples(images=torch.cat([p.images for p in parts]), nfe=run.plan.nfe, sigmas=run.plan.sigmas,
-                   seeds=seed_list, class_labels=labels, plan=run.plan, provenance=run.provenance(seed_list))
+    return Samples(
+        images=torch.cat([p.images for p in parts]),
+        nfe=run.plan.nfe,
+        sigmas=run.plan.sigmas,
+        seeds=seed_list,
+        class_labels=labels,
+        plan=run.plan,
+        provenance=run.provenance(seed_list),
+    )

@@ -72,14 +72,16 @@ def iddpm_u(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008) -> torch.Tens
     return u
 
 
-def iddpm_grid(n: int, sigma_min: float, sigma_max: float, *, M: int = 1000, C_1: float = 0.001,
-               C_2: float = 0.008) -> torch.Tensor:
+def iddpm_grid(
+    n: int, sigma_min: float, sigma_max: float, *, M: int = 1000, C_1: float = 0.001, C_2: float = 0.008
+) -> torch.Tensor:
     """N of the u_j inside [sigma_min, sigma_max] at indices round((len-1) i/(N-1)) (EDM Table 1 'iDDPM')."""
     u = iddpm_u(M, C_1, C_2)
     inside = u[(u >= sigma_min) & (u <= sigma_max)]
     if len(inside) < n:
-        raise ConfigError(f"the iddpm schedule has only {len(inside)} levels in [{sigma_min}, {sigma_max}]; "
-                          f"{n} points were asked for")
+        raise ConfigError(
+            f"the iddpm schedule has only {len(inside)} levels in [{sigma_min}, {sigma_max}]; {n} points were asked for"
+        )
     idx = ((len(inside) - 1) * _steps(n)).round().to(torch.int64)
     return inside[idx]
 
@@ -165,16 +167,27 @@ def get_schedule(name: str) -> ScheduleInfo:
 
 EDM_RANGE = (0.002, 80.0)
 register_schedule(ScheduleInfo("edm", edm_grid, EDM_RANGE, "Karras et al. 2022, Eq. 5 (rho)", ("rho",)))
-register_schedule(ScheduleInfo("vp", vp_grid, _vp_default_range(), "Song et al. 2021 (VP, uniform t); EDM Table 1",
-                               ("epsilon_s",)))
+register_schedule(
+    ScheduleInfo("vp", vp_grid, _vp_default_range(), "Song et al. 2021 (VP, uniform t); EDM Table 1", ("epsilon_s",))
+)
 register_schedule(ScheduleInfo("ve", ve_grid, (0.02, 100.0), "Song et al. 2021 (VE, geometric); EDM Table 1"))
-register_schedule(ScheduleInfo("iddpm", iddpm_grid, (0.002, 81.0), "Nichol & Dhariwal 2021; EDM Table 1",
-                               ("M", "C_1", "C_2")))
+register_schedule(
+    ScheduleInfo("iddpm", iddpm_grid, (0.002, 81.0), "Nichol & Dhariwal 2021; EDM Table 1", ("M", "C_1", "C_2"))
+)
 register_schedule(ScheduleInfo("linear", linear_grid, EDM_RANGE, "uniform in sigma"))
 register_schedule(ScheduleInfo("log-linear", log_linear_grid, EDM_RANGE, "uniform in log sigma"))
-register_schedule(ScheduleInfo("logsnr", logsnr_grid, EDM_RANGE,
-                               "uniform logSNR, Lu et al. 2022 (DPM-Solver) Sec. 3.3"))
-register_schedule(ScheduleInfo("time-uniform", time_uniform_grid, EDM_RANGE,
-                               "uniform VP time t (rho: in t^(1/rho)); Lu et al. 2022 App. D.1", ("rho",)))
-register_schedule(ScheduleInfo("time-quadratic", time_quadratic_grid, EDM_RANGE,
-                               "uniform sqrt(VP time t); Lu et al. 2022 App. D.1"))
+register_schedule(
+    ScheduleInfo("logsnr", logsnr_grid, EDM_RANGE, "uniform logSNR, Lu et al. 2022 (DPM-Solver) Sec. 3.3")
+)
+register_schedule(
+    ScheduleInfo(
+        "time-uniform",
+        time_uniform_grid,
+        EDM_RANGE,
+        "uniform VP time t (rho: in t^(1/rho)); Lu et al. 2022 App. D.1",
+        ("rho",),
+    )
+)
+register_schedule(
+    ScheduleInfo("time-quadratic", time_quadratic_grid, EDM_RANGE, "uniform sqrt(VP time t); Lu et al. 2022 App. D.1")
+)

@@ -17,9 +17,24 @@ from diffbench.sampling.solvers import get_solver
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 # options that belong to a solver (validated against SolverInfo.options); None means "not given"
-SOLVER_OPTIONS = ("alpha", "S_churn", "S_min", "S_max", "S_noise", "churn_per_step", "eta", "order",
-                  "lower_order_final", "analytic_first_step", "variant", "prediction", "restart_min",
-                  "restart_max", "restart_k", "restart_steps")
+SOLVER_OPTIONS = (
+    "alpha",
+    "S_churn",
+    "S_min",
+    "S_max",
+    "S_noise",
+    "churn_per_step",
+    "eta",
+    "order",
+    "lower_order_final",
+    "analytic_first_step",
+    "variant",
+    "prediction",
+    "restart_min",
+    "restart_max",
+    "restart_k",
+    "restart_steps",
+)
 SCHEDULE_OPTIONS = ("rho", "epsilon_s", "M", "C_1", "C_2")
 
 
@@ -69,11 +84,14 @@ class SamplerSpec:
         given = [k for k in SOLVER_OPTIONS if getattr(self, k) is not None]
         wrong = [k for k in given if k not in info.options]
         if wrong:
-            raise ConfigError(f"option(s) {', '.join(wrong)} do not apply to solver '{self.solver}' "
-                              f"(it takes: {', '.join(info.options) or 'none'})")
+            raise ConfigError(
+                f"option(s) {', '.join(wrong)} do not apply to solver '{self.solver}' "
+                f"(it takes: {', '.join(info.options) or 'none'})"
+            )
         if self.order is not None and self.order not in (info.orders or (info.order,)):
-            raise ConfigError(f"{self.solver} supports order {', '.join(map(str, info.orders or (info.order,)))}; "
-                              f"got {self.order}")
+            raise ConfigError(
+                f"{self.solver} supports order {', '.join(map(str, info.orders or (info.order,)))}; got {self.order}"
+            )
         if self.analytic_first_step is False:
             object.__setattr__(self, "analytic_first_step", None)
         if self.lower_order_final is not None:

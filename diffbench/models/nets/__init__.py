@@ -42,11 +42,7 @@ def build_network(class_name: str, kwargs: Mapping[str, Any]) -> nn.Module:
     unknown = sorted(set(kwargs) - set(params) - {"self"})
     if unknown:
         raise ConfigError(f"{class_name} does not take argument(s) {', '.join(unknown)}")
-    missing = [
-        n
-        for n, p in params.items()
-        if n != "self" and p.default is inspect.Parameter.empty and n not in kwargs
-    ]
+    missing = [n for n, p in params.items() if n != "self" and p.default is inspect.Parameter.empty and n not in kwargs]
     if missing:
         raise ConfigError(f"{class_name} needs argument(s) {', '.join(missing)}")
     try:

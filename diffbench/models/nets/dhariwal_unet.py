@@ -94,9 +94,7 @@ class DhariwalUNet(nn.Module):
             skip_channels.append(c)
             for i in range(num_blocks):
                 c_in, c = c, model_channels * mult
-                self.enc[f"{res}x{res}_block{i}"] = UNetBlock(
-                    c_in, c, attention=res in attn_resolutions, **block
-                )
+                self.enc[f"{res}x{res}_block{i}"] = UNetBlock(c_in, c, attention=res in attn_resolutions, **block)
                 skip_channels.append(c)
 
         # decoder: two middle blocks at the lowest resolution (the first with attention), else upsampling;
@@ -104,14 +102,10 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            add_middle_or_up(
-                self.dec, res=res, channels=c, lowest=level == len(channel_mult) - 1, block=block
-            )
+            add_middle_or_up(self.dec, res=res, channels=c, lowest=level == len(channel_mult) - 1, block=block)
             for i in range(num_blocks + 1):
                 c_in, c = c + skip_channels.pop(), model_channels * mult
-                self.dec[f"{res}x{res}_block{i}"] = UNetBlock(
-                    c_in, c, attention=res in attn_resolutions, **block
-                )
+                self.dec[f"{res}x{res}_block{i}"] = UNetBlock(c_in, c, attention=res in attn_resolutions, **block)
         self.out_norm = GroupNorm(c)
         self.out_conv = Conv2d(c, out_channels, 3)
 

@@ -114,9 +114,7 @@ class Conv2d(nn.Module):
 class GroupNorm(nn.Module):
     """Group normalisation (Wu & He 2018) with min(32, C/4) groups, as DDPM++ and ADM use."""
 
-    def __init__(
-        self, num_channels: int, *, num_groups: int = 32, min_channels_per_group: int = 4, eps: float = 1e-5
-    ):
+    def __init__(self, num_channels: int, *, num_groups: int = 32, min_channels_per_group: int = 4, eps: float = 1e-5):
         super().__init__()
         self.num_groups = max(1, min(num_groups, num_channels // min_channels_per_group))
         self.eps = float(eps)

@@ -150,9 +150,7 @@ class SongUNet(nn.Module):
                     aux_c = c
             for i in range(num_blocks):
                 c_in, c = c, model_channels * mult
-                self.enc[f"{res}x{res}_block{i}"] = UNetBlock(
-                    c_in, c, attention=res in attn_resolutions, **block
-                )
+                self.enc[f"{res}x{res}_block{i}"] = UNetBlock(c_in, c, attention=res in attn_resolutions, **block)
                 skip_channels.append(c)
 
         # decoder: two middle blocks (the first with attention) at the lowest resolution, else an upsampling
@@ -161,9 +159,7 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            add_middle_or_up(
-                self.dec, res=res, channels=c, lowest=level == len(channel_mult) - 1, block=block
-            )
+            add_middle_or_up(self.dec, res=res, channels=c, lowest=level == len(channel_mult) - 1, block=block)
             for i in range(num_blocks + 1):
                 c_in, c = c + skip_channels.pop(), model_channels * mult
                 attn = i == num_blocks and res in attn_resolutions

@@ -36,7 +36,7 @@ Callback = Callable[[StepInfo], None]
 
 def intervals(steps: int, *, endpoint: str, denoise_to_zero: bool = False) -> tuple[int, int]:
     """(steps to sigma > 0, steps to sigma = 0) for `steps` steps under an endpoint convention (REFERENCE §4)."""
-    if endpoint == "edm":      # N sigmas down to sigma_min, then one step to 0
+    if endpoint == "edm":  # N sigmas down to sigma_min, then one step to 0
         return steps - 1, 1
     return steps, int(denoise_to_zero)  # N+1 sigmas ending at sigma_min; optional final denoise
 
@@ -53,8 +53,8 @@ class SolverInfo:
     evals_per_step: int = 1
     evals_final: int = 1
     options: tuple[str, ...] = field(default=())
-    churn: bool = False      # accepts EDM churn (S_churn, ...): stochastic when churn > 0
-    ode_axes: bool = False   # honours sigma_t / scaling (EDM's general ODE)
+    churn: bool = False  # accepts EDM churn (S_churn, ...): stochastic when churn > 0
+    ode_axes: bool = False  # honours sigma_t / scaling (EDM's general ODE)
     orders: tuple[int, ...] = ()  # the values `order` may take (empty: the option does not apply)
     min_steps: int = 1
     corrector_order: int = 0  # orders a corrector adds to `order` (UniC: +1)
@@ -65,14 +65,26 @@ class SolverInfo:
         e, f = self.evals_per_step, self.evals_final
         return f"{e} per step" if e == f else f"{e} per step, {f} on a final step to 0"
 
-    def nfe(self, steps: int, *, endpoint: str = "edm", denoise_to_zero: bool = False,
-            options: dict[str, Any] | None = None) -> int:
+    def nfe(
+        self,
+        steps: int,
+        *,
+        endpoint: str = "edm",
+        denoise_to_zero: bool = False,
+        options: dict[str, Any] | None = None,
+    ) -> int:
         """Network evaluations per sample for a plan of `steps` steps."""
         k, z = intervals(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero)
         return self.evals_per_step * k + self.evals_final * z + self.extra_nfe(options or {})
 
-    def steps_for(self, nfe: int, *, endpoint: str = "edm", denoise_to_zero: bool = False,
-                  options: dict[str, Any] | None = None) -> int | None:
+    def steps_for(
+        self,
+        nfe: int,
+        *,
+        endpoint: str = "edm",
+        denoise_to_zero: bool = False,
+        options: dict[str, Any] | None = None,
+    ) -> int | None:
         """The step count that spends exactly `nfe` evaluations, or None when none does."""
         for steps in range(self.min_steps, nfe + 2 + max(0, -self.extra_nfe(options or {}))):
             got = self.nfe(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero, options=options)
@@ -83,10 +95,17 @@ class SolverInfo:
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "order": self.order, "orders": list(self.orders or (self.order,)),
-                "convergence_order": self.order + self.corrector_order,
-                "stochastic": self.stochastic, "nfe_rule": self.nfe_rule, "churn": self.churn,
-                "options": list(self.options), "paper": self.paper}
+        return {
+            "name": self.name,
+            "order": self.order,
+            "orders": list(self.orders or (self.order,)),
+            "convergence_order": self.order + self.corrector_order,
+            "stochastic": self.stochastic,
+            "nfe_rule": self.nfe_rule,
+            "churn": self.churn,
+            "options": list(self.options),
+            "paper": self.paper,
+        }
 
 
 SOLVERS: dict[str, SolverInfo] = {}
@@ -102,9 +121,11 @@ def register_solver(info: SolverInfo) -> SolverInfo:
 
 def solver(name: str, **kwargs: Any) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator form of register_solver."""
+
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         register_solver(SolverInfo(name=name, fn=fn, **kwargs))
         return fn
+
     return wrap
 
 
@@ -129,8 +150,7 @@ def _load_builtin() -> None:
     from diffbench.sampling.solvers import restart  # noqa: F401
 
 
-def order_at(j: int, n: int, order: int, lower_order_final: str | int = "always",
-             history: int = 0) -> int:
+def order_at(j: int, n: int, order: int, lower_order_final: str | int = "always", history: int = 0) -> int:
     """Order used at step j of n: warm-up min(order, j + 1 + history), then lower-order final steps.
 
     lower_order_final: "always" (last steps drop to min(order, n - j)), "never", or an int N (only when

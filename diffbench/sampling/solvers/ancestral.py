@@ -25,11 +25,23 @@ def _check_eta(eta: float) -> None:
         raise ConfigError(f"eta must be >= 0, got {eta}")
 
 
-@solver("euler-ancestral", order=1, stochastic=True,
-        paper="Ho et al. 2020 (DDPM ancestral sampling) in EDM sigma space; eta from Song et al. 2021a (DDIM)",
-        options=("eta", "S_noise"))
-def euler_ancestral(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-                    eta: float = 1.0, S_noise: float = 1.0, callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "euler-ancestral",
+    order=1,
+    stochastic=True,
+    paper="Ho et al. 2020 (DDPM ancestral sampling) in EDM sigma space; eta from Song et al. 2021a (DDIM)",
+    options=("eta", "S_noise"),
+)
+def euler_ancestral(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    eta: float = 1.0,
+    S_noise: float = 1.0,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """Euler step down to sigma_down, then fresh noise of std sigma_up (DDPM ancestral when eta = 1)."""
     _check_eta(eta)
     n = len(sigmas) - 1
@@ -47,10 +59,22 @@ def euler_ancestral(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noi
     return x
 
 
-@solver("ddim", order=1, stochastic=False, paper="Song et al. 2021a, Denoising Diffusion Implicit Models, Eq. 12",
-        options=("eta",))
-def ddim(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-         eta: float = 0.0, callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "ddim",
+    order=1,
+    stochastic=False,
+    paper="Song et al. 2021a, Denoising Diffusion Implicit Models, Eq. 12",
+    options=("eta",),
+)
+def ddim(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    eta: float = 0.0,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """DDIM in its VP variables, abar = 1/(1 + sigma^2); deterministic at eta = 0 (Song et al. 2021a, Eq. 12, 16)."""
     _check_eta(eta)
     n = len(sigmas) - 1

@@ -52,10 +52,22 @@ def _eps(denoiser: Any, x: torch.Tensor, sigma: float) -> torch.Tensor:
     return (x - denoiser(x, sigma)) / sigma
 
 
-@solver("dpm-solver-2", order=2, stochastic=False, paper=LU_2022 + " (DPM-Solver-2, r1 = 1/2)",
-        evals_per_step=2, evals_final=1)
-def dpm_solver_2(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-                 callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "dpm-solver-2",
+    order=2,
+    stochastic=False,
+    paper=LU_2022 + " (DPM-Solver-2, r1 = 1/2)",
+    evals_per_step=2,
+    evals_final=1,
+)
+def dpm_solver_2(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """Singlestep DPM-Solver-2, noise prediction: an intermediate point at the geometric mean sigma."""
     n = len(sigmas) - 1
     for i in range(n):
@@ -66,17 +78,29 @@ def dpm_solver_2(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise:
             x = denoised
         else:
             s_mid = math.sqrt(s * s_next)  # lambda + h/2
-            u = x + (s_mid - s) * eps       # DPM-Solver-1 to the midpoint (Lu et al. 2022, Eq. 3.7)
+            u = x + (s_mid - s) * eps  # DPM-Solver-1 to the midpoint (Lu et al. 2022, Eq. 3.7)
             x = x + (s_next - s) * _eps(denoiser, u, s_mid)
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, denoised))
     return x
 
 
-@solver("dpm-solver-3", order=3, stochastic=False, paper="Lu et al. 2022, DPM-Solver (NeurIPS), Alg. 2 (r1=1/3, r2=2/3)",
-        evals_per_step=3, evals_final=1)
-def dpm_solver_3(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-                 callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "dpm-solver-3",
+    order=3,
+    stochastic=False,
+    paper="Lu et al. 2022, DPM-Solver (NeurIPS), Alg. 2 (r1=1/3, r2=2/3)",
+    evals_per_step=3,
+    evals_final=1,
+)
+def dpm_solver_3(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """Singlestep DPM-Solver-3, noise prediction (Lu et al. 2022, Alg. 2), in EDM space."""
     r1, r2 = 1 / 3, 2 / 3
     n = len(sigmas) - 1
@@ -91,8 +115,7 @@ def dpm_solver_3(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise:
             s1, s2 = s * math.exp(-r1 * h), s * math.exp(-r2 * h)
             u1 = x - s1 * math.expm1(r1 * h) * eps
             d1 = _eps(denoiser, u1, s1) - eps
-            u2 = (x - s2 * math.expm1(r2 * h) * eps
-                  - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * d1)
+            u2 = x - s2 * math.expm1(r2 * h) * eps - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * d1
             d2 = _eps(denoiser, u2, s2) - eps
             x = x - s_next * math.expm1(h) * eps - (s_next / r2) * (math.expm1(h) / h - 1) * d2
         if callback is not None:
@@ -100,10 +123,22 @@ def dpm_solver_3(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise:
     return x
 
 
-@solver("dpmpp-2s", order=2, stochastic=False, paper=LU_2022B + ", Alg. 1 (singlestep, r = 1/2)",
-        evals_per_step=2, evals_final=1)
-def dpmpp_2s(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-             callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "dpmpp-2s",
+    order=2,
+    stochastic=False,
+    paper=LU_2022B + ", Alg. 1 (singlestep, r = 1/2)",
+    evals_per_step=2,
+    evals_final=1,
+)
+def dpmpp_2s(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """DPM-Solver++(2S): data prediction at the midpoint in lambda (Lu et al. 2022b, Alg. 1 with r = 1/2)."""
     n = len(sigmas) - 1
     for i in range(n):
@@ -121,8 +156,9 @@ def dpmpp_2s(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: Noi
     return x
 
 
-def _dpmpp_update(x: torch.Tensor, s: float, s_next: float, D: torch.Tensor,
-                  hist: list[tuple[float, torch.Tensor]], p: int) -> torch.Tensor:
+def _dpmpp_update(
+    x: torch.Tensor, s: float, s_next: float, D: torch.Tensor, hist: list[tuple[float, torch.Tensor]], p: int
+) -> torch.Tensor:
     """One DPM-Solver++ multistep update of order p from D at s and the history (Lu et al. 2022b, Alg. 2-3)."""
     h = math.log(s / s_next)
     phi1 = math.expm1(-h)
@@ -157,41 +193,96 @@ def _dpmpp_multistep(denoiser, x, sigmas, *, order, lower_order_final, analytic_
             x = D
         else:
             x = _dpmpp_update(x, s, s_next, D, hist, order_at(i, n, order, lof, history=n_ext))
-        hist = [*hist, (s, D)][-(order - 1 or 1):]
+        hist = [*hist, (s, D)][-(order - 1 or 1) :]
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, D))
     return x
 
 
-@solver("dpmpp-2m", order=2, stochastic=False, paper=LU_2022B + ", Alg. 2 (multistep)", min_steps=1,
-        options=MULTISTEP_OPTIONS, extra_nfe=afs_nfe)
-def dpmpp_2m(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-             lower_order_final: str | int = "always", analytic_first_step: bool = False,
-             history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
-             callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "dpmpp-2m",
+    order=2,
+    stochastic=False,
+    paper=LU_2022B + ", Alg. 2 (multistep)",
+    min_steps=1,
+    options=MULTISTEP_OPTIONS,
+    extra_nfe=afs_nfe,
+)
+def dpmpp_2m(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    lower_order_final: str | int = "always",
+    analytic_first_step: bool = False,
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """DPM-Solver++(2M): 2nd-order multistep, data prediction (Lu et al. 2022b, Alg. 2)."""
-    return _dpmpp_multistep(denoiser, x, sigmas, order=2, lower_order_final=lower_order_final,
-                            analytic_first_step=analytic_first_step, history=history, callback=callback)
+    return _dpmpp_multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=2,
+        lower_order_final=lower_order_final,
+        analytic_first_step=analytic_first_step,
+        history=history,
+        callback=callback,
+    )
 
 
-@solver("dpmpp-3m", order=3, stochastic=False, paper=LU_2022B + ", multistep 3rd order (App. B)",
-        options=MULTISTEP_OPTIONS, extra_nfe=afs_nfe)
-def dpmpp_3m(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-             lower_order_final: str | int = "always", analytic_first_step: bool = False,
-             history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
-             callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "dpmpp-3m",
+    order=3,
+    stochastic=False,
+    paper=LU_2022B + ", multistep 3rd order (App. B)",
+    options=MULTISTEP_OPTIONS,
+    extra_nfe=afs_nfe,
+)
+def dpmpp_3m(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    lower_order_final: str | int = "always",
+    analytic_first_step: bool = False,
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """DPM-Solver++(3M): 3rd-order multistep, data prediction (Lu et al. 2022b)."""
-    return _dpmpp_multistep(denoiser, x, sigmas, order=3, lower_order_final=lower_order_final,
-                            analytic_first_step=analytic_first_step, history=history, callback=callback)
+    return _dpmpp_multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=3,
+        lower_order_final=lower_order_final,
+        analytic_first_step=analytic_first_step,
+        history=history,
+        callback=callback,
+    )
 
 
-@solver("dpmpp-2m-sde", order=2, stochastic=True,
-        paper=LU_2022B + ", SDE-DPM-Solver++(2M) (Sec. 5), midpoint form; eta = 0 gives DPM-Solver++(2M)",
-        options=("eta", "S_noise", "lower_order_final"))
-def dpmpp_2m_sde(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-                 eta: float = 1.0, S_noise: float = 1.0, lower_order_final: str | int = "always",
-                 history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
-                 callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "dpmpp-2m-sde",
+    order=2,
+    stochastic=True,
+    paper=LU_2022B + ", SDE-DPM-Solver++(2M) (Sec. 5), midpoint form; eta = 0 gives DPM-Solver++(2M)",
+    options=("eta", "S_noise", "lower_order_final"),
+)
+def dpmpp_2m_sde(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    eta: float = 1.0,
+    S_noise: float = 1.0,
+    lower_order_final: str | int = "always",
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """SDE-DPM-Solver++(2M) with noise strength eta (Lu et al. 2022b): x' = (s'/s)e^-eta h x + ... + noise."""
     if eta < 0:
         raise ConfigError(f"eta must be >= 0, got {eta}")

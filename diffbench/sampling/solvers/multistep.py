@@ -16,14 +16,19 @@ from diffbench.sampling.solvers.exponential import afs_nfe, check_lower_order_fi
 MULTI_OPTIONS = ("order", "lower_order_final", "analytic_first_step")
 
 # iPNDM warm-start coefficients (Zhang & Chen 2023; REFERENCE §4): Adams-Bashforth of orders 1-4
-IPNDM_COEFFS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
-                4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+IPNDM_COEFFS = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(12)
 
 
-def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
-                       var: Callable[[np.ndarray], np.ndarray] = lambda s: s) -> list[float]:
+def lagrange_integrals(
+    nodes: Sequence[float], a: float, b: float, var: Callable[[np.ndarray], np.ndarray] = lambda s: s
+) -> list[float]:
     """C_j = integral over sigma in [a, b] of l_j(var(sigma)), l_j the Lagrange basis on `nodes` (in var).
 
     var = identity gives LMS (polynomial in sigma); var = VP t(sigma) gives DEIS-tAB (polynomial in t).
@@ -47,10 +52,18 @@ def vp_time(sigma: np.ndarray, beta_d: float = 19.9, beta_min: float = 0.1) -> n
     return (np.sqrt(beta_min**2 + 2 * beta_d * np.log1p(np.square(sigma))) - beta_min) / beta_d
 
 
-def _multistep(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, order: int, lower_order_final: Any,
-               analytic_first_step: bool, history: Sequence[tuple[float, torch.Tensor]] | None,
-               callback: Callback | None,
-               weights: Callable[[list[float], float, float], Sequence[float]]) -> torch.Tensor:
+def _multistep(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    order: int,
+    lower_order_final: Any,
+    analytic_first_step: bool,
+    history: Sequence[tuple[float, torch.Tensor]] | None,
+    callback: Callback | None,
+    weights: Callable[[list[float], float, float], Sequence[float]],
+) -> torch.Tensor:
     """x_{i+1} = x_i + sum_j C_j d_{i-j}: the shared loop; `weights(nodes, s, s_next)` gives the C_j."""
     lof = check_lower_order_final(lower_order_final)
     hist = [(s, (xh - D) / s) for s, xh, D in history] if history else []
@@ -59,59 +72,124 @@ def _multistep(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, order: i
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         if i == 0 and analytic_first_step:
-            d = x / math.sqrt(1 + s * s)   # AFS (REFERENCE §4)
+            d = x / math.sqrt(1 + s * s)  # AFS (REFERENCE §4)
             denoised = x - s * d
         else:
             denoised = denoiser(x, s)
             d = (x - denoised) / s
         p = order_at(i, n, order, lof, history=n_ext)
-        past = [(s, d), *reversed(hist)][:p]   # newest first
+        past = [(s, d), *reversed(hist)][:p]  # newest first
         coeffs = weights([q[0] for q in past], s, s_next)
         x = x + sum(c * dj for c, (_, dj) in zip(coeffs, past))
-        hist = [*hist, (s, d)][-(order - 1 or 1):]
+        hist = [*hist, (s, d)][-(order - 1 or 1) :]
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, denoised))
     return x
 
 
-@solver("ipndm", order=4, stochastic=False,
-        paper="Zhang & Chen 2023, DEIS (ICLR), improved PNDM: Adams-Bashforth on d with warm start",
-        orders=(1, 2, 3, 4), options=MULTI_OPTIONS, extra_nfe=afs_nfe)
-def ipndm(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-          order: int = 4, lower_order_final: str | int = "never", analytic_first_step: bool = False,
-          history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
-          callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "ipndm",
+    order=4,
+    stochastic=False,
+    paper="Zhang & Chen 2023, DEIS (ICLR), improved PNDM: Adams-Bashforth on d with warm start",
+    orders=(1, 2, 3, 4),
+    options=MULTI_OPTIONS,
+    extra_nfe=afs_nfe,
+)
+def ipndm(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    order: int = 4,
+    lower_order_final: str | int = "never",
+    analytic_first_step: bool = False,
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """iPNDM: x' = x + (sigma' - sigma) sum_j c_j d_{i-j}, fixed AB coefficients (order holds on uniform grids)."""
     order = check_order("ipndm", order, (1, 2, 3, 4))
-    return _multistep(denoiser, x, sigmas, order=order, lower_order_final=lower_order_final,
-                      analytic_first_step=analytic_first_step, history=history, callback=callback,
-                      weights=lambda nodes, s, s_next: [(s_next - s) * c for c in IPNDM_COEFFS[len(nodes)]])
+    return _multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=order,
+        lower_order_final=lower_order_final,
+        analytic_first_step=analytic_first_step,
+        history=history,
+        callback=callback,
+        weights=lambda nodes, s, s_next: [(s_next - s) * c for c in IPNDM_COEFFS[len(nodes)]],
+    )
 
 
-@solver("deis", order=3, stochastic=False,
-        paper="Zhang & Chen 2023, DEIS (ICLR), tAB: polynomial in VP t of eps, integrated exactly (Eq. 15)",
-        orders=(1, 2, 3), options=MULTI_OPTIONS, extra_nfe=afs_nfe)
-def deis(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-         order: int = 3, lower_order_final: str | int = "never", analytic_first_step: bool = False,
-         history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
-         callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "deis",
+    order=3,
+    stochastic=False,
+    paper="Zhang & Chen 2023, DEIS (ICLR), tAB: polynomial in VP t of eps, integrated exactly (Eq. 15)",
+    orders=(1, 2, 3),
+    options=MULTI_OPTIONS,
+    extra_nfe=afs_nfe,
+)
+def deis(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    order: int = 3,
+    lower_order_final: str | int = "never",
+    analytic_first_step: bool = False,
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """DEIS-tAB: d = eps extrapolated by a polynomial in the VP time t, integrated over sigma."""
     order = check_order("deis", order, (1, 2, 3))
-    return _multistep(denoiser, x, sigmas, order=order, lower_order_final=lower_order_final,
-                      analytic_first_step=analytic_first_step, history=history, callback=callback,
-                      weights=lambda nodes, s, s_next: lagrange_integrals(
-                          vp_time(np.asarray(nodes)).tolist(), s, s_next, vp_time))
+    return _multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=order,
+        lower_order_final=lower_order_final,
+        analytic_first_step=analytic_first_step,
+        history=history,
+        callback=callback,
+        weights=lambda nodes, s, s_next: lagrange_integrals(vp_time(np.asarray(nodes)).tolist(), s, s_next, vp_time),
+    )
 
 
-@solver("lms", order=4, stochastic=False,
-        paper="Linear multistep (Adams-Bashforth) in sigma, Lagrange basis integrated numerically (as k-diffusion)",
-        orders=(1, 2, 3, 4), options=MULTI_OPTIONS, extra_nfe=afs_nfe)
-def lms(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-        order: int = 4, lower_order_final: str | int = "never", analytic_first_step: bool = False,
-        history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
-        callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "lms",
+    order=4,
+    stochastic=False,
+    paper="Linear multistep (Adams-Bashforth) in sigma, Lagrange basis integrated numerically (as k-diffusion)",
+    orders=(1, 2, 3, 4),
+    options=MULTI_OPTIONS,
+    extra_nfe=afs_nfe,
+)
+def lms(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    order: int = 4,
+    lower_order_final: str | int = "never",
+    analytic_first_step: bool = False,
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """LMS: variable-step Adams-Bashforth on dx/dsigma = d (integrated Lagrange basis in sigma)."""
     order = check_order("lms", order, (1, 2, 3, 4))
-    return _multistep(denoiser, x, sigmas, order=order, lower_order_final=lower_order_final,
-                      analytic_first_step=analytic_first_step, history=history, callback=callback,
-                      weights=lambda nodes, s, s_next: lagrange_integrals(nodes, s, s_next))
+    return _multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=order,
+        lower_order_final=lower_order_final,
+        analytic_first_step=analytic_first_step,
+        history=history,
+        callback=callback,
+        weights=lambda nodes, s, s_next: lagrange_integrals(nodes, s, s_next),
+    )

@@ -23,13 +23,30 @@ def restart_nfe(options: dict[str, Any]) -> int:
     return 2 * int(k) * int(n)
 
 
-@solver("restart", order=2, stochastic=True,
-        paper="Xu et al. 2023, Restart Sampling (NeurIPS), Alg. 1, with EDM's Heun as the inner ODE solver",
-        evals_per_step=2, evals_final=1, min_steps=2, extra_nfe=restart_nfe,
-        options=("restart_min", "restart_max", "restart_k", "restart_steps", "S_noise"))
-def restart(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-            restart_min: float = 0.06, restart_max: float = 0.30, restart_k: int = 2, restart_steps: int = 3,
-            S_noise: float = 1.0, callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "restart",
+    order=2,
+    stochastic=True,
+    paper="Xu et al. 2023, Restart Sampling (NeurIPS), Alg. 1, with EDM's Heun as the inner ODE solver",
+    evals_per_step=2,
+    evals_final=1,
+    min_steps=2,
+    extra_nfe=restart_nfe,
+    options=("restart_min", "restart_max", "restart_k", "restart_steps", "S_noise"),
+)
+def restart(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    restart_min: float = 0.06,
+    restart_max: float = 0.30,
+    restart_k: int = 2,
+    restart_steps: int = 3,
+    S_noise: float = 1.0,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """Heun down the grid; at the grid point nearest restart_min, K times: add noise up to restart_max
     (x += sqrt(smax^2 - smin^2) eps, Xu et al. 2023, Eq. 4) and solve back down with `restart_steps` Heun steps."""
     if restart_k < 0 or restart_steps < 1:
@@ -38,12 +55,12 @@ def restart(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: Nois
     j = min(range(1, len(positive)), key=lambda k: abs(positive[k] - restart_min)) if len(positive) > 1 else 0
     s_lo = positive[j]
     if not s_lo < restart_max <= positive[0]:
-        raise ConfigError(f"restart_max {restart_max} must lie between the restart point {s_lo:.4g} "
-                          f"and sigma_max {positive[0]:.4g}")
+        raise ConfigError(
+            f"restart_max {restart_max} must lie between the restart point {s_lo:.4g} and sigma_max {positive[0]:.4g}"
+        )
     n = len(sigmas) - 1
     x = heun(denoiser, x, sigmas[: j + 1], noise=None, callback=callback)
-    inner = torch.cat([edm_grid(restart_steps + 1, s_lo, restart_max)[:-1], torch.tensor([s_lo],
-                                                                                         dtype=torch.float64)])
+    inner = torch.cat([edm_grid(restart_steps + 1, s_lo, restart_max)[:-1], torch.tensor([s_lo], dtype=torch.float64)])
     for k in range(restart_k):
         if noise is None:
             raise ConfigError("restart needs a noise source")

@@ -37,14 +37,30 @@ def unipc_coefficients(rks: list[float], hh: float, variant: str) -> tuple[torch
     return torch.tensor(R, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), B_h
 
 
-@solver("unipc", order=3, stochastic=False,
-        paper="Zhao et al. 2023, UniPC (NeurIPS), Alg. 2-3: UniP-p + UniC (order p + 1 with the corrector)",
-        orders=(1, 2, 3), corrector_order=1, options=("order", "variant", "prediction", "lower_order_final", "analytic_first_step"),
-        extra_nfe=afs_nfe)
-def unipc(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseSource | None = None,
-          order: int = 3, variant: str = "bh2", prediction: str = "data", lower_order_final: str | int = "always",
-          analytic_first_step: bool = False, history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
-          callback: Callback | None = None) -> torch.Tensor:
+@solver(
+    "unipc",
+    order=3,
+    stochastic=False,
+    paper="Zhao et al. 2023, UniPC (NeurIPS), Alg. 2-3: UniP-p + UniC (order p + 1 with the corrector)",
+    orders=(1, 2, 3),
+    corrector_order=1,
+    options=("order", "variant", "prediction", "lower_order_final", "analytic_first_step"),
+    extra_nfe=afs_nfe,
+)
+def unipc(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    order: int = 3,
+    variant: str = "bh2",
+    prediction: str = "data",
+    lower_order_final: str | int = "always",
+    analytic_first_step: bool = False,
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """UniPC multistep: UniP-p predictor, UniC corrector from the next evaluation (Zhao et al. 2023)."""
     order = check_order("unipc", order, (1, 2, 3))
     if variant not in VARIANTS:
@@ -79,27 +95,27 @@ def unipc(denoiser: Any, x: torch.Tensor, sigmas: torch.Tensor, *, noise: NoiseS
         rks, d1s = [], []
         for k in range(1, p):
             s_k, m_k = hist[-k]
-            rk = math.log(s / s_k) / h    # (lambda_k - lambda_i) / h
+            rk = math.log(s / s_k) / h  # (lambda_k - lambda_i) / h
             rks.append(rk)
             d1s.append((m_k - m) / rk)
         rks.append(1.0)
         hh = -h if data else h
         R, b, B_h = unipc_coefficients(rks, hh, variant)
-        scale = 1.0 if data else s_next          # alpha_t = 1 (data) or sigma_t (noise) in EDM space
+        scale = 1.0 if data else s_next  # alpha_t = 1 (data) or sigma_t (noise) in EDM space
         # the first-order (DDIM / DPM-Solver-1) part, then UniP's higher-order terms (Zhao et al. 2023, Alg. 2)
         x_first = (s_next / s) * x - math.expm1(hh) * m if data else x - s_next * math.expm1(hh) * m
         x_pred = x_first
         if p >= 2:
             rhos_p = [0.5] if p == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
             x_pred = x_first - scale * B_h * sum(r * d for r, d in zip(rhos_p, d1s))
-        hist = [*hist, (s, m)][-(order - 1 or 1):]
+        hist = [*hist, (s, m)][-(order - 1 or 1) :]
         if i == n - 1:  # no corrector on the last step: its evaluation would not be used
             x = x_pred
         else:
             m_next, denoised = model(x_pred, s_next)
             rhos_c = [0.5] if p == 1 else torch.linalg.solve(R, b).tolist()
             corr = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) + rhos_c[-1] * (m_next - m)
-            x = x_first - scale * B_h * corr   # UniC (Zhao et al. 2023, Alg. 3)
+            x = x_first - scale * B_h * corr  # UniC (Zhao et al. 2023, Alg. 3)
             m = m_next
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, denoised))
