@@ -146,7 +146,8 @@ def sample_cmd(
     )
     err.print(
         f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {p.sigma_max:.4g} -> "
-        f"{p.sigma_min:.4g}, endpoint {p.endpoint}{merged}; device {run.device}"
+        f"{p.sigma_min:.4g}, endpoint {p.endpoint}{merged}; device {run.device}",
+        soft_wrap=True,
     )
     sink = ImageSink(out)
     kept: list[torch.Tensor] = []
