@@ -178,7 +178,7 @@ def test_diffusers_weights_that_do_not_fit_the_config(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["block_out_channels"] = [8, 32]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match="state dict does not fit UNet2DModel.*shape mismatches") as info:
+    with pytest.raises(ModelLoadError, match="state dict does not fit UNet2DModel.*wrong shape") as info:
         load_checkpoint(str(tmp_path))
     assert "\n" not in str(info.value)
 
@@ -272,7 +272,7 @@ def test_state_dict_that_does_not_fit_names_the_keys(tmp_path):
     state.pop(first)
     state["extra.weight"] = torch.zeros(1)
     path = _write_state_dict(tmp_path, state)
-    with pytest.raises(ModelLoadError, match=rf"missing 1 keys \({first}\); unexpected 1 keys \(extra.weight\)"):
+    with pytest.raises(ModelLoadError, match=rf"missing {first}; unexpected extra.weight"):
         load_checkpoint(str(path))
 
 
@@ -280,7 +280,7 @@ def test_state_dict_shape_mismatch(tmp_path):
     state = _tiny_songunet().state_dict()
     key = next(k for k, v in state.items() if v.ndim == 4)
     state[key] = torch.zeros(1, 1, 1, 1)
-    with pytest.raises(ModelLoadError, match=rf"shape mismatches .*{key} \(1, 1, 1, 1\) vs"):
+    with pytest.raises(ModelLoadError, match=rf"wrong shape .*{key} \(1, 1, 1, 1\) vs"):
         load_checkpoint(str(_write_state_dict(tmp_path, state)))
 
 

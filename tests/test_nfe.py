@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -96,3 +98,16 @@ def test_counting_mismatch_is_a_bug_that_raises(gmm, monkeypatch):
     monkeypatch.setitem(registry.SOLVERS, "euler", fake)
     with pytest.raises(RuntimeError, match="bug: euler made 1.0 evaluations"):
         diffbench.sample(gmm, seeds=[0], solver="euler", nfe=5, device="cpu")
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_every_unreachable_budget_is_refused_with_the_nearest(solver, gmm):
+    info = get_solver(solver)
+    for endpoint, dtz in CONVENTIONS:
+        for nfe in range(1, 30):
+            if info.steps_for(nfe, endpoint=endpoint, denoise_to_zero=dtz) is not None:
+                continue
+            with pytest.raises(BudgetError, match=r"nearest reachable: \d+|too small") as exc:
+                plan(gmm, solver=solver, schedule="edm", nfe=nfe, endpoint=endpoint, denoise_to_zero=dtz)
+            for near in map(int, re.findall(r"(\d+)(?= or|\. Use)", str(exc.value))):
+                assert info.steps_for(near, endpoint=endpoint, denoise_to_zero=dtz) is not None

@@ -29,6 +29,7 @@ from torch import nn
 from diffbench.errors import ConfigError, ModelLoadError, UnknownNameError
 from diffbench.models import precond as P
 from diffbench.models.nets import NETWORKS, build_network, network_arguments
+from diffbench.models.statedict import describe_mismatch, key_list
 
 PERSISTENT_HOOK = ("torch_utils.persistence", "_reconstruct_persistent_obj")
 PERSISTENCE_VERSION = 6
@@ -349,30 +350,11 @@ def _collect_tensors(node: Any, prefix: str, out: dict[str, torch.Tensor]) -> No
             _collect_tensors(child, f"{prefix}{name}.", out)
 
 
-def _key_list(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_recorded_state(net: nn.Module, state: dict[str, torch.Tensor], *, what: str) -> None:
     """Load a recorded state dict with strict=True, naming missing, unexpected and mis-shaped keys."""
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    problems = []
-    if missing:
-        problems.append(f"missing {_key_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_key_list(unexpected)}")
-    if shapes:
-        problems.append(
-            "wrong shape " + _key_list([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes])
-        )
-    if problems:
-        raise ModelLoadError(
-            f"{what}: the recorded weights do not fit the recorded architecture: " + "; ".join(problems)
-        )
+    problem = describe_mismatch(net.state_dict(), state)
+    if problem:
+        raise ModelLoadError(f"{what}: the recorded weights do not fit the recorded architecture: {problem}")
     net.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}, strict=True)
 
 
@@ -446,7 +428,7 @@ def _adopt_recorded_buffers(wrapper: nn.Module, record: PersistentRecord, *, wha
     buffers = record.state.get("_buffers") or {}
     extra = sorted(k for k, v in buffers.items() if v is not None and not hasattr(wrapper, k))
     if extra:
-        raise ModelLoadError(f"{what}: {record.class_name} records unknown buffers {_key_list(extra)}")
+        raise ModelLoadError(f"{what}: {record.class_name} records unknown buffers {key_list(extra)}")
     for name, t in buffers.items():
         if t is None:
             continue

@@ -108,30 +108,33 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-def _preview(keys: list[str], n: int = 4) -> str:
-    more = f", … ({len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
+def key_list(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def describe_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:
+    """'missing ...; unexpected ...; wrong shape k (file) vs (model)', or None when the keys and shapes fit."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    parts = []
+    if missing:
+        parts.append(f"missing {key_list(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {key_list(unexpected)}")
+    if shapes:
+        parts.append(
+            "wrong shape " + key_list([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes])
+        )
+    return "; ".join(parts) or None
 
 
 def check_keys(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str) -> None:
     """Raise a one-line ModelLoadError naming missing, unexpected and mis-shaped keys."""
-    own = module.state_dict()
-    missing = sorted(k for k in own if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in own)
-    shapes = sorted(
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    )
-    parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} keys ({_preview(missing)})")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)} keys ({_preview(unexpected)})")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatches (file vs model: {_preview(shapes, 2)})")
-    if parts:
-        raise ModelLoadError(f"state dict does not fit {what}: {'; '.join(parts)}")
+    problem = describe_mismatch(module.state_dict(), state_dict)
+    if problem:
+        raise ModelLoadError(f"state dict does not fit {what}: {problem}")
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
