@@ -19,6 +19,32 @@ def small_gmm():
     return load_builtin("gmm:components=3,shape=2,cov=full,seed=1")
 
 
+@pytest.fixture(scope="session")
+def tiny_net():
+    """A factory of small random-weight DDPM++ networks (clean-room SongUNet, 8x8) in a preconditioning."""
+    from diffbench.models.nets import build_network
+    from diffbench.models.precond import EDMPrecond
+
+    def make(precond=EDMPrecond, *, label_dim: int = 0, seed: int = 0, **precond_kwargs):
+        torch.manual_seed(seed)
+        net = build_network(
+            "SongUNet",
+            {
+                "img_resolution": 8,
+                "in_channels": 3,
+                "out_channels": 3,
+                "model_channels": 16,
+                "channel_mult": [1, 2],
+                "num_blocks": 1,
+                "attn_resolutions": [4],
+                "label_dim": label_dim,
+            },
+        )
+        return precond(net, img_resolution=8, img_channels=3, label_dim=label_dim, **precond_kwargs)
+
+    return make
+
+
 @pytest.fixture()
 def cli(capsys):
     """Run `diffbench ...` in-process; returns (exit code, stdout, stderr)."""

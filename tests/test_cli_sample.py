@@ -182,26 +182,12 @@ def test_help_is_fast_and_lists_commands(cli):
     assert code == 0 and "sample" in out and "solvers" in out
 
 
-def test_sample_from_an_edm_pickle_end_to_end(cli, tmp_path):
+def test_sample_from_an_edm_pickle_end_to_end(cli, tmp_path, tiny_net):
     """A checkpoint in EDM's pickle format (random weights) samples through the CLI; the sidecar has its sha256."""
     from diffbench.models.edm_pickle import write_edm_pickle
-    from diffbench.models.nets import build_network
     from diffbench.models.precond import VPPrecond
 
-    torch.manual_seed(0)
-    net = build_network(
-        "SongUNet",
-        {
-            "img_resolution": 8,
-            "in_channels": 3,
-            "out_channels": 3,
-            "model_channels": 16,
-            "channel_mult": [1, 2],
-            "num_blocks": 1,
-            "attn_resolutions": [4],
-        },
-    )
-    model = VPPrecond(net, img_resolution=8, img_channels=3)
+    model = tiny_net(VPPrecond)
     path = tmp_path / "tiny-vp.pkl"
     write_edm_pickle(path, denoiser=model)
     out = tmp_path / "s.npz"

@@ -19,22 +19,7 @@ def test_cuda_sampling_is_batch_invariant_and_counts_nfe():
     assert a.provenance["environment"]["generator_device"].startswith("cuda")
 
 
-def test_fp16_precond_runs_half_on_cuda():
-    from diffbench.models.nets import build_network
-    from diffbench.models.precond import EDMPrecond
-
-    net = build_network(
-        "SongUNet",
-        {
-            "img_resolution": 8,
-            "in_channels": 3,
-            "out_channels": 3,
-            "model_channels": 16,
-            "channel_mult": [1, 2],
-            "num_blocks": 1,
-            "attn_resolutions": [4],
-        },
-    )
-    model = EDMPrecond(net, img_resolution=8, img_channels=3, use_fp16=True)
+def test_fp16_precond_runs_half_on_cuda(tiny_net):
+    model = tiny_net(use_fp16=True)
     out = diffbench.sample(model, seeds=range(4), nfe=7, device="cuda")
     assert torch.isfinite(out.images).all()
