@@ -99,3 +99,16 @@ def test_network_batch_invariance_to_float_tolerance(tiny_net):
     seven = diffbench.sample(model, seeds=seeds, batch=7, **kw)
     assert torch.equal(one.class_labels, seven.class_labels)
     assert torch.allclose(one.images, seven.images, rtol=0, atol=1e-4)
+
+
+def test_brownian_increments_are_one_path_whatever_the_query_order():
+    from diffbench.sampling.noise import BrownianNoise
+
+    like = torch.zeros(2, 3, 4, 4, dtype=torch.float64)
+    a, b, c = 0.5, 2.0, 7.0
+    fine = BrownianNoise([1, 2], sigma_min=0.002, sigma_max=80.0)
+    first = fine.increment(0, c, b, like) * (c - b) ** 0.5  # W(c) - W(b)
+    second = fine.increment(1, b, a, like) * (b - a) ** 0.5  # W(b) - W(a)
+    coarse = BrownianNoise([1, 2], sigma_min=0.002, sigma_max=80.0).increment(0, c, a, like) * (c - a) ** 0.5
+    assert torch.allclose(first + second, coarse, atol=1e-9)
+    assert not torch.allclose(first[0], first[1])  # seeds differ

@@ -151,10 +151,8 @@ class BrownianNoise(NoiseSource):
             return self.step(i, like)
         shape = tuple(like.shape[1:])
         trees = self._trees.get(shape)
-        if trees is None:
-            t0 = min(self.range[0], lo) * 0.5
-            t1 = max(self.range[1], hi) * 1.01
-            trees = [BrownianTree(s, shape, t0, t1) for s in self.seeds]
+        if trees is None:  # one fixed span per run range, so every step count queries the same path
+            trees = [BrownianTree(s, shape, 0.0, self.range[1]) for s in self.seeds]
             self._trees[shape] = trees
         inc = torch.stack([(tree(hi) - tree(lo)) for tree in trees]) / math.sqrt(hi - lo)
         return inc.to(like.device, like.dtype)

@@ -127,7 +127,7 @@ class Sampler:
         noise = (
             NoiseSource(seeds, device=dev)
             if self.spec.noise == "independent"
-            else BrownianNoise(seeds, device=dev, sigma_min=self.plan.sigma_min, sigma_max=self.plan.sigma_max)
+            else BrownianNoise(seeds, device=dev, sigma_min=self.plan.sigma_min, sigma_max=float(sig[0]))
         )
         z = noise.latents(self.shape)
         if latents is not None:
