@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.solvers import Callback, StepInfo, order_at, solver
-from diffbench.sampling.solvers.exponential import afs_nfe, check_lower_order_final, check_order
+from diffbench.sampling.solvers.exponential import afs_nfe, check_lower_order_final, check_order, first_denoised
 
 MULTI_OPTIONS = ("order", "lower_order_final", "analytic_first_step")
 
@@ -71,12 +70,8 @@ def _multistep(
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        if i == 0 and analytic_first_step:
-            d = x / math.sqrt(1 + s * s)  # AFS (REFERENCE §4)
-            denoised = x - s * d
-        else:
-            denoised = denoiser(x, s)
-            d = (x - denoised) / s
+        denoised = first_denoised(denoiser, x, s, analytic_first_step) if i == 0 else denoiser(x, s)
+        d = (x - denoised) / s
         p = order_at(i, n, order, lof, history=n_ext)
         past = [(s, d), *reversed(hist)][:p]  # newest first
         coeffs = weights([q[0] for q in past], s, s_next)

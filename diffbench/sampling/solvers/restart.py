@@ -60,7 +60,8 @@ def restart(
         )
     n = len(sigmas) - 1
     x = heun(denoiser, x, sigmas[: j + 1], noise=None, callback=callback)
-    inner = torch.cat([edm_grid(restart_steps + 1, s_lo, restart_max)[:-1], torch.tensor([s_lo], dtype=torch.float64)])
+    inner = edm_grid(restart_steps + 1, s_lo, restart_max)
+    inner[-1] = s_lo  # land exactly on the main grid's sigma
     for k in range(restart_k):
         if noise is None:
             raise ConfigError("restart needs a noise source")

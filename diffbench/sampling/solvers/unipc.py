@@ -16,7 +16,7 @@ import torch
 from diffbench.errors import UnknownNameError
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.solvers import Callback, StepInfo, order_at, solver
-from diffbench.sampling.solvers.exponential import afs_nfe, check_lower_order_final, check_order
+from diffbench.sampling.solvers.exponential import afs_nfe, check_lower_order_final, check_order, first_denoised
 
 VARIANTS = ("bh1", "bh2")
 PREDICTIONS = ("data", "noise")
@@ -76,10 +76,7 @@ def unipc(
 
     n = len(sigmas) - 1
     s0 = float(sigmas[0])
-    if analytic_first_step:  # d = x / sqrt(1 + sigma^2) (REFERENCE §4)
-        m, denoised = model(x, s0, x - s0 * x / math.sqrt(1 + s0 * s0))
-    else:
-        m, denoised = model(x, s0)
+    m, denoised = model(x, s0, first_denoised(denoiser, x, s0, analytic_first_step))
     # (sigma, model output) before the current point, oldest first; `history` holds (sigma, x, D) triples
     hist = [(s_h, D_h if data else (x_h - D_h) / s_h) for s_h, x_h, D_h in history or []]
     n_ext = len(hist)
