@@ -32,15 +32,9 @@ class Shown(str, Enum):
 
 
 def _device(device: str) -> str:
-    import torch
+    from diffbench.device import check_device
 
-    from diffbench.errors import ConfigError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} was asked for, but no CUDA GPU is available")
-    return device
+    return check_device(device)
 
 
 def _progress(label: str):
