@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from diffbench.errors import ConfigError, OutputExistsError
+from diffbench.io_json import dumps_json
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -87,21 +87,10 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe: non-finite floats become strings ('inf'), tuples lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write strict JSON atomically (temp file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2, default=str, allow_nan=False) + "\n")
+    tmp.write_text(dumps_json(data) + "\n")
     os.replace(tmp, path)
 
 
@@ -113,19 +102,27 @@ class ImageSink:
     the end). npz: each finished batch is a shard in FILE.npz.partial/, merged into FILE.npz at close.
     """
 
-    def __init__(self, out: Path | str, *, provenance: dict[str, Any] | None = None):
+    def __init__(self, out: Path | str, *, provenance: dict[str, Any] | None = None, overwrite: bool = False):
         self.out = Path(out)
         self.npz = self.out.suffix == ".npz"
         self.provenance = provenance or {}
+        self.overwrite = overwrite
+        self.opened = False
         self.seeds: list[int] = []
         self.labels: list[int] = []
         self.shards: list[Path] = []
+
+    def _open(self) -> None:
+        """Create the output on the first finished batch, so a run that fails early leaves nothing behind
+        (and, with overwrite, the earlier output is only moved aside once there is something to replace it)."""
+        if self.overwrite:
+            replace_aside(self.out)
         if self.npz:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             partial_path(self.out).mkdir(exist_ok=True)
         else:
             self.out.mkdir(parents=True, exist_ok=True)
-        self._sidecar(complete=False)
+        self.opened = True
 
     def _sidecar(self, *, complete: bool, error: str | None = None) -> None:
         record = dict(self.provenance, complete=complete, images_written=len(self.seeds))
@@ -139,6 +136,8 @@ class ImageSink:
         _check_image_shaped(images)
         nhwc = quantize(images).permute(0, 2, 3, 1).numpy()
         lab = labels.numpy().astype(np.int64) if labels is not None else None
+        if not self.opened:
+            self._open()
         if self.npz:
             shard = partial_path(self.out) / f"{len(self.shards):06d}.npz"
             tmp = shard.with_name(shard.name + ".tmp.npz")
@@ -168,6 +167,10 @@ class ImageSink:
         """Finish: merge the npz shards (only when complete) and write the final sidecar."""
         if provenance is not None:
             self.provenance = provenance
+        if not self.opened:
+            if not complete:
+                return  # nothing finished, nothing written
+            self._open()
         if self.npz and complete:
             parts = [np.load(p) for p in self.shards]
             tmp = self.out.with_name(self.out.name + ".tmp.npz")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from enum import Enum
@@ -13,6 +12,7 @@ import typer
 
 from diffbench.cli.app import app
 from diffbench.cli.options import sampler_options
+from diffbench.io_json import dumps_json
 
 ExtractorOpt = Annotated[
     str, typer.Option("--extractor", help="Feature extractor: a registered name or module:factory.")
@@ -276,6 +276,6 @@ def fid_cmd(
         if bar is not None:
             bar.stop()
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        typer.echo(dumps_json(result.to_dict()))
     else:
         typer.echo(render_fid(result))

@@ -35,7 +35,7 @@ def sample_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from diffbench.device import check_device
-    from diffbench.io import ImageSink, check_output, grid_image, quantize, replace_aside, save_image_atomic
+    from diffbench.io import ImageSink, check_output, grid_image, quantize, save_image_atomic
     from diffbench.models.load import load
     from diffbench.sampling.run import Sampler, iter_batches
     from diffbench.sampling.spec import SamplerSpec
@@ -77,11 +77,14 @@ def sample_cmd(
     )
     provenance = dict(run.provenance(seed_list), command=_command_line(), class_=class_)
     provenance["class"] = provenance.pop("class_")
-    if overwrite:
-        replace_aside(out)
-        if grid is not None:
-            replace_aside(grid)
-    sink = ImageSink(out, provenance=provenance)
+    if len(run.shape) != 3 or run.shape[0] not in (1, 3):
+        from diffbench.errors import ConfigError
+
+        raise ConfigError(
+            f"{model} gives samples of shape {tuple(run.shape)}, not images with 1 or 3 channels; "
+            "use the Python API (diffbench.sample) for it"
+        )
+    sink = ImageSink(out, provenance=provenance, overwrite=overwrite)
     kept: list[torch.Tensor] = []
     with Progress(
         TextColumn("{task.description}"),
