@@ -179,3 +179,13 @@ def test_grid_is_large_enough_to_look_at(tmp_path):
     assert min(img.size) >= 256
     arr = np.asarray(img)
     assert (arr[0] == 255).all() and (arr[:, 0] == 255).all()  # the one-pixel gutter
+
+
+def test_sidecar_with_unknown_network_class_names_class_and_sidecar(tmp_path):
+    path = tmp_path / "net.pt"
+    torch.save({"w": torch.zeros(1)}, path)
+    side = {"network": "MyFancyUNet", "network_kwargs": {}, "precond": "EDMPrecond"}
+    path.with_suffix(".json").write_text(json.dumps(side))
+    code, _, err = run("sample", path, "--seeds", "0-1", "--out", tmp_path / "o")
+    assert code == 1 and "Traceback" not in err
+    assert "MyFancyUNet" in err and "net.json" in err and "unknown model" not in err
