@@ -7,6 +7,7 @@ They give exact ground truth for solver tests: D(x; sigma) = E[y | y + sigma n =
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -357,15 +358,32 @@ def make_gmm(
 
 
 def _load_points(path: str) -> torch.Tensor:
+    """Points of an `ideal` model from an .npz ('images' or its first array) or a plain .npy.
+
+    uint8 NHWC images (EDM's dataset layout) become NCHW in [-1, 1]; other numeric arrays [n, ...] are
+    taken as they are.
+    """
     p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"ideal: no such file {p}")
     try:
-        with np.load(p) as data:
-            arr = data["images"] if "images" in data.files else data[data.files[0]]
-    except (OSError, ValueError, KeyError, IndexError) as exc:
-        raise ConfigError(f"cannot read dataset points from {p}: {exc}") from None
+        arr = np.load(p, allow_pickle=False)  # a plain .npy gives the array, an npz its archive
+        if isinstance(arr, np.lib.npyio.NpzFile):
+            with arr as data:
+                arr = data["images"] if "images" in data.files else data[data.files[0]]
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"ideal: cannot read dataset points from {p} (a numeric .npy or .npz): {exc}") from None
+    if arr.dtype.kind not in "biuf" or arr.ndim < 2 or arr.shape[0] < 1 or arr.size == 0:
+        raise ConfigError(
+            f"ideal: {p} must hold numeric points [n, ...] or uint8 images [n, H, W, C], "
+            f"got {arr.dtype} {list(arr.shape)}"
+        )
     if arr.dtype == np.uint8 and arr.ndim == 4:  # NHWC uint8 images -> NCHW in [-1, 1]
         return torch.from_numpy(arr.astype(np.float64) / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
-    return torch.from_numpy(np.asarray(arr, dtype=np.float64))
+    points = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(points).all():
+        raise ConfigError(f"ideal: {p} holds NaN or Inf")
+    return torch.from_numpy(points)
 
 
 def make_ideal(
