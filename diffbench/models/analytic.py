@@ -149,7 +149,8 @@ class GaussianMixture(nn.Module):
             lam, U = covs, torch.empty(0, dtype=torch.float64)
         else:
             covs = 0.5 * (covs + covs.transpose(1, 2))
-            lam, U = torch.linalg.eigh(covs)
+            with _threads_for(K * D**3, covs.device):
+                lam, U = torch.linalg.eigh(covs)
         if (lam < -1e-12).any():
             raise ConfigError("gmm covariances must be positive semi-definite")
         self.register_buffer("lam", lam.clamp(min=0))
