@@ -63,19 +63,35 @@ def exact_matmul(left: torch.Tensor, right: list[torch.Tensor]) -> torch.Tensor:
     """left [..., B, n] @ right [..., n, m] with right given as exact_slices(right, n).
 
     Every slice-by-slice product is exact, so each output row depends only on its own row of `left`:
-    the result is bit-identical whatever the other rows, the batch size or the BLAS. The products are
-    added in one fixed order (smallest first); accuracy is that of float64 or better.
+    the result is bit-identical whatever the other rows, the batch size, the device or the BLAS. The
+    products are added in one fixed order (smallest first); accuracy is that of float64 or better.
     """
     n = left.shape[-1]
     lhs = [s.transpose(-1, -2) for s in exact_slices(left.transpose(-1, -2), n)]
-    count = len(right)
+    count = len(lhs)
     # the pairs (i, j) with i + j < count carry the product to about 2^-53 (Ozaki et al. 2012, Sec. 3)
-    pairs = sorted(((i, j) for i in range(count) for j in range(count) if i + j < count), key=sum, reverse=True)
+    pairs = [(i, j) for i in range(count) for j in range(len(right)) if i + j < count]
     total = None
-    for i, j in pairs:
+    for i, j in sorted(pairs, key=sum, reverse=True):
         term = lhs[i] @ right[j]
         total = term if total is None else total + term
     return total
+
+
+def pairwise_sum(q: torch.Tensor) -> torch.Tensor:
+    """q [..., n] summed over its last axis by halving (pairwise summation), with elementwise adds only.
+
+    Each row's bits depend on that row alone, on every device: a reduction kernel may instead split a
+    row differently when the number of rows changes (CUDA's does).
+    """
+    n = q.shape[-1]
+    width = 1 << max(n - 1, 0).bit_length()
+    if width != n:
+        q = torch.nn.functional.pad(q, (0, width - n))  # + 0.0 is exact
+    while q.shape[-1] > 1:
+        half = q.shape[-1] // 2
+        q = q[..., :half] + q[..., half:]
+    return q[..., 0]
 
 
 # Below this many multiply-adds per call, a denoiser runs on one thread: on a busy 2-core machine,
@@ -200,7 +216,7 @@ class GaussianMixture(nn.Module):
         w = self._rotate(y - self.means[None])  # [B, K, D]
         var = self.lam[None] + s2  # covariance of p_sigma per component, in its eigenbasis
         # log N(x; mu_k, S_k + sigma^2 I) from the eigen-decomposition
-        logp = -0.5 * ((w**2 / var).sum(-1) + var.log().sum(-1) + w.shape[-1] * math.log(2 * math.pi))
+        logp = -0.5 * (pairwise_sum(w**2 / var) + pairwise_sum(var.log()) + w.shape[-1] * math.log(2 * math.pi))
         logits = logp + self.weights.log()[None]
         mask = _one_hot_mask(class_labels, self.means.shape[0], B, x.device) if self.label_dim else None
         if mask is not None:
@@ -208,7 +224,10 @@ class GaussianMixture(nn.Module):
         r = torch.softmax(logits, dim=1)  # posterior over components
         # E[y | x, k] = mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k)  (Gaussian conditioning)
         post = self.means[None] + self._unrotate(self.lam[None] / var * w)
-        return (r[..., None] * post).sum(1).reshape(x.shape).to(x.dtype)
+        out = r[:, 0, None] * post[:, 0]
+        for k in range(1, post.shape[1]):  # sum over components in a fixed order, elementwise
+            out = out + r[:, k, None] * post[:, k]
+        return out.reshape(x.shape).to(x.dtype)
 
     def mean(self) -> torch.Tensor:
         """Exact mean of the data distribution, flattened [D]."""
@@ -277,8 +296,8 @@ class FiniteDataset(nn.Module):
     ) -> torch.Tensor:
         """D(x; sigma) for x [B, *sample_shape], sigma scalar or [B]; float64 inside, x's dtype out.
 
-        Batched; distances are elementwise sums over a contiguous last axis and the weighted mean is an
-        exact_matmul, so each sample's result is bit-identical whatever the batch holds. Scratch memory
+        Batched; distances (pairwise_sum) and the weighted mean (exact_matmul) are computed so that each
+        sample's result is bit-identical whatever the batch holds. Scratch memory
         is bounded by chunking over the batch and, in blocks fixed by the dataset alone, over the points.
         """
         n, D = self.points.shape
@@ -296,7 +315,10 @@ class FiniteDataset(nn.Module):
         for b in range(0, B, step):
             yb = y[b : b + step]
             d2 = torch.cat(
-                [(yb[:, None, :] - self.points[None, i : i + block]).square().sum(-1) for i in range(0, n, block)],
+                [
+                    pairwise_sum((yb[:, None, :] - self.points[None, i : i + block]).square())
+                    for i in range(0, n, block)
+                ],
                 dim=1,
             )  # [b, n] squared distances
             r = torch.softmax(-d2 / (2 * s2[b : b + step]), dim=1)  # EDM Eq. 57 weights
