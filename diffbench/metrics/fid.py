@@ -14,7 +14,7 @@ import torch
 from diffbench.errors import ConfigError
 from diffbench.io import quantize
 from diffbench.metrics.extractors import INCEPTION_ID, FeatureExtractor, has_logits, load_extractor
-from diffbench.metrics.frechet import frechet_distance
+from diffbench.metrics.frechet import FrechetReference
 from diffbench.metrics.inception_score import inception_score as _inception_score
 from diffbench.metrics.kid import kid as _kid
 from diffbench.metrics.precision_recall import precision_recall as _precision_recall
@@ -324,7 +324,8 @@ def fid(
     if not allow_small_n and per_block[0].n is not None:
         check_enough(per_block[0].n, per_block[0].dim, what="samples" if blocks == 1 else "samples per block")
 
-    values = [frechet_distance(mu1=s.mu, sigma1=s.sigma, mu2=ref_stats.mu, sigma2=ref_stats.sigma) for s in per_block]
+    reference = FrechetReference(ref_stats.mu, ref_stats.sigma)  # factored once for every block
+    values = [reference.distance(s.mu, s.sigma) for s in per_block]
     mean, std, lo, ci_lo, ci_hi = block_summary(values, confidence=confidence)
     extras = _optional_metrics(
         src,
