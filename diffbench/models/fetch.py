@@ -303,10 +303,11 @@ def check_format(path: Path, check: Callable[[Path], None] | None, *, url: str, 
         check(path)
     except ModelLoadError as exc:
         where = quarantine(path, root=root)
+        text = str(exc)
         raise ModelLoadError(
-            f"{name} from {url} is {str(exc).removeprefix('not ')}; moved to {where}, nothing cached or pinned"
-            if str(exc).startswith("not ")
-            else f"{name} from {url} failed its format check ({exc}); moved to {where}, nothing cached or pinned"
+            f"{name} from {url} is {text}; moved to {where}, nothing cached or pinned"
+            if text.startswith("not ")
+            else f"{name} from {url} failed its format check ({text}); moved to {where}, nothing cached or pinned"
         ) from None
 
 

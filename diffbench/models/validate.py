@@ -117,7 +117,10 @@ def check_state_dict(path: Path) -> None:
     head = _head(path)
     if head.startswith(b"PK\x03\x04"):
         with _check_zip(path, "torch checkpoint") as z:
-            if not any(n.endswith("data.pkl") for n in z.namelist()):
+            names = z.namelist()
+            if names and all(n.endswith(".npy") for n in names):
+                raise ModelLoadError("not a torch checkpoint: it is a NumPy .npz archive (FID statistics?)")
+            if not any(n.endswith("data.pkl") for n in names):
                 raise ModelLoadError("not a torch checkpoint: the zip archive has no data.pkl")
         return
     if head.startswith(LEGACY_TORCH_MAGIC):
