@@ -59,12 +59,15 @@ def sample_cmd(
         typer.Option(help="Multistep: lower orders on the last steps: always, never, or N (only below N steps)."),
     ] = None,
     afs: Annotated[bool, typer.Option("--afs", help="Analytic first step: saves one NFE (multistep).")] = False,
-    variant: Annotated[str | None, typer.Option(help="UniPC B(h): bh1 or bh2.")] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="UniPC B(h): bh2 or bh1; dpmpp-3m / dpm-solver-3m: published or taylor.")
+    ] = None,
     prediction: Annotated[str | None, typer.Option(help="UniPC form: data or noise.")] = None,
-    restart_min: Annotated[float | None, typer.Option(help="Restart: lower sigma of the interval.")] = None,
-    restart_max: Annotated[float | None, typer.Option(help="Restart: upper sigma of the interval.")] = None,
-    restart_k: Annotated[int | None, typer.Option(help="Restart: number of restarts.")] = None,
-    restart_steps: Annotated[int | None, typer.Option(help="Restart: Heun steps per restart.")] = None,
+    restart_n: Annotated[int | None, typer.Option(help="Restart N_Restart: grid points per restart (3).")] = None,
+    restart_k: Annotated[int | None, typer.Option(help="Restart K: number of restarts (2).")] = None,
+    restart_tmin: Annotated[float | None, typer.Option(help="Restart t_min: where to restart (0.06).")] = None,
+    restart_tmax: Annotated[float | None, typer.Option(help="Restart t_max: sigma to jump up to (0.30).")] = None,
+    restart_gamma: Annotated[float | None, typer.Option(help="Restart: churn on inner steps (0; paper 0.05).")] = None,
     noise: Annotated[
         str,
         typer.Option(
@@ -125,10 +128,11 @@ def sample_cmd(
         analytic_first_step=afs or None,
         variant=variant,
         prediction=prediction,
-        restart_min=restart_min,
-        restart_max=restart_max,
+        restart_n=restart_n,
         restart_k=restart_k,
-        restart_steps=restart_steps,
+        restart_tmin=restart_tmin,
+        restart_tmax=restart_tmax,
+        restart_gamma=restart_gamma,
         noise=noise,
         dtype=dtype.value,
     )
