@@ -257,7 +257,8 @@ def _dpm_multistep(
         elif s_next != s:
             p = min(order_at(i, n, order, lof, history=n_ext), len(hist) + 1)
             x = _multistep_update(x, s, s_next, m, hist, p, data=data, d2_weight=d2_weight)
-        hist = push_history(hist, s, m, order - 1)
+        if s_next != s:  # after a zero-length step the next one starts at s again and replaces this value
+            hist = push_history(hist, s, m, order - 1)
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, D))
     return x
@@ -278,7 +279,7 @@ def dpmpp_2m(
     sigmas: torch.Tensor,
     *,
     noise: NoiseSource | None = None,
-    lower_order_final: str | int = "always",
+    lower_order_final: str | int = 15,
     analytic_first_step: bool = False,
     history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
     callback: Callback | None = None,
@@ -320,7 +321,7 @@ def dpmpp_3m(
     *,
     noise: NoiseSource | None = None,
     variant: str = "published",
-    lower_order_final: str | int = "always",
+    lower_order_final: str | int = 15,
     analytic_first_step: bool = False,
     history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
     callback: Callback | None = None,
@@ -357,7 +358,7 @@ def dpm_solver_3m(
     *,
     noise: NoiseSource | None = None,
     variant: str = "published",
-    lower_order_final: str | int = "always",
+    lower_order_final: str | int = 15,
     analytic_first_step: bool = False,
     history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
     callback: Callback | None = None,
@@ -392,7 +393,7 @@ def dpmpp_2m_sde(
     noise: NoiseSource | None = None,
     eta: float = 1.0,
     S_noise: float = 1.0,
-    lower_order_final: str | int = "always",
+    lower_order_final: str | int = 15,
     history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
@@ -421,7 +422,8 @@ def dpmpp_2m_sde(
                 if noise is None:
                     raise ConfigError("dpmpp-2m-sde with eta > 0 needs a noise source")
                 x = x + s_next * math.sqrt(-math.expm1(-2 * eh)) * S_noise * noise.increment(i, s, s_next, x)
-        hist = push_history(hist, s, D, 1)
+        if s_next != s:
+            hist = push_history(hist, s, D, 1)
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, D))
     return x

@@ -85,7 +85,8 @@ def _multistep(
             past = [(s, d), *reversed(hist)][:p]  # newest first
             coeffs = weights([q[0] for q in past], s, s_next)
             x = x + sum(c * dj for c, (_, dj) in zip(coeffs, past))
-        hist = push_history(hist, s, d, order - 1)
+        if s_next != s:  # after a zero-length step the next one starts at s again and replaces this value
+            hist = push_history(hist, s, d, order - 1)
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, denoised))
     return x

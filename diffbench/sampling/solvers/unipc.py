@@ -56,7 +56,7 @@ def unipc(
     order: int = 3,
     variant: str = "bh2",
     prediction: str = "data",
-    lower_order_final: str | int = "always",
+    lower_order_final: str | int = 15,
     analytic_first_step: bool = False,
     history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
     callback: Callback | None = None,
