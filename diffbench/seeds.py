@@ -9,9 +9,8 @@ from __future__ import annotations
 from diffbench.errors import ConfigError
 
 SEED_LIMIT = 1 << 32  # seeds are 0 <= s < 2^32
-MAX_SEEDS = (
-    10**7
-)  # the largest seed list one run accepts (200x the FID protocol's 50k; a list of 10^8 Python ints is ~3.6 GB)
+# the largest seed list one run accepts: 200x the FID protocol's 50k (a list of 10^8 Python ints is ~3.6 GB)
+MAX_SEEDS = 10**7
 
 
 def check_seed(seed: int) -> int:
