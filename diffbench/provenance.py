@@ -32,57 +32,22 @@ def resolved_spec(spec: Any) -> dict[str, Any]:
     """The sampler spec with every default written as the value used (rho 7, S_churn 0), never null.
 
     Options that do not apply to the solver or schedule are dropped; the values come from the spec when
-    given, else from the solver's and schedule's own keyword defaults (their signatures are the one source).
+    given, else from the solver's registered defaults and the schedule function's keyword defaults.
     """
     import inspect
 
     from diffbench.sampling.schedules import get_schedule
     from diffbench.sampling.solvers import get_solver
+    from diffbench.sampling.spec import SCHEDULE_OPTIONS, SOLVER_OPTIONS
 
     d = spec.to_dict()
     info = get_solver(spec.solver)
-    out = {k: v for k, v in d.items() if v is not None and k not in _SOLVER_KEYS | _SCHEDULE_KEYS}
-    solver_defaults = {
-        k: p.default for k, p in inspect.signature(info.fn).parameters.items() if p.default is not p.empty
-    }
+    out = {k: v for k, v in d.items() if k not in SOLVER_OPTIONS and k not in SCHEDULE_OPTIONS}
+    defaults = info.defaults()
     for k in info.options:
-        v = d.get(k)
-        out[k] = v if v is not None else solver_defaults.get(k)
+        out[k] = d.get(k) if d.get(k) is not None else defaults.get(k)
     if not spec.schedule.startswith("file:"):
-        fn = get_schedule(spec.schedule).fn
-        for k, p in inspect.signature(fn).parameters.items():
-            if k in _SCHEDULE_KEYS and p.default is not p.empty:
+        for k, p in inspect.signature(get_schedule(spec.schedule).fn).parameters.items():
+            if k in SCHEDULE_OPTIONS and p.default is not p.empty:
                 out[k] = d.get(k) if d.get(k) is not None else p.default
     return {k: out[k] for k in d if out.get(k) is not None}
-
-
-_SOLVER_KEYS = {
-    "alpha", "S_churn", "S_min", "S_max", "S_noise", "churn_per_step", "eta", "order", "lower_order_final",
-    "analytic_first_step", "variant", "prediction", "restart_min", "restart_max", "restart_k", "restart_steps",
-}  # fmt: skip
-_SCHEDULE_KEYS = {"rho", "epsilon_s", "M", "C_1", "C_2"}
-
-
-def model_info(denoiser: Any) -> dict[str, Any]:
-    """What identifies the model: its spec or source (with sha256 when it came from a file)."""
-    info: dict[str, Any] = {"class": type(denoiser).__name__}
-    for attr in ("spec", "source_info"):
-        value = getattr(denoiser, attr, None)
-        if value is not None:
-            info[attr] = value
-    for attr in ("sigma_min", "sigma_max", "img_channels", "img_resolution", "label_dim"):
-        info[attr] = getattr(denoiser, attr, None)
-    return info
-
-
-def compact_seeds(seeds: list[int]) -> str:
-    """0,1,2,3,7 -> '0-3,7'."""
-    parts: list[str] = []
-    i = 0
-    while i < len(seeds):
-        j = i
-        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
-            j += 1
-        parts.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
-        i = j + 1
-    return ",".join(parts)

@@ -109,8 +109,8 @@ def test_overwrite_never_mixes_runs(tmp_path):
         (["--out", "{tmp}/ok", "--alpha", "0"], "--alpha"),
         (["--out", "{tmp}/ok", "--alpha", "2"], "--alpha"),
         (["--out", "{tmp}/ok", "--rho", "nan"], "--rho"),
-        (["--out", "{tmp}/ok", "--solver", "restart", "--restart-min", "1", "--restart-max", "0.5"], "--restart"),
-        (["--out", "{tmp}/ok", "--restart-steps", "-1", "--solver", "restart"], "--restart-steps"),
+        (["--out", "{tmp}/ok", "--solver", "restart", "--restart-tmin", "1", "--restart-tmax", "0.5"], "--restart"),
+        (["--out", "{tmp}/ok", "--restart-n", "-1", "--solver", "restart"], "--restart-n"),
     ],
 )
 def test_bad_output_or_spec_leaves_nothing(tmp_path, args, needle):

@@ -102,12 +102,28 @@ SAMPLER_OPTIONS: tuple[SamplerOption, ...] = (
         "Multistep: lower orders on the last steps: always, never, or N (only below N steps).",
     ),
     SamplerOption("analytic_first_step", "--afs", bool, "Analytic first step: saves one NFE (multistep)."),
-    SamplerOption("variant", "--variant", str, "Solver variant (UniPC B(h): bh1, bh2; dpmpp-3m: taylor)."),
+    SamplerOption(
+        "variant",
+        "--variant",
+        str,
+        "Solver variant: UniPC B(h) bh2 or bh1; dpmpp-3m / dpm-solver-3m published or taylor.",
+    ),
     SamplerOption("prediction", "--prediction", str, "UniPC form: data or noise.", choices=("data", "noise")),
-    SamplerOption("restart_min", "--restart-min", float, "Restart: lower sigma of the interval.", positive=True),
-    SamplerOption("restart_max", "--restart-max", float, "Restart: upper sigma of the interval.", positive=True),
-    SamplerOption("restart_k", "--restart-k", int, "Restart: number of restarts K.", min=1),
-    SamplerOption("restart_steps", "--restart-steps", int, "Restart: steps per restart.", min=1),
+    SamplerOption("restart_n", "--restart-n", int, "Restart N_Restart: grid points per restart (3).", min=2),
+    SamplerOption("restart_k", "--restart-k", int, "Restart K: number of restarts (2).", min=1),
+    SamplerOption(
+        "restart_tmin", "--restart-tmin", float, "Restart t_min: sigma where it restarts (0.06).", positive=True
+    ),
+    SamplerOption(
+        "restart_tmax", "--restart-tmax", float, "Restart t_max: sigma it jumps up to (0.30).", positive=True
+    ),
+    SamplerOption(
+        "restart_gamma",
+        "--restart-gamma",
+        float,
+        "Restart: churn on the inner steps (0; the paper's runs 0.05).",
+        min=0,
+    ),
     SamplerOption(
         "noise",
         "--noise",
