@@ -57,6 +57,12 @@ def register_extractor(info: ExtractorInfo) -> None:
     EXTRACTORS[info.name] = info
 
 
+def check_extractor_name(name: str) -> None:
+    """Refuse an unknown extractor name before any work (a `module:factory` is checked when loaded)."""
+    if ":" not in name and name not in EXTRACTORS:
+        raise UnknownNameError("feature extractor", name, EXTRACTORS)
+
+
 def load_extractor(
     name: str, *, device: torch.device | str = "cpu", weights_path: str | os.PathLike | None = None
 ) -> FeatureExtractor:
