@@ -761,3 +761,51 @@ def fid_result(bench: Bench, result: CellResult, *, shown: str = "mean", metric:
         extras=extras,
         samples={**result.provenance, "nfe_counted": result.nfe, "plan": result.plan},
     )
+
+
+def fid_of_spec(
+    model: Any,
+    *,
+    spec: SamplerSpec,
+    seeds: Sequence[int],
+    ref: Any,
+    extractor: str | FeatureExtractor = INCEPTION_ID,
+    weights_path: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    batch: int = 100,
+    blocks: int = 1,
+    shown: str = "mean",
+    class_label: int | None = None,
+    kid: bool = False,
+    precision_recall: bool = False,
+    inception_score: bool = False,
+    allow_small_n: bool = False,
+    cache: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> FIDResult:
+    """FID (or FD in another feature space) of a sampler spec on a model, straight from the sampler.
+
+    The same cell runner as `diffbench sweep`: a one-cell sweep with the same seeds gives the same number.
+    """
+    metrics = ["fid" if _is_inception(extractor) else "fd"]
+    metrics += ["kid"] * kid + ["pr"] * precision_recall + ["is"] * inception_score
+    bench = prepare(
+        model,
+        seeds=seeds,
+        metrics=metrics,
+        blocks=blocks,
+        batch=batch,
+        device=device,
+        ref=ref,
+        extractor=extractor,
+        weights_path=weights_path,
+        class_label=class_label,
+        allow_small_n=allow_small_n,
+        cache=cache,
+    )
+
+    def on_batch(p: BatchProgress) -> None:
+        if progress is not None:
+            progress(p.images_done, p.images_total)
+
+    return fid_result(bench, run_cell(bench, spec, on_batch=on_batch), shown=shown)
