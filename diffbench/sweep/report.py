@@ -155,8 +155,8 @@ def _columns(t: Table) -> list[str]:
     return ["config", "convention", *[f"NFE {n}" for n in t.nfes]]
 
 
-def to_markdown(t: Table) -> str:
-    """A GitHub Markdown table; the best value per column in bold."""
+def to_markdown(t: Table, paired: Sequence[str] = ()) -> str:
+    """A GitHub Markdown table, the best value per column in bold; paired differences listed below it."""
     lines = [f"**{_caption(t)}**", "", "| " + " | ".join(_columns(t)) + " |", "|" + "---|" * len(_columns(t))]
     for cfg in t.configs:
         cells = []
@@ -165,6 +165,9 @@ def to_markdown(t: Table) -> str:
             s = fmt_value(e)
             cells.append(f"**{s}**" if e is not None and e.best else s)
         lines.append("| " + " | ".join([cfg, t.conventions.get(cfg, ""), *cells]) + " |")
+    if paired:
+        lines += ["", "Paired differences against the best of each column (same seeds, per-block differences):", ""]
+        lines += [f"- {p}" for p in paired]
     return "\n".join(lines) + "\n"
 
 
@@ -254,7 +257,7 @@ def write_reports(cells: Sequence[dict[str, Any]], out: str | os.PathLike, *, pl
         stem = m.replace("/", "_")
         for fmt, fn in RENDER.items():
             p = folder / f"{stem}.{fmt}"
-            p.write_text(fn(t))
+            p.write_text(to_markdown(t, paired_rows(cells, m)) if fmt == "md" else fn(t))
             written.append(p)
         if plot:
             from diffbench.sweep.plot import plot_table
@@ -331,3 +334,28 @@ def find_cell(cells: Sequence[dict[str, Any]], config: str, nfe: int) -> dict[st
         if c["config"] == config and (c.get("nfe_requested") or c.get("nfe")) == nfe and c["status"] == "done":
             return c
     raise ConfigError(f"no finished cell '{config}' at NFE {nfe}")
+
+
+def paired_rows(cells: Sequence[dict[str, Any]], metric: str) -> list[str]:
+    """Per NFE column: each configuration minus the column's best, over paired seed blocks (needs blocks > 1)."""
+    t = table(cells, metric)
+    by_id = {c["id"]: c for c in cells}
+    lines = []
+    for nfe in t.nfes:
+        col = [(cfg, t.entry(cfg, nfe)) for cfg in t.configs]
+        col = [(cfg, e) for cfg, e in col if e is not None and e.value is not None and e.cell_id in by_id]
+        best = [(cfg, e) for cfg, e in col if e.best]
+        if len(col) < 2 or not best:
+            continue
+        bcfg, be = best[0]
+        for cfg, e in col:
+            if cfg == bcfg:
+                continue
+            p = paired_difference(by_id[e.cell_id], by_id[be.cell_id], metric)  # type: ignore[index]
+            if not math.isfinite(p.ci_low):
+                continue
+            lines.append(
+                f"NFE {nfe}: {cfg} − {bcfg} = {p.difference:+.4g}, paired 95% interval "
+                f"[{p.ci_low:+.3g}, {p.ci_high:+.3g}] over {p.blocks} blocks: {p.verdict(cfg, bcfg)}"
+            )
+    return lines
