@@ -15,6 +15,7 @@ from diffbench.cli.app import app
 from diffbench.cli.options import SAMPLER_OPTIONS, sampler_options
 
 DEFAULT_STORE = Path("diffbench-sweep.db")
+DEFAULT_SEEDS = "0-499"  # enough for the exact metrics of the default model (192 values per sample)
 
 
 def _names() -> dict[str, str]:
@@ -181,7 +182,9 @@ def sweep_cmd(
         str | None,
         typer.Argument(help="Model (built-in name, registry name, path, URL); default: the built-in default model."),
     ] = None,
-    seeds: Annotated[str | None, typer.Option(help="Seeds shared by every cell, e.g. '0-49999'.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help=f"Seeds shared by every cell, e.g. '0-49999' (default {DEFAULT_SEEDS}).")
+    ] = None,
     metric: Annotated[
         str | None,
         typer.Option(
@@ -246,7 +249,7 @@ def sweep_cmd(
         return cli if cli is not None else settings.get(key, default)
 
     model = pick(model, "model", None) or default_model()
-    seeds_text = str(pick(seeds, "seeds", "0-999"))
+    seeds_text = str(pick(seeds, "seeds", DEFAULT_SEEDS))
     metric_list = _split(metric) if metric is not None else settings.get("metrics")
     if isinstance(metric_list, str):
         metric_list = _split(metric_list)

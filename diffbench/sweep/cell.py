@@ -101,14 +101,15 @@ def is_exact_model(model: Any) -> bool:
 
 
 def default_metrics(model: Any, *, ref: Any = None, extractor: str | None = None) -> tuple[str, ...]:
-    """What the model supports without downloads: exact metrics and ref-error for analytic models; with a
-    reference, the Fréchet distance in its feature space (`fd` with --extractor, else `fid`)."""
+    """What the model supports without downloads: the exact metrics for analytic models, else ref-error;
+    with a reference, first the Fréchet distance in its feature space (`fd` with an extractor, else `fid`).
+
+    ref-error is not a default for analytic models: their scipy reference costs more than the sweep itself.
+    """
     out: list[str] = []
     if ref is not None:
         out.append("fd" if extractor else "fid")
-    if is_exact_model(model):
-        out += ["fd-exact", "sw"]
-    out.append("ref-error")
+    out += ["fd-exact", "sw"] if is_exact_model(model) else ([] if out else ["ref-error"])
     return tuple(out)
 
 

@@ -178,7 +178,7 @@ def make_grid(
         )
     for (k, v), reasons in failures.items():
         if len(reasons) == appears[(k, v)] and len(axes[k]) > 1:
-            raise ConfigError(f"{names.get(k, k)} value {v.strip(chr(39))} is not valid: {reasons[0]}")
+            raise ConfigError(f"{names.get(k, k)} {v.strip(chr(39))}: {reasons[0]}")
     if all(c.skipped is not None and c.spec is None for c in cells):
         reasons = sorted({c.skipped or "" for c in cells})
         raise ConfigError(reasons[0] if len(reasons) == 1 else f"no valid sampler setting in the grid: {reasons[0]}")
