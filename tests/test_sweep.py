@@ -60,7 +60,7 @@ def test_grid_churn_axis_applies_where_it_can_and_bad_values_are_errors(tiny):
         ("dpmpp-2m edm churn=40", False),
     ]
     assert g.cells[2].spec.S_churn is None and "do not apply to solver 'dpmpp-2m'" in g.cells[3].skipped
-    with pytest.raises(ConfigError, match="churn -1.0: S_churn must be a finite number >= 0"):
+    with pytest.raises(ConfigError, match="churn -1: S_churn must be a finite number >= 0"):
         make_grid(tiny, {"solver": ["heun"], "S_churn": [-1.0, 40.0], "nfe": [5]}, names={"S_churn": "churn"})
     with pytest.raises(UnknownNameError, match="unknown solver 'hune'"):
         make_grid(tiny, {"solver": ["heun", "hune"], "nfe": [5]})
@@ -257,3 +257,17 @@ def test_import_rules():
     for f in (root / "sweep").rglob("*.py"):
         assert not ({"typer", "rich"} & {m.split(".")[0] for m in imports(f)}), f"{f} imports typer/rich"
     assert checked > 20
+
+
+def test_store_locked_by_a_running_sweep_and_foreign_files(tmp_path):
+    from diffbench.sweep.store import StoreError
+
+    with Store(tmp_path / "s.db"):
+        with pytest.raises(StoreError, match=r"in use by another running sweep \(pid \d+\)"):
+            Store(tmp_path / "s.db")
+    with Store(tmp_path / "s.db"):  # released on close
+        pass
+    (tmp_path / "x.db").write_text("not sqlite")
+    with pytest.raises(StoreError, match="not a diffbench results store"):
+        Store(tmp_path / "x.db")
+    assert (tmp_path / "x.db").read_text() == "not sqlite"

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from diffbench.cli.app import app
-from diffbench.cli.options import SAMPLER_OPTIONS, sampler_options
+from diffbench.cli.options import SAMPLER_OPTIONS, flag_message, sampler_options
 
 DEFAULT_STORE = Path("diffbench-sweep.db")
 DEFAULT_SEEDS = "0-499"  # enough for the exact metrics of the default model (192 values per sample)
@@ -76,7 +76,8 @@ def _print_tables(cells: list[dict[str, Any]], metrics: list[str] | None = None,
     if skipped:
         con.print(f"skipped {len(skipped)} cell(s) (shown as —):")
         for c in skipped:
-            con.print(f"  {c['config']} at NFE {c.get('nfe_requested')}: {c.get('skip_reason')}", soft_wrap=True)
+            reason = flag_message(str(c.get("skip_reason")))
+            con.print(f"  {c['config']} at NFE {c.get('nfe_requested')}: {reason}", soft_wrap=True, markup=False)
 
 
 class _Display:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,24 +103,29 @@ def _matches(options: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
     return all(k in options and same(options[k], v) for k, v in where.items())
 
 
-def _build(model: Any, options: dict[str, Any]) -> tuple[SamplerSpec | None, Plan | None, str | None, bool]:
-    """(spec, plan, skip reason, reason is an option error rather than a budget)."""
+_NOT_APPLICABLE = re.compile(r"\bappl(?:y|ies)\b|\bsupports order\b")
+
+
+def _build(model: Any, options: dict[str, Any]) -> tuple[SamplerSpec | None, Plan | None, str | None]:
+    """(spec, plan, skip reason). A setting that does not apply to its solver or schedule, or a budget it
+    cannot hit, is a skip; any other invalid value is an error (raised)."""
     opts = dict(options)
     info = get_solver(str(opts.get("solver", "heun")))
     for k, off in NEUTRAL.items():
         if k in opts and k not in info.options and opts[k] is not None and float(opts[k]) == off:
             del opts[k]
+    spec: SamplerSpec | None = None
     try:
         spec = SamplerSpec.make(**opts)
-    except ConfigError as exc:
-        return None, None, str(exc), True
-    try:
-        p = plan_spec(model, spec)
+        return spec, plan_spec(model, spec), None
     except BudgetError as exc:
-        return spec, None, str(exc), False
+        return spec, None, str(exc)
+    except UnknownNameError:
+        raise
     except ConfigError as exc:
-        return spec, None, str(exc), True
-    return spec, p, None, False
+        if _NOT_APPLICABLE.search(str(exc)):
+            return spec, None, str(exc)
+        raise
 
 
 def make_grid(
@@ -152,19 +158,17 @@ def make_grid(
     for o in overrides:
         shown += [k for k in o.get("set", {}) if k not in shown]
     cells: list[Cell] = []
-    failures: dict[tuple[str, str], list[str]] = {}
-    appears: dict[tuple[str, str], int] = {}
     for values in itertools.product(*(axes[k] for k in keys)):
         point = dict(zip(keys, values))
         options = {**fixed, **point}
         for o in overrides:
             if _matches(options, o.get("where", {})):
                 options.update(o.get("set", {}))
-        spec, p, reason, option_error = _build(model, options)
-        for k, v in point.items():
-            appears[(k, repr(v))] = appears.get((k, repr(v)), 0) + 1
-            if option_error:
-                failures.setdefault((k, repr(v)), []).append(reason or "")
+        try:
+            spec, p, reason = _build(model, options)
+        except ConfigError as exc:
+            where = ", ".join(f"{names.get(k, k)} {_show(v)}" for k, v in point.items() if len(axes[k]) > 1)
+            raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
         nfe = options.get("nfe")
         cells.append(
             Cell(
@@ -176,12 +180,6 @@ def make_grid(
                 skipped=reason,
             )
         )
-    for (k, v), reasons in failures.items():
-        if len(reasons) == appears[(k, v)] and len(axes[k]) > 1:
-            raise ConfigError(f"{names.get(k, k)} {v.strip(chr(39))}: {reasons[0]}")
-    if all(c.skipped is not None and c.spec is None for c in cells):
-        reasons = sorted({c.skipped or "" for c in cells})
-        raise ConfigError(reasons[0] if len(reasons) == 1 else f"no valid sampler setting in the grid: {reasons[0]}")
     return Grid(cells=tuple(cells), axes=axes)
 
 
