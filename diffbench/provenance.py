@@ -19,13 +19,48 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "device": str(device),
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if device.type == "cuda":
+    if device.type == "cuda":  # TF32 only exists on CUDA: never claim it for a CPU run
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        env["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
     return env
+
+
+def resolved_spec(spec: Any) -> dict[str, Any]:
+    """The sampler spec with every default written as the value used (rho 7, S_churn 0), never null.
+
+    Options that do not apply to the solver or schedule are dropped; the values come from the spec when
+    given, else from the solver's and schedule's own keyword defaults (their signatures are the one source).
+    """
+    import inspect
+
+    from diffbench.sampling.schedules import get_schedule
+    from diffbench.sampling.solvers import get_solver
+
+    d = spec.to_dict()
+    info = get_solver(spec.solver)
+    out = {k: v for k, v in d.items() if v is not None and k not in _SOLVER_KEYS | _SCHEDULE_KEYS}
+    solver_defaults = {
+        k: p.default for k, p in inspect.signature(info.fn).parameters.items() if p.default is not p.empty
+    }
+    for k in info.options:
+        v = d.get(k)
+        out[k] = v if v is not None else solver_defaults.get(k)
+    if not spec.schedule.startswith("file:"):
+        fn = get_schedule(spec.schedule).fn
+        for k, p in inspect.signature(fn).parameters.items():
+            if k in _SCHEDULE_KEYS and p.default is not p.empty:
+                out[k] = d.get(k) if d.get(k) is not None else p.default
+    return {k: out[k] for k in d if out.get(k) is not None}
+
+
+_SOLVER_KEYS = {
+    "alpha", "S_churn", "S_min", "S_max", "S_noise", "churn_per_step", "eta", "order", "lower_order_final",
+    "analytic_first_step", "variant", "prediction", "restart_min", "restart_max", "restart_k", "restart_steps",
+}  # fmt: skip
+_SCHEDULE_KEYS = {"rho", "epsilon_s", "M", "C_1", "C_2"}
 
 
 def model_info(denoiser: Any) -> dict[str, Any]:

@@ -81,10 +81,38 @@ def _usage_line(exc: BaseException) -> str:
     return " ".join(f"error: {msg}{where}".split())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so every command's cleanup (sidecars, partial files) runs."""
+
+
+_RECEIVED: list[int] = []  # signals received: typer >= 0.2x turns an interrupt into a silent exit code 130
+
+
+def _on_signal(signum, frame) -> None:  # noqa: ARG001
+    import signal
+
+    _RECEIVED.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _interrupted() -> None:
+    """Exit after an interrupt: one line, 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+    import signal
+
+    term = signal.SIGTERM in _RECEIVED
+    typer.echo("error: terminated (SIGTERM)" if term else "error: interrupted", err=True)
+    sys.exit(143 if term else 130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; every user error is one line on stderr and a non-zero exit."""
+    import signal
+
     from diffbench.errors import DiffbenchError
 
+    signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # keep SIG_IGN (nohup, background jobs)
+        signal.signal(signal.SIGINT, _on_signal)
     _register()
     args = sys.argv[1:] if argv is None else argv
     if not args:
@@ -98,8 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {flag_message(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click's exceptions: usage errors (2), aborts (1), from any click copy
@@ -113,12 +140,13 @@ def main(argv: list[str] | None = None) -> None:
         if _is(exc, "ClickException"):
             typer.echo(f"error: {exc.format_message()}", err=True)  # type: ignore[attr-defined]
             sys.exit(getattr(exc, "exit_code", 1))
-        if _is(exc, "Abort"):
-            typer.echo("error: interrupted", err=True)
-            sys.exit(130)
+        if _RECEIVED or isinstance(exc.__context__, KeyboardInterrupt) or type(exc).__name__ == "Abort":
+            _interrupted()
         if _is(exc, "Exit"):
             sys.exit(getattr(exc, "exit_code", 0))
         raise
+    if _RECEIVED:
+        _interrupted()
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from enum import Enum
@@ -13,6 +12,7 @@ import typer
 
 from diffbench.cli.app import app
 from diffbench.cli.options import sampler_options
+from diffbench.io_json import dumps_json
 
 ExtractorOpt = Annotated[
     str, typer.Option("--extractor", help="Feature extractor: a registered name or module:factory.")
@@ -32,15 +32,9 @@ class Shown(str, Enum):
 
 
 def _device(device: str) -> str:
-    import torch
+    from diffbench.device import check_device
 
-    from diffbench.errors import ConfigError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} was asked for, but no CUDA GPU is available")
-    return device
+    return check_device(device)
 
 
 def _progress(label: str):
@@ -290,6 +284,6 @@ def fid_cmd(
         if bar is not None:
             bar.stop()
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        typer.echo(dumps_json(result.to_dict()))
     else:
         typer.echo(render_fid(result))

@@ -33,6 +33,7 @@ class SamplerOption:
     choices: tuple[str, ...] | None = None
     min: float | None = None  # inclusive lower bound
     positive: bool = False  # strictly > 0 (and finite)
+    max: float | None = None  # inclusive upper bound
     default: Any = None  # what SamplerSpec uses when the option is not given (shown in --help)
 
     @property
@@ -84,7 +85,9 @@ SAMPLER_OPTIONS: tuple[SamplerOption, ...] = (
     SamplerOption(
         "scaling", "--scaling", str, "s(t) of EDM's ODE (euler/heun family).", choices=("none", "vp"), default="none"
     ),
-    SamplerOption("alpha", "--alpha", float, "Heun family: 1 Heun, 0.5 midpoint (EDM Alg. 1)."),
+    SamplerOption(
+        "alpha", "--alpha", float, "Heun family, in (0, 1]: 1 Heun, 0.5 midpoint (EDM Alg. 1).", positive=True, max=1
+    ),
     SamplerOption("S_churn", "--churn", float, "EDM S_churn (total over the run; EDM Alg. 2).", min=0),
     SamplerOption("churn_per_step", "--churn-per-step", float, "EDM gamma per step, independent of N.", min=0),
     SamplerOption("S_min", "--s-min", float, "EDM S_min: churn only where sigma >= S_min.", min=0),
@@ -156,6 +159,8 @@ def check_value(o: SamplerOption, value: Any) -> Any:
             raise ConfigError(f"{o.flag} must be > 0, got {value}")
     if o.min is not None and o.type in (int, float) and value < o.min:
         raise ConfigError(f"{o.flag} must be >= {o.min:g}, got {value}")
+    if o.max is not None and o.type in (int, float) and value > o.max:
+        raise ConfigError(f"{o.flag} must be <= {o.max:g}, got {value}")
     return value
 
 

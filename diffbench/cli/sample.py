@@ -34,24 +34,30 @@ def sample_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from diffbench.errors import DiffbenchError
-    from diffbench.io import ImageSink, check_output, grid_image, quantize
+    from diffbench.device import check_device
+    from diffbench.io import ImageSink, check_output, grid_image, quantize, save_image_atomic
     from diffbench.models.load import load
     from diffbench.sampling.run import Sampler, iter_batches
     from diffbench.sampling.spec import SamplerSpec
     from diffbench.seeds import parse_seeds
 
     err = Console(stderr=True)
+    # everything that can be refused is refused before the first network call and before any output exists
     seed_list = parse_seeds(seeds)
+    spec = SamplerSpec.make(**sampler)
+    dev = check_device(device)
     check_output(out, overwrite=overwrite)
     if grid is not None:
+        if grid.suffix.lower() != ".png":
+            from diffbench.errors import ConfigError
+
+            raise ConfigError(f"--grid {grid}: the grid is a PNG file; give a path ending in .png")
         check_output(grid, overwrite=overwrite)
-    spec = SamplerSpec.make(**sampler)
     from diffbench.cli.checkpoints import download_progress
 
     with download_progress(f"fetch {model}", console=err) as fetch_bar:
         denoiser = load(model, device="cpu", offline=offline, progress=fetch_bar)
-    run = Sampler(denoiser, spec, device=device)
+    run = Sampler(denoiser, spec, device=dev)
     run.class_indices(class_, len(seed_list))
     p = run.plan
     merged = (
@@ -59,12 +65,26 @@ def sample_cmd(
         if p.merged_steps
         else ""
     )
+    grid_text = (
+        " -> ".join(f"{float(v):.4g}" for v in (p.sigmas[0], p.sigmas[-2], p.sigmas[-1]))
+        if len(p.sigmas) > 2
+        else " -> ".join(f"{float(v):.4g}" for v in p.sigmas)
+    )
     err.print(
-        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {p.sigma_max:.4g} -> "
-        f"{p.sigma_min:.4g}, endpoint {p.endpoint}{merged}; device {run.device}",
+        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {grid_text}, "
+        f"endpoint {p.endpoint}{merged}; device {run.device}",
         soft_wrap=True,
     )
-    sink = ImageSink(out)
+    provenance = dict(run.provenance(seed_list), command=_command_line(), class_=class_)
+    provenance["class"] = provenance.pop("class_")
+    if len(run.shape) != 3 or run.shape[0] not in (1, 3):
+        from diffbench.errors import ConfigError
+
+        raise ConfigError(
+            f"{model} gives samples of shape {tuple(run.shape)}, not images with 1 or 3 channels; "
+            "use the Python API (diffbench.sample) for it"
+        )
+    sink = ImageSink(out, provenance=provenance, overwrite=overwrite)
     kept: list[torch.Tensor] = []
     with Progress(
         TextColumn("{task.description}"),
@@ -88,11 +108,20 @@ def sample_cmd(
                 sink.write(b.images, b.seeds, b.class_labels)
                 if grid is not None and sum(len(k) for k in kept) < 1024:
                     kept.append(quantize(b.images))
-        except DiffbenchError as exc:
-            sink.close(run.provenance(seed_list), complete=False, error=str(exc))
+        except BaseException as exc:  # every exit path leaves a sidecar that says what finished
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
+            sink.close(complete=False, error=reason)
+            if len(sink.seeds):
+                err.print(f"kept {len(sink.seeds)} finished images in {out} (sidecar marked incomplete)")
             raise
-    sink.close(run.provenance(seed_list), complete=True)
+    sink.close(complete=True)
     if grid is not None and kept:
-        grid.parent.mkdir(parents=True, exist_ok=True)
-        grid_image(torch.cat(kept)).save(grid)
+        save_image_atomic(grid_image(torch.cat(kept)), grid)
     err.print(f"wrote {len(seed_list)} images to {out}")
+
+
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    return " ".join(shlex.quote(a) for a in ["diffbench", *sys.argv[1:]])

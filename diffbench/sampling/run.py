@@ -10,7 +10,7 @@ import torch
 
 from diffbench.denoiser import CountingDenoiser, check_denoiser, sample_shape
 from diffbench.errors import ConfigError, NonFiniteError
-from diffbench.provenance import compact_seeds, environment, model_info
+from diffbench.provenance import compact_seeds, environment, model_info, resolved_spec
 from diffbench.sampling.noise import BrownianNoise, NoiseSource
 from diffbench.sampling.ode import TimeParam
 from diffbench.sampling.plan import Plan, plan
@@ -170,7 +170,7 @@ class Sampler:
         return {
             "environment": env,
             "model": model_info(self.denoiser),
-            "spec": self.spec.to_dict(),
+            "spec": resolved_spec(self.spec),
             "plan": self.plan.to_dict(),
             "nfe_counted": self.plan.nfe,
             "seeds": compact_seeds(list(seeds)),
