@@ -219,7 +219,7 @@ def fid_cmd(
     """
     from diffbench.errors import ConfigError
     from diffbench.metrics.extractors import check_extractor_name
-    from diffbench.metrics.fid import fid, sampler_source
+    from diffbench.metrics.fid import fid
 
     check_extractor_name(extractor)
     if model is None and sampler:
@@ -235,43 +235,51 @@ def fid_cmd(
         raise ConfigError("give SAMPLES (folder, zip, npz) or --model with a sampler spec")
     ref = _reference(ref, model)
     dev = _device(device)
-    if model is not None:
-        from diffbench.models.load import load
-        from diffbench.sampling.spec import SamplerSpec
-        from diffbench.seeds import parse_seeds
-
-        spec = SamplerSpec.make(**sampler)
-        seed_list = parse_seeds(seeds)
-        src: Any = sampler_source(
-            load(model, device="cpu"),
-            spec=spec,
-            seeds=seed_list,
-            batch=batch,
-            device=dev,
-            class_labels=class_,
-        )
-    else:
-        src = samples
-    bar, update = _progress("features")
+    bar, update = _progress("samples" if model is not None else "features")
     if bar is not None:
         bar.start()
     try:
-        result = fid(
-            src,
-            ref=ref,
-            extractor=extractor,
-            weights_path=inception_weights,
-            device=dev,
-            batch=batch,
-            blocks=blocks,
-            shown=show.value,
-            kid=kid,
-            precision_recall=pr,
-            inception_score=isc,
-            allow_small_n=allow_small_n,
-            cache=cache,
-            progress=update,
-        )
+        if model is not None:  # sampled and scored by the sweep's cell runner: one code path for both
+            from diffbench.sampling.spec import SamplerSpec
+            from diffbench.seeds import parse_seeds
+            from diffbench.sweep.cell import fid_of_spec
+
+            result = fid_of_spec(
+                model,
+                spec=SamplerSpec.make(**sampler),
+                seeds=parse_seeds(seeds),
+                ref=ref,
+                extractor=extractor,
+                weights_path=inception_weights,
+                device=dev,
+                batch=batch,
+                blocks=blocks,
+                shown=show.value,
+                class_label=class_,
+                kid=kid,
+                precision_recall=pr,
+                inception_score=isc,
+                allow_small_n=allow_small_n,
+                cache=cache,
+                progress=update,
+            )
+        else:
+            result = fid(
+                samples,
+                ref=ref,
+                extractor=extractor,
+                weights_path=inception_weights,
+                device=dev,
+                batch=batch,
+                blocks=blocks,
+                shown=show.value,
+                kid=kid,
+                precision_recall=pr,
+                inception_score=isc,
+                allow_small_n=allow_small_n,
+                cache=cache,
+                progress=update,
+            )
     finally:
         if bar is not None:
             bar.stop()
