@@ -51,3 +51,28 @@ def resolved_spec(spec: Any) -> dict[str, Any]:
             if k in SCHEDULE_OPTIONS and p.default is not p.empty:
                 out[k] = d.get(k) if d.get(k) is not None else p.default
     return {k: out[k] for k in d if out.get(k) is not None}
+
+
+def model_info(denoiser: Any) -> dict[str, Any]:
+    """What identifies the model: its spec or source (with sha256 when it came from a file)."""
+    info: dict[str, Any] = {"class": type(denoiser).__name__}
+    for attr in ("spec", "source_info"):
+        value = getattr(denoiser, attr, None)
+        if value is not None:
+            info[attr] = value
+    for attr in ("sigma_min", "sigma_max", "img_channels", "img_resolution", "label_dim"):
+        info[attr] = getattr(denoiser, attr, None)
+    return info
+
+
+def compact_seeds(seeds: list[int]) -> str:
+    """0,1,2,3,7 -> '0-3,7'."""
+    parts: list[str] = []
+    i = 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ",".join(parts)
