@@ -60,17 +60,17 @@ def slope(name, steps, *, grid_fn=lambda n: edm_grid(n + 1, 0.002, 80.0), exact_
 # (solver, options, step counts in its asymptotic range): every deterministic solver and variant, measured
 # on EDM's rho = 7 grid against the order the registry declares (`diffbench solvers`)
 ORDERS = [
-    ("euler", {}, [40, 80, 160]),
+    pytest.param("euler", {}, [40, 80, 160], marks=pytest.mark.slow),  # also tests/test_solvers_core.py
     ("heun", {}, [20, 40, 80]),
-    ("ddim", {}, [40, 80, 160]),
+    pytest.param("ddim", {}, [40, 80, 160], marks=pytest.mark.slow),
     ("dpm-solver-2", {}, [20, 40, 80]),
     ("dpm-solver-3", {}, [20, 40, 80]),
     ("dpmpp-2s", {}, [20, 40, 80]),
     ("dpmpp-2m", {}, [20, 40, 80]),
     ("dpmpp-3m", {}, [80, 160, 320]),
     ("dpmpp-3m", {"variant": "taylor"}, [40, 80, 160]),
-    ("dpm-solver-3m", {}, [80, 160, 320]),
-    ("dpm-solver-3m", {"variant": "taylor"}, [40, 80, 160]),
+    pytest.param("dpm-solver-3m", {}, [80, 160, 320], marks=pytest.mark.slow),
+    pytest.param("dpm-solver-3m", {"variant": "taylor"}, [40, 80, 160], marks=pytest.mark.slow),
     ("unipc", {"order": 1}, [20, 40, 80]),
     ("unipc", {"order": 2}, [20, 40, 80]),
     ("unipc", {}, [20, 40, 80]),
@@ -85,7 +85,7 @@ ORDERS = [
 
 
 def test_every_deterministic_solver_has_a_measured_order():
-    measured = {name for name, _, _ in ORDERS}
+    measured = {(case.values if hasattr(case, "values") else case)[0] for case in ORDERS}
     assert measured == {s.name for s in all_solvers() if not s.stochastic}
 
 
@@ -241,3 +241,18 @@ def test_time_schedules():
         g = fn(10, 0.002, 80.0)
         assert g[0] == pytest.approx(80.0, rel=1e-10) and g[-1] == pytest.approx(0.002, rel=1e-8)
         assert (g[1:] < g[:-1]).all()
+
+
+def test_registry_writes_down_the_conventions():
+    """`diffbench solvers --json`: order that holds, per-variant orders, lower_order_final, last step, DEIS variant."""
+    rows = {r["name"]: r for r in (s.describe() for s in all_solvers())}
+    assert (
+        rows["ipndm"]["order"] == 2 and rows["ipndm"]["method_order"] == 4 and "uniform" in rows["ipndm"]["order_note"]
+    )
+    assert rows["dpmpp-3m"]["convergence_orders"] == {"variant=published": 2, "variant=taylor": 3}
+    assert (
+        rows["deis"]["conventions"]["deis_variant"].startswith("tAB")
+        and "19.9" in rows["deis"]["conventions"]["deis_variant"]
+    )
+    assert rows["unipc"]["lower_order_final"] == 15 and rows["lms"]["lower_order_final"] == "never"
+    assert all("x = D(x; sigma_last)" in r["last_step"] for r in rows.values())
