@@ -33,8 +33,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 Progress = Callable[[int, "int | None"], None]
 
-KINDS = ("model", "fid-stats")
-FORMATS = ("edm-pickle", "diffusers", "state-dict", "fid-stats-npz")
+KINDS = ("model", "fid-stats", "aux")  # aux: a file a metric needs (feature network, data), never a model
+FORMATS = ("edm-pickle", "diffusers", "state-dict", "fid-stats-npz", "npz")
+BUILTIN_SCHEME = "builtin:"  # url of a file shipped inside the package (diffbench.models.builtin)
 ENTRY_KEYS = frozenset(
     {
         "kind",
@@ -136,8 +137,10 @@ def parse_entry(name: str, table: Mapping[str, Any]) -> CheckpointEntry:
         raise UnknownNameError("checkpoint kind", table["kind"], KINDS)
     if table["format"] not in FORMATS:
         raise UnknownNameError("checkpoint format", table["format"], FORMATS)
-    if not table["url"].startswith(("http://", "https://")):
-        raise ConfigError(f"checkpoint '{name}': url must be http(s)")
+    if not table["url"].startswith(("http://", "https://", BUILTIN_SCHEME)):
+        raise ConfigError(f"checkpoint '{name}': url must be http(s) or builtin:FILE")
+    if table["url"].startswith(BUILTIN_SCHEME) and not isinstance(table.get("sha256"), str):
+        raise ConfigError(f"checkpoint '{name}': a builtin entry needs the sha256 of its shipped file")
     files = tuple(_typed(name, table, "files", list) or ())
     if any(not isinstance(f, str) or not f or f.startswith("/") or ".." in f.split("/") for f in files):
         raise ConfigError(f"checkpoint '{name}': files must be relative names")
@@ -188,7 +191,7 @@ def parse_entry(name: str, table: Mapping[str, Any]) -> CheckpointEntry:
                 raise ConfigError(f"checkpoint '{name}': model entries need '{key}'")
         if entry.format == "state-dict" and not (entry.network and entry.precond):
             raise ConfigError(f"checkpoint '{name}': state-dict entries need 'network' and 'precond'")
-    elif entry.format != "fid-stats-npz":
+    elif entry.kind == "fid-stats" and entry.format != "fid-stats-npz":
         raise ConfigError(f"checkpoint '{name}': fid-stats entries have format 'fid-stats-npz'")
     return entry
 
@@ -275,6 +278,10 @@ def fetch_entry(
 ) -> Fetched:
     """Download (or find in the cache) every file of an entry and verify each one's sha256."""
     entry = get_entry(entry) if isinstance(entry, str) else entry
+    if entry.url.startswith(BUILTIN_SCHEME):  # shipped with the package: verified, never downloaded
+        from diffbench.models.builtin import fetch_builtin
+
+        return fetch_builtin(entry)
     root = root or fetch.cache_dir()
     results = []
     for file in entry.file_names():
@@ -329,6 +336,10 @@ class FileStatus:
 def verify_entry(entry: CheckpointEntry | str, *, root: Path | None = None) -> list[FileStatus]:
     """Re-hash an entry's cached files against the published or locked hash; mismatches go to quarantine."""
     entry = get_entry(entry) if isinstance(entry, str) else entry
+    if entry.url.startswith(BUILTIN_SCHEME):
+        from diffbench.models.builtin import verify_builtin
+
+        return verify_builtin(entry)
     root = root or fetch.cache_dir()
     out = []
     for file in entry.file_names():
@@ -505,7 +516,8 @@ def load_checkpoint(spec: str, *, device: str = "cpu", offline: bool = False, pr
     if spec in _ENTRIES:
         entry = _ENTRIES[spec]
         if entry.kind != "model":
-            raise ModelLoadError(f"'{spec}' holds FID reference statistics, not a model")
+            what = "FID reference statistics" if entry.kind == "fid-stats" else "an auxiliary file"
+            raise ModelLoadError(f"'{spec}' holds {what}, not a model")
         got = fetch_entry(entry, offline=offline, progress=progress)
         model, fmt = load_path(got.path, fmt=entry.format, entry=entry, device=device)
         _check_against_entry(model, entry)
