@@ -7,7 +7,7 @@ Recognition of Handwritten Digits", CC BY 4.0), scaled to [-1, 1] as x = v / 8 -
 Products, written into diffbench/models/builtin/ (weights as plain state dicts, read by the same
 state-dict loader as any other checkpoint):
   digits-edm.pt        unconditional, EMA weights after --steps steps
-  digits-edm-early.pt  the same run's EMA weights at 10% of the steps (an under-trained network)
+  digits-edm-early.pt  the same run's EMA weights at step --early-step (400 of 2000: under-trained)
   digits-edm-cond.pt   class-conditional (10 classes), label dropout 15% (null label = zero one-hot)
   digits-classifier.pt the small CNN whose penultimate features are the `digits` feature space
   digits-data.npz      the images as uint8 (0..255) with labels and the fixed split (for the FD floor)
@@ -126,7 +126,7 @@ def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     n_params = sum(p.numel() for p in net.parameters())
     name = "digits-edm-cond" if conditional else "digits-edm"
-    early_step = max(1, args.steps // 10)
+    early_step = args.early_step or max(1, args.steps // 10)
     log = open(OUT / f"train_{name}.log", "w")
     print(f"{name}: {n_params} parameters, sigma_data {sigma_data}, {args.steps} steps", file=log, flush=True)
     t0 = time.perf_counter()
@@ -207,7 +207,8 @@ def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["uncond", "cond", "classifier"], required=True)
-    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--early-step", type=int, default=400, help="step of the digits-edm-early snapshot")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=200)
@@ -274,7 +275,8 @@ def train_classifier(args: argparse.Namespace) -> None:
     with torch.no_grad():
         feats, logits = net(x_all)
     accuracy = {
-        name: float((logits[idx].argmax(1) == y_all[idx]).float().mean()) for name, idx in (("train", tr), ("heldout", ho))
+        name: float((logits[idx].argmax(1) == y_all[idx]).float().mean())
+        for name, idx in (("train", tr), ("heldout", ho))
     }
     from diffbench.models.fetch import sha256_file
 
