@@ -24,7 +24,10 @@ Run (needs the training extra: pip install -e '.[train]'):
   python benchmarks/train_digits.py --part uncond   # digits-edm and digits-edm-early
   python benchmarks/train_digits.py --part cond     # digits-edm-cond
   python benchmarks/train_digits.py --part classifier   # classifier, data and statistics
-Each part is reproducible on the same machine and thread count (fixed seeds, --threads, default 1).
+Each part is reproducible on the same machine and thread count (fixed seeds, --threads, default 1); pass
+--out DIR to write elsewhere than the package (then compare sha256 with checkpoints.toml). Nothing before step
+N depends on --steps (constant learning rate after warm-up), so a longer run's step-N EMA equals a --steps N run.
+After retraining into the package, `python benchmarks/digits_hashes.py` updates the sha256 in checkpoints.toml.
 """
 
 from __future__ import annotations
@@ -205,6 +208,7 @@ def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
 
 
 def main() -> None:
+    global OUT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["uncond", "cond", "classifier"], required=True)
     p.add_argument("--steps", type=int, default=2000)
@@ -217,9 +221,11 @@ def main() -> None:
     p.add_argument("--label-dropout", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=OUT, help="output folder (default: the package's builtin folder)")
     p.add_argument("--classifier-epochs", type=int, default=60)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    OUT = args.out
     OUT.mkdir(parents=True, exist_ok=True)
     if args.part == "classifier":
         train_classifier(args)
