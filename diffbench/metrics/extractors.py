@@ -209,3 +209,19 @@ register_extractor(
         description="Inception-v3 pool3 2048-d, torch-fidelity's TF-2015-12-05 port (EDM/ADM FID protocol)",
     )
 )
+
+
+def _digits_factory(*, device: torch.device | str = "cpu", weights_path: str | os.PathLike | None = None) -> Any:
+    """The built-in digits classifier's 64-d penultimate features (diffbench.metrics.classifier)."""
+    from diffbench.metrics.classifier import DigitsClassifier
+
+    return DigitsClassifier(device=device, weights_path=weights_path)
+
+
+register_extractor(
+    ExtractorInfo(
+        name="digits",
+        factory=_digits_factory,
+        description="penultimate 64-d features of the built-in 8x8 digits classifier (FD in the digits feature space)",
+    )
+)

@@ -34,8 +34,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 Progress = Callable[[int, "int | None"], None]
 
-KINDS = ("model", "fid-stats", "extractor-weights")
-FORMATS = ("edm-pickle", "diffusers", "state-dict", "fid-stats-npz")
+KINDS = ("model", "fid-stats", "extractor-weights", "aux")  # aux: a file a metric needs (feature network, data)
+FORMATS = ("edm-pickle", "diffusers", "state-dict", "fid-stats-npz", "npz")
+BUILTIN_SCHEME = "builtin:"  # url of a file shipped inside the package (diffbench.models.builtin)
 ENTRY_KEYS = frozenset(
     {
         "kind",
@@ -139,8 +140,10 @@ def parse_entry(name: str, table: Mapping[str, Any]) -> CheckpointEntry:
         raise UnknownNameError("checkpoint kind", table["kind"], KINDS)
     if table["format"] not in FORMATS:
         raise UnknownNameError("checkpoint format", table["format"], FORMATS)
-    if not table["url"].startswith(("http://", "https://")):
-        raise ConfigError(f"checkpoint '{name}': url must be http(s)")
+    if not table["url"].startswith(("http://", "https://", BUILTIN_SCHEME)):
+        raise ConfigError(f"checkpoint '{name}': url must be http(s) or builtin:FILE")
+    if table["url"].startswith(BUILTIN_SCHEME) and not isinstance(table.get("sha256"), str):
+        raise ConfigError(f"checkpoint '{name}': a builtin entry needs the sha256 of its shipped file")
     files = tuple(_typed(name, table, "files", list) or ())
     if any(not isinstance(f, str) or not f or f.startswith("/") or ".." in f.split("/") for f in files):
         raise ConfigError(f"checkpoint '{name}': files must be relative names")
@@ -288,6 +291,10 @@ def fetch_entry(
     from diffbench.models.validate import check_for_file
 
     entry = get_entry(entry) if isinstance(entry, str) else entry
+    if entry.url.startswith(BUILTIN_SCHEME):  # shipped with the package: verified, never downloaded
+        from diffbench.models.builtin import fetch_builtin
+
+        return fetch_builtin(entry)
     root = root or fetch.cache_dir()
     results = []
     for file in entry.file_names():
@@ -423,6 +430,10 @@ class FileStatus:
 def verify_entry(entry: CheckpointEntry | str, *, root: Path | None = None) -> list[FileStatus]:
     """Re-hash an entry's cached files against the published or locked hash; mismatches go to quarantine."""
     entry = get_entry(entry) if isinstance(entry, str) else entry
+    if entry.url.startswith(BUILTIN_SCHEME):
+        from diffbench.models.builtin import verify_builtin
+
+        return verify_builtin(entry)
     root = root or fetch.cache_dir()
     out = []
     for file in entry.file_names():
@@ -671,7 +682,9 @@ def load_checkpoint(spec: str, *, device: str = "cpu", offline: bool = False, pr
     if spec in _ENTRIES:
         entry = _ENTRIES[spec]
         if entry.kind != "model":
-            what = "FID reference statistics" if entry.kind == "fid-stats" else "feature-extractor weights"
+            what = {"fid-stats": "FID reference statistics", "extractor-weights": "feature-extractor weights"}.get(
+                entry.kind, "an auxiliary file"
+            )
             raise ModelLoadError(f"'{spec}' holds {what}, not a model")
         got = fetch_entry(entry, offline=offline, progress=progress)
         model, fmt = _load_cached(got.path, spec, got.checked_against, fmt=entry.format, entry=entry, device=device)
