@@ -110,7 +110,9 @@ def test_edm_rho7_equals_diffusers_karras(n):
 @pytest.mark.parametrize("n", NS)
 def test_log_linear_and_logsnr_equal_diffusers_exponential(n):
     diffusers = pytest.importorskip("diffusers")
-    want = diffusers.EulerDiscreteScheduler()._convert_to_exponential(torch.tensor([80.0, 0.002], dtype=torch.float64), n)
+    want = diffusers.EulerDiscreteScheduler()._convert_to_exponential(
+        torch.tensor([80.0, 0.002], dtype=torch.float64), n
+    )
     assert_grid(S.log_linear_grid(n, 0.002, 80.0), want)
     assert_grid(S.logsnr_grid(n, 0.002, 80.0), want)
 
