@@ -7,7 +7,8 @@
 #
 # It runs in a scratch copy of the working tree (MUTATION_DIR, default a temp dir), so the repository never
 # holds mutmut's mutants/ folder; the fast test files it runs are listed in pyproject.toml [tool.mutmut].
-# MUTATION_JOBS (default 2) parallel workers; torch is kept to one thread per worker.
+# MUTATION_JOBS (default 2) parallel workers; torch is kept to one thread per worker. MUTATION_TESTS="tests/a.py
+# tests/b.py" replaces the test list (e.g. only the sampler's tests when only sampler mutants are run).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 work="${MUTATION_DIR:-$(mktemp -d -t diffbench-mutation.XXXXXX)}"
@@ -18,6 +19,17 @@ mkdir -p "$work"
 # the tracked and untracked-but-not-ignored files, as the tests see them
 (cd "$here" && git ls-files -co --exclude-standard -z) | (cd "$here" && xargs -0 tar -cf - --) | (cd "$work" && tar -xf -)
 cd "$work"
+# mutmut skips decorated functions: register the solvers after their definitions instead (scratch copy only)
+"$python" "$here/benchmarks/mutation_prepare.py" diffbench/sampling/solvers/*.py
+if [ -n "${MUTATION_TESTS:-}" ]; then  # a narrower test list than [tool.mutmut]'s, e.g. for the sampler only
+  "$python" - "$MUTATION_TESTS" <<'PY'
+import re, sys
+tests = ", ".join(f'"{t}"' for t in sys.argv[1].split())
+text = open("pyproject.toml").read()
+text = re.sub(r"pytest_add_cli_args_test_selection = \[.*?\]", f"pytest_add_cli_args_test_selection = [{tests}]", text, flags=re.S)
+open("pyproject.toml", "w").write(text)
+PY
+fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 DIFFBENCH_HOME="$work/.home" PYTHONDONTWRITEBYTECODE=1
 "$python" -m mutmut run --max-children "$jobs" "$@" || true
 "$python" -m mutmut export-cicd-stats >/dev/null 2>&1 || true

@@ -221,3 +221,56 @@ def test_planner_passes_range_and_options_through(schedule, options, formula, en
     if endpoint == "edm":
         want = np.append(want, 0.0)
     assert_grid(p.sigmas, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("suffix", (".npy", ".txt", ".csv2d"))
+def test_file_grid_reads_every_value_from_text_and_npy(tmp_path, suffix):
+    want = np.array([14.5, 3.25, 0.75, 0.03125])
+    path = tmp_path / f"grid{suffix}"
+    if suffix == ".npy":
+        np.save(path, want.reshape(2, 2))  # any shape: the values in order
+    elif suffix == ".txt":
+        path.write_text("\n".join(str(float(v)) for v in [*want, 0.0]))  # a final 0 is dropped
+    else:
+        path.write_text("14.5 3.25\n0.75 0.03125\n")
+    assert_grid(S.file_grid(path), want, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ([], "empty or not finite"),
+        ([3.0, float("nan"), 1.0], "empty or not finite"),
+        ([3.0, 2.0, 2.0, 1.0], "strictly descending"),
+        ([3.0, 4.0], "strictly descending"),
+        ([3.0, 0.0, 0.0], "strictly descending"),
+        ([3.0, -1.0], "strictly descending"),
+    ],
+)
+def test_file_grid_refuses_bad_grids(tmp_path, values, message):
+    from diffbench.errors import ConfigError
+
+    path = tmp_path / "grid.txt"
+    path.write_text("\n".join(map(repr, values)))
+    with pytest.raises(ConfigError, match=message):
+        S.file_grid(path)
+
+
+def test_file_grid_unreadable_names_the_file(tmp_path):
+    from diffbench.errors import ConfigError
+
+    (tmp_path / "g.txt").write_text("80 forty\n")
+    with pytest.raises(ConfigError, match=r"cannot read sigma grid from .*g\.txt"):
+        S.file_grid(tmp_path / "g.txt")
+
+
+def test_a_duplicate_schedule_is_refused_and_the_registry_kept():
+    before = dict(S.SCHEDULES)
+    with pytest.raises(ValueError, match="schedule 'edm' is already registered"):
+        S.register_schedule(S.ScheduleInfo("edm", S.linear_grid, (1.0, 2.0), "x"))
+    assert S.SCHEDULES == before
+    info = S.register_schedule(S.ScheduleInfo("test-only-grid", S.linear_grid, (1.0, 2.0), "x"))
+    try:
+        assert S.get_schedule("test-only-grid") is info
+    finally:
+        del S.SCHEDULES["test-only-grid"]
