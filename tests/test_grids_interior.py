@@ -6,6 +6,7 @@ so a grid warped between its endpoints, an ignored option or a floored index sho
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
@@ -54,6 +55,7 @@ def ve_formula(n, lo, hi):
     return np.sqrt(np.exp(np.log(hi**2) + ramp(n) * (np.log(lo**2) - np.log(hi**2))))
 
 
+@functools.cache
 def iddpm_u_formula(M=1000, C_1=0.001, C_2=0.008):
     # EDM App. C.3.4, one Python float at a time
     abar = [math.sin(0.5 * math.pi * j / (M * (C_2 + 1))) ** 2 for j in range(M + 1)]
