@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from diffbench.errors import ConfigError, OutputExistsError
+from diffbench.io_json import dumps_json
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -39,51 +41,114 @@ def sidecar_path(out: Path) -> Path:
 
 
 def check_output(out: Path, *, overwrite: bool) -> None:
-    """Refuse an existing output (non-empty folder or file) unless overwrite is set."""
-    exists = out.is_file() or (out.is_dir() and any(out.iterdir())) or sidecar_path(out).exists()
+    """Before any work: refuse an existing output (unless overwrite) and a path that cannot be written.
+
+    Writability is probed by creating and removing a temporary file in the nearest existing folder, so
+    nothing is left behind and a bad path is found before the first network call.
+    """
+    out = Path(out)
     if out.suffix == ".npz" and out.is_dir():
         raise OutputExistsError(f"{out} is a folder; an .npz output must be a file path")
+    exists = out.is_file() or (out.is_dir() and any(out.iterdir())) or sidecar_path(out).exists()
     if exists and not overwrite:
         raise OutputExistsError(f"output {out} already exists; pass --overwrite to replace it")
+    folder = out if (out.suffix != ".npz" and out.suffix != ".png") else out.parent
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"cannot write {out}: {probe} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".diffbench-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {probe} is not writable ({exc.strerror})") from None
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe: non-finite floats become strings ('inf'), tuples lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+def replace_aside(out: Path) -> None:
+    """--overwrite: move an earlier output (and its sidecar) aside atomically, then delete it, so old and
+    new results are never mixed."""
+    out = Path(out)
+    for path in (out, sidecar_path(out), partial_path(out)):
+        if path.exists() or path.is_symlink():
+            aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+            os.replace(path, aside)
+            if aside.is_dir() and not aside.is_symlink():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                aside.unlink(missing_ok=True)
+
+
+def partial_path(out: Path) -> Path:
+    """Where an .npz output keeps its finished batches until the run completes: FILE.npz.partial/."""
+    return out.with_name(out.name + ".partial")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write strict JSON atomically (temp file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2, default=str, allow_nan=False) + "\n")
+    tmp.write_text(dumps_json(data) + "\n")
     os.replace(tmp, path)
 
 
 class ImageSink:
-    """Writes batches as they finish: one PNG per seed (named by seed), or one npz at close."""
+    """Writes batches as they finish, so an interrupted run keeps every finished image.
 
-    def __init__(self, out: Path | str):
+    PNG folder: one PNG per seed (named by seed), a `dataset.json` of labels for conditional models
+    (EDM's dataset_tool layout), and the sidecar rewritten after every batch (marked incomplete until
+    the end). npz: each finished batch is a shard in FILE.npz.partial/, merged into FILE.npz at close.
+    """
+
+    def __init__(self, out: Path | str, *, provenance: dict[str, Any] | None = None, overwrite: bool = False):
         self.out = Path(out)
         self.npz = self.out.suffix == ".npz"
-        self.images: list[np.ndarray] = []
+        self.provenance = provenance or {}
+        self.overwrite = overwrite
+        self.opened = False
         self.seeds: list[int] = []
-        self.labels: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.shards: list[Path] = []
+
+    def _open(self) -> None:
+        """Create the output on the first finished batch, so a run that fails early leaves nothing behind
+        (and, with overwrite, the earlier output is only moved aside once there is something to replace it)."""
+        if self.overwrite:
+            replace_aside(self.out)
         if self.npz:
             self.out.parent.mkdir(parents=True, exist_ok=True)
+            partial_path(self.out).mkdir(exist_ok=True)
         else:
             self.out.mkdir(parents=True, exist_ok=True)
+        self.opened = True
+
+    def _sidecar(self, *, complete: bool, error: str | None = None) -> None:
+        record = dict(self.provenance, complete=complete, images_written=len(self.seeds))
+        if not complete and self.npz:
+            record["partial"] = str(partial_path(self.out))
+        if error is not None:
+            record["error"] = error
+        write_json(sidecar_path(self.out), record)
 
     def write(self, images: torch.Tensor, seeds: list[int], labels: torch.Tensor | None) -> None:
         _check_image_shaped(images)
         nhwc = quantize(images).permute(0, 2, 3, 1).numpy()
+        lab = labels.numpy().astype(np.int64) if labels is not None else None
+        if not self.opened:
+            self._open()
         if self.npz:
-            self.images.append(nhwc)
+            shard = partial_path(self.out) / f"{len(self.shards):06d}.npz"
+            tmp = shard.with_name(shard.name + ".tmp.npz")
+            np.savez(
+                tmp,
+                images=nhwc,
+                seeds=np.asarray(seeds, dtype=np.int64),
+                labels=lab if lab is not None else np.zeros(0, dtype=np.int64),
+            )
+            os.replace(tmp, shard)
+            self.shards.append(shard)
         else:
             for img, seed in zip(nhwc, seeds):
                 path = self.out / f"{seed:06d}.png"
@@ -91,35 +156,61 @@ class ImageSink:
                 _to_pil(img).save(tmp, format="PNG")
                 os.replace(tmp, path)
         self.seeds.extend(seeds)
-        if labels is not None:
-            self.labels.append(labels.numpy().astype(np.int64))
+        if lab is not None:
+            self.labels.extend(int(v) for v in lab)
+            if not self.npz:
+                labels_json = {"labels": [[f"{s:06d}.png", c] for s, c in zip(self.seeds, self.labels)]}
+                write_json(self.out / "dataset.json", labels_json)
+        self._sidecar(complete=False)
 
-    def close(self, provenance: dict[str, Any], *, complete: bool, error: str | None = None) -> None:
-        """Finish the npz (with what finished, if the run failed) and write the sidecar."""
-        if self.npz and self.images:
+    def close(self, provenance: dict[str, Any] | None = None, *, complete: bool, error: str | None = None) -> None:
+        """Finish: merge the npz shards (only when complete) and write the final sidecar."""
+        if provenance is not None:
+            self.provenance = provenance
+        if not self.opened:
+            if not complete:
+                return  # nothing finished, nothing written
+            self._open()
+        if self.npz and complete:
+            parts = [np.load(p) for p in self.shards]
             tmp = self.out.with_name(self.out.name + ".tmp.npz")
             np.savez(
                 tmp,
-                images=np.concatenate(self.images),
+                images=np.concatenate([p["images"] for p in parts]) if parts else np.zeros((0, 0, 0, 0), np.uint8),
                 seeds=np.asarray(self.seeds, dtype=np.int64),
-                labels=np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int64),
+                labels=np.asarray(self.labels, dtype=np.int64),
             )
             os.replace(tmp, self.out)
-        record = dict(provenance, complete=complete, images_written=len(self.seeds))
-        if error is not None:
-            record["error"] = error
-        write_json(sidecar_path(self.out), record)
+            shutil.rmtree(partial_path(self.out), ignore_errors=True)
+        self._sidecar(complete=complete, error=error)
 
 
-def grid_image(images: torch.Tensor, *, columns: int | None = None):
-    """A PIL image of all samples (float in [-1, 1], or already quantized uint8) in a near-square grid."""
+def grid_image(images: torch.Tensor, *, columns: int | None = None, min_size: int = 256, gutter: int = 1):
+    """A PIL image of all samples (float in [-1, 1], or already quantized uint8) in a near-square grid.
+
+    Tiles are separated by a `gutter`-pixel line and the grid is upscaled by an integer factor
+    (nearest neighbour) until its shorter side is at least `min_size` pixels, so a person can look at it.
+    """
     _check_image_shaped(images)
     u8 = (images if images.dtype == torch.uint8 else quantize(images)).permute(0, 2, 3, 1).numpy()
     n, h, w, c = u8.shape
     cols = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    canvas = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
+    scale = max(1, math.ceil(min_size / max(1, min(rows * h, cols * w))))
+    u8 = u8.repeat(scale, axis=1).repeat(scale, axis=2)
+    h, w = h * scale, w * scale
+    canvas = np.full((rows * (h + gutter) + gutter, cols * (w + gutter) + gutter, c), 255, dtype=np.uint8)
     for k in range(n):
         r, q = divmod(k, cols)
-        canvas[r * h : (r + 1) * h, q * w : (q + 1) * w] = u8[k]
+        y, x = gutter + r * (h + gutter), gutter + q * (w + gutter)
+        canvas[y : y + h, x : x + w] = u8[k]
     return _to_pil(canvas)
+
+
+def save_image_atomic(image: Any, path: Path) -> None:
+    """Save a PIL image under a temporary name, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)

@@ -19,13 +19,38 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "device": str(device),
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if device.type == "cuda":
+    if device.type == "cuda":  # TF32 only exists on CUDA: never claim it for a CPU run
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        env["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
     return env
+
+
+def resolved_spec(spec: Any) -> dict[str, Any]:
+    """The sampler spec with every default written as the value used (rho 7, S_churn 0), never null.
+
+    Options that do not apply to the solver or schedule are dropped; the values come from the spec when
+    given, else from the solver's registered defaults and the schedule function's keyword defaults.
+    """
+    import inspect
+
+    from diffbench.sampling.schedules import get_schedule
+    from diffbench.sampling.solvers import get_solver
+    from diffbench.sampling.spec import SCHEDULE_OPTIONS, SOLVER_OPTIONS
+
+    d = spec.to_dict()
+    info = get_solver(spec.solver)
+    out = {k: v for k, v in d.items() if k not in SOLVER_OPTIONS and k not in SCHEDULE_OPTIONS}
+    defaults = info.defaults()
+    for k in info.options:
+        out[k] = d.get(k) if d.get(k) is not None else defaults.get(k)
+    if not spec.schedule.startswith("file:"):
+        for k, p in inspect.signature(get_schedule(spec.schedule).fn).parameters.items():
+            if k in SCHEDULE_OPTIONS and p.default is not p.empty:
+                out[k] = d.get(k) if d.get(k) is not None else p.default
+    return {k: out[k] for k in d if out.get(k) is not None}
 
 
 def model_info(denoiser: Any) -> dict[str, Any]:

@@ -38,13 +38,18 @@ def test_sample_to_png_folder_with_grid_and_sidecar(cli, tmp_path, gmm):
     want = diffbench.sample(gmm, seeds=[3], solver="heun", nfe=35, device="cpu").images
     want_u8 = (want * 127.5 + 128).clip(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
     assert img.shape == (8, 8, 3) and np.array_equal(img, want_u8)
-    assert Image.open(grid).size == (24, 16)  # 6 images: 3 columns, 2 rows
+    # 6 images: 3 columns, 2 rows of 8 px, upscaled x16 so the short side is >= 256 px, 1 px gutters
+    assert Image.open(grid).size == (3 * 8 * 16 + 4, 2 * 8 * 16 + 3)
     side = json.loads((out / "diffbench.json").read_text())
     assert side["complete"] is True and side["images_written"] == 6
     assert side["nfe_counted"] == 35 and side["plan"]["steps"] == 18 and len(side["plan"]["sigmas"]) == 19
     assert side["seeds"] == "0-5" and side["spec"]["solver"] == "heun"
-    for key in ("diffbench", "torch", "device", "tf32_matmul", "generator_device"):
+    for key in ("diffbench", "torch", "device", "generator_device"):
         assert key in side["environment"]
+    assert "tf32_matmul" not in side["environment"]  # a CPU run claims no TF32 setting
+    # defaults are recorded as the values used, never null; options of other solvers are absent
+    assert side["spec"]["rho"] == 7 and side["spec"]["S_churn"] == 0 and side["spec"]["alpha"] == 1
+    assert "eta" not in side["spec"] and None not in side["spec"].values()
     assert "NFE 35" in err
 
 
@@ -92,10 +97,10 @@ def test_solvers_and_schedules_json(cli):
         (["--nfe", "36"], "nearest reachable: 35 or 37"),
         (["--seeds", "1-x"], "malformed seed list"),
         (["--seeds", "5-2"], "end before start"),
-        (["--sigma-min", "-1"], "outside the model's sigma range"),
+        (["--sigma-min", "-1"], "--sigma-min must be > 0"),
         (["--solver", "euler", "--alpha", "0.5"], "do not apply to solver 'euler'"),
-        (["--sigma-t", "vq"], "unknown sigma_t 'vq'"),
-        (["--denoise-to-zero"], "denoise_to_zero applies only"),
+        (["--sigma-t", "vq"], "Invalid value for '--sigma-t'"),
+        (["--denoise-to-zero"], "--denoise-to-zero applies only"),
         (["--class", "1"], "unconditional"),
         (["--device", "cuda"], "no CUDA GPU"),
     ],

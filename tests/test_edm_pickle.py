@@ -5,7 +5,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
+import subprocess
+import sys
+import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +408,238 @@ def test_writer_refuses_non_edm_wrappers(tmp_path):
     net = build_network("DhariwalUNet", TINY)
     with pytest.raises(ConfigError, match="not a VP/VE/iDDPM/EDM"):
         E.write_edm_pickle(tmp_path / "x.pkl", denoiser=net)
+
+
+# ------------------------------------------------------------- memory safety: layouts the file must not control
+
+
+class _Global:
+    """Placeholder written as the global module.name (callable so the pickler accepts it as a reduce function)."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # never called: only its name is written
+        raise RuntimeError("placeholder")
+
+
+class _Reduce:
+    """An object that pickles as the given reduce tuple."""
+
+    def __init__(self, *reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+class _CraftingPickler(E._EDMPickler):
+    dispatch = dict(E._EDMPickler.dispatch)
+
+    def _save_global(self, obj):
+        self.save(obj.module)
+        self.save(obj.name)
+        self.write(pickle.STACK_GLOBAL)
+        self.memoize(obj)
+
+    dispatch[_Global] = _save_global
+
+
+def crafted_edm_pickle(path, state: dict, protocol: int = 4) -> Path:
+    """{'ema': torch_utils.persistence._reconstruct_persistent_obj(meta)} with `state` as the object's state."""
+    data = {"ema": E._Persistent("EDMPrecond", state)}
+    with open(path, "wb") as f:
+        _CraftingPickler(f, protocol=protocol).dump(data)
+    return Path(path)
+
+
+def structured_scalar(offset: int, module: str = "numpy.core.multiarray") -> _Reduce:
+    """numpy scalar(dtype, 12 bytes) whose dtype's BUILD state puts an f8 field at `offset` (issue 13 §1)."""
+    state = (3, "|", None, ("f0",), {"f0": (np.dtype("f8"), offset)}, 12, 1, 16)
+    dtype = _Reduce(_Global("numpy", "dtype"), ("V12", False, True), state)
+    return _Reduce(_Global(module, "scalar"), (dtype, b"\x00" * 12))
+
+
+def _load_in_subprocess(paths) -> subprocess.CompletedProcess:
+    """Load each file in one child process: a crash there (SIGSEGV) is a failed assertion here, not a dead run."""
+    code = (
+        "import sys\n"
+        "from diffbench.errors import DiffbenchError\n"
+        "from diffbench.models.edm_pickle import load_edm_pickle\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_edm_pickle(path)\n"
+        "        print('loaded')\n"
+        "    except DiffbenchError as e:\n"
+        "        print(type(e).__name__, e)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=120)
+
+
+def test_structured_dtype_with_file_controlled_offset_is_refused(tmp_path):
+    """The crash file (field at 2^44) and the leak files (field past the 12 bytes) are refused with one line."""
+    cases = [(2**44, "numpy.core.multiarray"), (16, "numpy.core.multiarray"), (4, "numpy._core.multiarray")]
+    paths = [
+        crafted_edm_pickle(tmp_path / f"evil{i}.pkl", {"x": structured_scalar(offset, module)})
+        for i, (offset, module) in enumerate(cases)
+    ]
+    done = _load_in_subprocess(paths)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)  # not -11 (SIGSEGV)
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(cases) and "Traceback" not in done.stderr
+    for line in lines:
+        assert line.startswith("PickleSecurityError refusing EDM pickle") and "'V12'" in line, line
+
+
+def test_crash_file_through_the_cli_is_one_line(tmp_path):
+    """`diffbench sample FILE.pkl` on the crash file: exit 1 with one line, no output written."""
+    exe = shutil.which("diffbench") or str(Path(sys.executable).with_name("diffbench"))
+    path = crafted_edm_pickle(tmp_path / "evil.pkl", {"x": structured_scalar(2**44)})
+    out = tmp_path / "out.npz"
+    done = subprocess.run(
+        [exe, "sample", str(path), "--out", str(out), "--seeds", "0", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert done.stderr.startswith("error: refusing EDM pickle") and done.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["V12", "O", "(2,)f8", "S8", "U4", "M8", "c16", ">f8", "f8,i4", "object"])
+def test_dtypes_other_than_plain_numbers_are_refused(tmp_path, name):
+    dtype = _Reduce(_Global("numpy", "dtype"), (name, False, True))
+    path = crafted_edm_pickle(
+        tmp_path / "d.pkl", {"x": _Reduce(_Global("numpy.core.multiarray", "scalar"), (dtype, b""))}
+    )
+    with pytest.raises(E.PickleSecurityError, match="only plain numbers") as info:
+        E.read_edm_pickle(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        (3, ">", None, None, None, -1, -1, 0),  # byte order other than the file's name says
+        (3, "<", None, ("f0",), {"f0": (np.dtype("f4"), 4)}, 8, 1, 16),  # fields
+        (3, "<", (np.dtype("f8"), (2,)), None, None, 16, 8, 0),  # sub-array
+        (3, "<", None, None, None, 1 << 44, 1, 0),  # element size
+        [3, "<", None, None, None, -1, -1, 0],  # a list, not numpy's tuple
+    ],
+)
+def test_dtype_build_state_other_than_canonical_is_refused(tmp_path, state):
+    dtype = _Reduce(_Global("numpy", "dtype"), ("f8", False, True), state)
+    scalar = _Reduce(_Global("numpy.core.multiarray", "scalar"), (dtype, b"\x00" * 8))
+    path = crafted_edm_pickle(tmp_path / "s.pkl", {"x": scalar})
+    with pytest.raises(E.PickleSecurityError, match="layout of its own"):
+        E.read_edm_pickle(path)
+    assert np.dtype("f8").fields is None and np.dtype("f8").itemsize == 8  # numpy's own dtype untouched
+
+
+def test_plain_numpy_scalars_load_with_their_values(tmp_path):
+    """Plain numpy scalars (as hyperparameters in EDM's training options) load, through numpy's own pickling."""
+    values = {
+        "f4": np.float32(1.5),
+        "f8": np.float64(-2.25),
+        "f2": np.float16(0.5),
+        "i8": np.int64(-(2**40)),
+        "i1": np.int8(-3),
+        "u1": np.uint8(200),
+        "u4": np.uint32(7),
+        "b1": np.bool_(True),
+    }
+    wrapper = fixture_precond(load_fixture("song_skip"), fixture_network(load_fixture("song_skip")))
+    path = tmp_path / "opts.pkl"
+    E.write_edm_pickle(path, denoiser=wrapper, extra={"options": values})
+    assert ("numpy", "dtype") in globals_named(path)
+    got = E.read_edm_pickle(path)["options"]
+    for key, v in values.items():
+        assert got[key].dtype == v.dtype and got[key] == v, key
+    assert type(E.load_edm_pickle(path)).__name__ == "EDMPrecond"
+
+
+def test_scalar_bytes_must_match_the_dtype(tmp_path):
+    dtype = _Reduce(_Global("numpy", "dtype"), ("f8", False, True), np.dtype("f8").__reduce__()[2])
+    path = crafted_edm_pickle(
+        tmp_path / "s.pkl", {"x": _Reduce(_Global("numpy.core.multiarray", "scalar"), (dtype, b"\x00" * 64))}
+    )
+    with pytest.raises(ModelLoadError, match="numpy scalar of the wrong size"):
+        E.read_edm_pickle(path)
+
+
+def test_tensor_view_outside_its_storage_is_refused(tmp_path):
+    """_rebuild_tensor_v2 with an offset, size or stride past the storage: refused before torch sees it."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.save(torch.arange(6.0).storage(), buf, _use_new_zipfile_serialization=False)
+    storage = _Reduce(_Global("torch.storage", "_load_from_bytes"), (buf.getvalue(),))
+    rebuild = _Global("torch._utils", "_rebuild_tensor_v2")
+    cases = [
+        ((storage, 0, (2, 3), (3, 1), False, OrderedDict()), None),  # fits: loads
+        ((storage, 4, (3,), (1,), False, OrderedDict()), "reaches element 6 of a storage of 6"),
+        ((storage, 0, (2, 3), (4, 1), False, OrderedDict()), "reaches element 6"),
+        ((storage, 2**44, (1,), (1,), False, OrderedDict()), "malformed offset"),
+        ((storage, -1, (1,), (1,), False, OrderedDict()), "malformed offset"),
+        ((storage, 0, (1,), (-1,), False, OrderedDict()), "malformed offset"),
+    ]
+    for args, match in cases:
+        path = crafted_edm_pickle(tmp_path / "t.pkl", {"t": _Reduce(rebuild, args)})
+        if match is None:
+            t = E.read_edm_pickle(path)["ema"].state["t"]
+            assert torch.equal(t, torch.arange(6.0).reshape(2, 3))
+        else:
+            with pytest.raises(ModelLoadError, match=match):
+                E.read_edm_pickle(path)
+
+
+@pytest.mark.parametrize(
+    "opcode", [pickle.EXT1 + b"\xf0", pickle.EXT2 + b"\xf0\x00", pickle.EXT4 + b"\xf0\x00\x00\x00"]
+)
+def test_extension_opcodes_are_refused_even_when_registered(tmp_path, opcode):
+    """EXT1/2/4 resolve through copyreg's registry, which other code in the process can fill."""
+    import copyreg
+
+    marker = tmp_path / "marker"
+    body = opcode + _text(f"touch {marker}") + pickle.TUPLE1 + pickle.REDUCE
+    data = pickle.PROTO + b"\x04" + pickle.EMPTY_DICT + _text("ema") + body + pickle.SETITEM + pickle.STOP
+    path = tmp_path / "ext.pkl"
+    path.write_bytes(data)
+    copyreg.add_extension("os", "system", 240)
+    try:
+        with pytest.raises(E.PickleSecurityError, match="extension code") as info:
+            E.read_edm_pickle(path)
+    finally:
+        copyreg.remove_extension("os", "system", 240)
+    assert "\n" not in str(info.value) and not marker.exists()
+
+
+def test_protocol_2_file_loads_and_python2_names_stay_restricted(tmp_path):
+    """Protocol 2 spells set as __builtin__.set and bytes as _codecs.encode: mapped to the same allow-list."""
+    path, wrapper, fx = written_from_fixture(tmp_path, "adm_edm", protocol=2)
+    assert {("__builtin__", "set"), ("_codecs", "encode")} <= globals_named(path)
+    loaded = E.load_edm_pickle(path)
+    x, labels, _ = net_inputs(fx)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, fx["sigma"], labels), wrapper(x, fx["sigma"], labels))
+    for module, name in (("__builtin__", "eval"), ("__builtin__", "getattr"), ("copy_reg", "_reconstructor")):
+        p2 = pickle.PROTO + b"\x02" + pickle.GLOBAL + f"{module}\n{name}\n".encode() + pickle.STOP
+        bad = tmp_path / "p2.pkl"
+        bad.write_bytes(p2)
+        with pytest.raises(E.PickleSecurityError, match=f"'{module}.{name}'"):
+            E.read_edm_pickle(bad)
+    codec = tmp_path / "codec.pkl"
+    codec.write_bytes(
+        pickle.PROTO
+        + b"\x02"
+        + pickle.GLOBAL
+        + b"_codecs\nencode\n"
+        + _text("x")
+        + _text("rot13")
+        + pickle.TUPLE2
+        + pickle.REDUCE
+        + pickle.STOP
+    )
+    with pytest.raises(E.PickleSecurityError, match="latin1"):
+        E.read_edm_pickle(codec)

@@ -10,7 +10,7 @@ import torch
 from scipy import stats as sps
 
 from diffbench.errors import ConfigError
-from diffbench.metrics.fid import FIDResult, compare_fid, fid, sampler_source
+from diffbench.metrics.fid import FIDResult, compare_fid, fid
 from diffbench.metrics.frechet import frechet_distance
 from diffbench.metrics.sources import source_from_array
 from diffbench.metrics.stats import save_statistics, statistics_of
@@ -106,13 +106,15 @@ def test_optional_metrics(ref_file):
 
 
 def test_samples_straight_from_a_sampler_spec(gmm):
+    """The cell runner (what `fid --model` and sweeps use) scores the images `sample` would write."""
     from diffbench.sampling.run import sample
     from diffbench.sampling.spec import SamplerSpec
+    from diffbench.sweep.cell import fid_of_spec
 
     ext = Proj(pixels=3 * 8 * 8)
     ref = sample(gmm, seeds=range(1000, 1100), solver="heun", nfe=35, device="cpu").images
-    src = sampler_source(gmm, spec=SamplerSpec.make(solver="heun", nfe=7), seeds=range(20), device="cpu", batch=8)
-    direct = fid(src, ref=ref, extractor=ext, blocks=2)
+    spec = SamplerSpec.make(solver="heun", nfe=7)
+    direct = fid_of_spec(gmm, spec=spec, seeds=range(20), ref=ref, extractor=ext, blocks=2, device="cpu", batch=8)
     written = sample(gmm, seeds=range(20), solver="heun", nfe=7, device="cpu").images
     assert direct.blocks == pytest.approx(fid(written, ref=ref, extractor=ext, blocks=2).blocks, rel=1e-12)
     assert direct.samples["nfe_counted"] == 7

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 
 from diffbench.errors import ConfigError
-from diffbench.metrics.frechet import frechet_distance, sqrt_psd
+from diffbench.metrics.frechet import FrechetReference, frechet_distance, psd_factor, sqrt_psd
 
 
 def random_spd(d: int, rng: np.random.Generator, rank: int | None = None) -> np.ndarray:
@@ -114,3 +114,51 @@ def test_bad_statistics_are_one_line_errors(mu1, sigma1, match):
 def test_dimension_mismatch():
     with pytest.raises(ConfigError, match="feature dimensions differ"):
         frechet_distance(mu1=np.zeros(2), sigma1=np.eye(2), mu2=np.zeros(3), sigma2=np.eye(3))
+
+
+@pytest.mark.parametrize("rank1, rank2", [(None, None), (20, None), (None, 20)])
+def test_factored_reference_matches_scipy_sqrtm(rank1, rank2):
+    # the reference side factored once (Cholesky, or eigenvectors when singular) serves every block
+    d = 96
+    rng = np.random.default_rng(7)
+    ref = random_spd(d, rng, rank=rank2)
+    mu_ref = rng.standard_normal(d)
+    reference = FrechetReference(mu_ref, ref)
+    for _ in range(3):
+        s, mu = random_spd(d, rng, rank=rank1), rng.standard_normal(d)
+        want = scipy_fd(mu, s, mu_ref, ref)
+        assert reference.distance(mu, s) == pytest.approx(want, rel=1e-6)
+        assert frechet_distance(mu1=mu, sigma1=s, mu2=mu_ref, sigma2=ref) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("rank", [None, 10])
+def test_psd_factor_reproduces_the_matrix(rank):
+    s = random_spd(24, np.random.default_rng(8), rank=rank)
+    f = psd_factor(s)
+    np.testing.assert_allclose(f @ f.T, s, rtol=0, atol=1e-12)
+
+
+def test_fid_blocks_factor_the_reference_once(tmp_path, monkeypatch):
+    import torch
+
+    from diffbench.metrics import frechet
+    from diffbench.metrics.fid import fid
+    from diffbench.metrics.sources import source_from_array
+    from diffbench.metrics.stats import save_statistics, statistics_of
+
+    class Proj:
+        id = "proj"
+        w = torch.randn(3 * 4 * 4, 5, generator=torch.Generator().manual_seed(0))
+
+        def features(self, x):
+            return (x.float() / 255).flatten(1) @ self.w
+
+    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
+    rng = np.random.default_rng(9)
+    ref_images = rng.integers(0, 256, (200, 4, 4, 3), dtype=np.uint8)
+    ref = save_statistics(statistics_of(source_from_array(ref_images), extractor=Proj()), tmp_path / "ref.npz")
+    calls = []
+    real = frechet.psd_factor
+    monkeypatch.setattr(frechet, "psd_factor", lambda s: calls.append(s.shape) or real(s))
+    result = fid(rng.integers(0, 256, (120, 4, 4, 3), dtype=np.uint8), ref=ref, extractor=Proj(), blocks=4)
+    assert len(result.blocks) == 4 and calls == [(5, 5)]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from diffbench.errors import ConfigError
-from diffbench.metrics.reference_error import heun_reference, reference_error
+from diffbench.metrics.reference_error import heun_reference
+from diffbench.sweep.cell import reference_error
 
 
 @pytest.fixture(autouse=True)

@@ -111,3 +111,20 @@ def test_every_unreachable_budget_is_refused_with_the_nearest(solver, gmm):
                 plan(gmm, solver=solver, schedule="edm", nfe=nfe, endpoint=endpoint, denoise_to_zero=dtz)
             for near in map(int, re.findall(r"(\d+)(?= or|\. Use)", str(exc.value))):
                 assert info.steps_for(near, endpoint=endpoint, denoise_to_zero=dtz) is not None
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+@pytest.mark.parametrize("endpoint,dtz", CONVENTIONS)
+def test_first_reachable_budgets_draw_samples(solver, endpoint, dtz):
+    """Each solver at its first five reachable budgets (restart's: 11-19 or 12-20) samples, finite, exact NFE."""
+    info = get_solver(solver)
+    budgets = [k for k in range(1, 80) if info.steps_for(k, endpoint=endpoint, denoise_to_zero=dtz)][:5]
+    assert len(budgets) == 5
+    for nfe in budgets:
+        model = Counting()
+        out = diffbench.sample(
+            model, seeds=[0, 1], solver=solver, nfe=nfe, endpoint=endpoint, denoise_to_zero=dtz, device="cpu"
+        )
+        assert out.images.shape == (2, 2) and torch.isfinite(out.images).all()
+        assert out.nfe == nfe and model.rows == 2 * nfe, (solver, endpoint, nfe)
+        assert not torch.equal(out.images, torch.zeros_like(out.images))

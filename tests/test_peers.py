@@ -6,8 +6,6 @@ the exact denoiser. The final samples must agree to float32 rounding (diffusers 
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -87,32 +85,27 @@ def test_agrees_with_diffusers(solver, options, peer, config, drive):
     assert torch.allclose(got, want.double(), atol=2e-5, rtol=0), float((got - want).abs().max())
 
 
-def test_dpmpp_3m_third_order_term_differs_from_diffusers_by_design(monkeypatch):
-    """diffusers' 3rd-order DPM-Solver++ weighs D2 by phi_3; the Taylor integral gives 2 phi_3 (D2 ~ h^2 x0''/2).
-
-    diffbench's form converges at order 3 (tests/test_solvers_fast.py); the difference is the D2 term alone:
-    with the last two multistep orders identical, removing half the term reproduces diffusers.
-    """
+@pytest.mark.parametrize(
+    "solver,algorithm,final",
+    [
+        ("dpmpp-3m", "dpmsolver++", "zero"),
+        ("dpmpp-3m", "dpmsolver++", "sigma_min"),
+        ("dpm-solver-3m", "dpmsolver", "sigma_min"),
+    ],
+)
+def test_published_3m_is_diffusers_and_taylor_differs(solver, algorithm, final):
+    """The published 3M (phi_3 weight on D2, DPM-Solver's warm-up) is diffusers' solver_order=3 on the same grid,
+    in data (dpmsolver++) and noise (dpmsolver) prediction; variant taylor (2 phi_3) is a different method."""
     scheduler = diffusers.DPMSolverMultistepScheduler(
-        beta_schedule="linear", solver_order=3, algorithm_type="dpmsolver++", final_sigmas_type="zero"
+        beta_schedule="linear", solver_order=3, algorithm_type=algorithm, final_sigmas_type=final
     )
     want, sigmas, x0 = peer_vp(scheduler)
-    from diffbench.sampling.solvers import exponential
-
-    ours = exponential.dpmpp_3m(D, x0, sigmas, noise=None)
-    assert not torch.allclose(ours, want.double(), atol=1e-4)
-    original = exponential._dpmpp_update
-
-    def diffusers_form(x, s, s_next, D_, hist, p):
-        out = original(x, s, s_next, D_, hist, p)
-        if p == 3:  # add back phi_3 d2 to leave -phi_3 d2, as diffusers has it
-            h = math.log(s / s_next)
-            phi3 = (math.expm1(-h) / h + 1) / h - 0.5
-            (s0, D0), (s1, D1) = hist[-1], hist[-2]
-            r0, r1 = math.log(s0 / s) / h, math.log(s1 / s0) / h
-            out = out + phi3 * ((D_ - D0) / r0 - (D0 - D1) / r1) / (r0 + r1)
-        return out
-
-    monkeypatch.setattr(exponential, "_dpmpp_update", diffusers_form)
-    theirs = exponential.dpmpp_3m(D, x0, sigmas, noise=None)
-    assert torch.allclose(theirs, want.double(), atol=2e-5, rtol=0)
+    if final == "sigma_min":  # diffusers ends at its smallest training sigma, in VP space
+        abar0 = scheduler.alphas_cumprod[0].double()
+        s_end = ((1 - abar0) / abar0).sqrt()
+        sigmas, want = torch.cat([sigmas[:-1], s_end.reshape(1)]), want.double() * (1 + s_end**2).sqrt()
+    info = get_solver(solver)
+    published = info.fn(D, x0, sigmas, noise=None)
+    assert torch.allclose(published, want.double(), atol=2e-5, rtol=0), float((published - want).abs().max())
+    taylor = info.fn(D, x0, sigmas, noise=None, variant="taylor")
+    assert float((taylor - want).abs().max()) > 1e-3

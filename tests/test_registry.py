@@ -261,37 +261,42 @@ def test_registry_entry_whose_file_disagrees_with_the_entry(server, home, isolat
 
 def test_multi_file_entry_and_verify(server, home, isolated):  # noqa: F811
     server.files["/repo/a.json"] = b'{"a": 1}'
-    server.files["/repo/b.bin"] = b"\x00" * 100
+    server.files["/repo/b.dat"] = b"\x00" * 100  # a suffix without a format check
     entry = CheckpointEntry(
         name="multi",
         kind="fid-stats",
         url=server.url + "/repo/",
         format="fid-stats-npz",
-        files=("a.json", "b.bin"),
+        files=("a.json", "b.dat"),
     )
     isolated.register_checkpoint(entry)
     got = isolated.fetch_entry("multi")
-    assert got.path == home / "checkpoints" / "multi" and sorted(got.recorded) == ["a.json", "b.bin"]
+    assert got.path == home / "checkpoints" / "multi" and sorted(got.recorded) == ["a.json", "b.dat"]
     want = registry.combined_sha256(
         [
             ("a.json", hashlib.sha256(b'{"a": 1}').hexdigest()),
-            ("b.bin", hashlib.sha256(b"\x00" * 100).hexdigest()),
+            ("b.dat", hashlib.sha256(b"\x00" * 100).hexdigest()),
         ]
     )
     assert got.sha256 == want
     assert [s.status for s in isolated.verify_entry("multi")] == ["ok", "ok"]
-    (got.path / "b.bin").write_bytes(b"\x01" * 100)
+    (got.path / "b.dat").write_bytes(b"\x01" * 100)
     assert [s.status for s in isolated.verify_entry("multi")] == ["ok", "mismatch"]
-    assert not (got.path / "b.bin").exists()
+    assert not (got.path / "b.dat").exists()
 
 
 def test_url_spec_downloads_into_url_cache(server, home, tmp_path):  # noqa: F811
     server.files["/w/stats.npz"] = _npz_bytes(tmp_path)
-    with pytest.raises(ModelLoadError, match="NumPy .npz"):
+    with pytest.raises(ModelLoadError, match="NumPy .npz.*moved to .*quarantine.*nothing cached or pinned"):
         load_checkpoint(server.url + "/w/stats.npz")
-    # the file was verified and cached under urls/, then refused for its format, not half-written
+    # not a model: refused by the format check before it was cached or pinned
     cached = fetch.url_dest(server.url + "/w/stats.npz")
-    assert cached.exists() and cached.parent.parent == home / "urls"
+    assert cached.parent.parent == home / "urls" and not cached.exists() and fetch.read_lock() == {}
+    # a model file by URL is cached under urls/ and pinned
+    server.files["/w/net.pt"] = _tiny_state_dict_bytes(tmp_path)
+    with pytest.raises(ModelLoadError, match="bare state dict"):
+        load_checkpoint(server.url + "/w/net.pt")
+    assert fetch.url_dest(server.url + "/w/net.pt").exists() and server.url + "/w/net.pt" in fetch.read_lock()
     with pytest.raises(ModelLoadError, match="HTTP 404"):
         load_checkpoint(server.url + "/w/none.pkl")
 

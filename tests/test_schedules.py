@@ -145,3 +145,46 @@ def test_schedule_option_that_does_not_apply():
 
     with pytest.raises(ConfigError, match="do not apply to schedule 've'"):
         plan(load_builtin("gmm"), solver="euler", schedule="ve", steps=5, schedule_options={"rho": 3})
+
+
+@pytest.mark.parametrize("rho", [0.0, 1e-9, float("inf"), -1.0, float("nan")])
+def test_rho_must_be_finite_and_positive(gmm, rho):
+    from diffbench.sampling.spec import SamplerSpec
+
+    if rho != 1e-9:  # finite and positive, but its grid overflows: refused when the grid is planned
+        with pytest.raises(ConfigError, match="rho") as exc:
+            SamplerSpec.make(solver="euler", steps=8, rho=rho)
+        assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match="rho"):
+        plan(gmm, solver="euler", schedule="edm", steps=8, schedule_options={"rho": rho})
+
+
+def test_absurd_schedule_file_is_one_line(tmp_path, gmm):
+    path = tmp_path / "grid.txt"
+    path.write_text("1e300\n10\n1\n0.1\n")
+    with pytest.raises(ConfigError, match="above the largest sigma") as exc:
+        plan(gmm, solver="euler", schedule=f"file:{path}", steps=3, endpoint="sigma_min")
+    assert "\n" not in str(exc.value)
+
+
+def test_empty_churn_window_is_refused():
+    from diffbench.sampling.spec import SamplerSpec
+
+    with pytest.raises(ConfigError, match="churn window"):
+        SamplerSpec.make(solver="heun", S_churn=10, S_min=50, S_max=0.05)
+    with pytest.raises(ConfigError, match="churn window"):
+        SamplerSpec.make(solver="heun", S_min=5, S_max=1)
+
+
+def test_range_message_is_open_at_zero(gmm):
+    with pytest.raises(ConfigError, match=r"outside the model's sigma range \(0, inf\)"):
+        plan(gmm, solver="euler", schedule="edm", steps=4, sigma_min=0.0)
+
+
+def test_one_step_edm_plan_reports_the_grid_it_runs(gmm):
+    p = plan(gmm, solver="euler", schedule="edm", steps=1)
+    assert p.sigmas.tolist() == [80.0, 0.0]
+    assert (p.sigma_first, p.sigma_last_positive, p.sigma_end) == (80.0, 80.0, 0.0)
+    q = plan(gmm, solver="euler", schedule="edm", steps=4, endpoint="sigma_min")
+    assert (q.sigma_first, q.sigma_last_positive, q.sigma_end) == (80.0, pytest.approx(0.002), pytest.approx(0.002))
+    assert q.to_dict()["sigma_last_positive"] == q.sigma_last_positive

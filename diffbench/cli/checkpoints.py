@@ -1,4 +1,4 @@
-"""`diffbench checkpoints list | info | fetch | verify`: the checkpoint registry and the verified cache."""
+"""`diffbench checkpoints list | info | fetch | verify | forget`: the checkpoint registry and the verified cache."""
 
 from __future__ import annotations
 
@@ -73,8 +73,13 @@ def _cached(entry) -> str:
     d = entry.local_path()
     paths = [d / f for f in files] if entry.files else [d]
     if all(p.exists() for p in paths):
-        locked = read_lock()
-        pinned = all(entry.sha256.get(f) or entry.file_url(f) in locked for f in files)
+        locked = read_lock(strict=False)  # a malformed record shows as unpinned here; fetch names it
+        pinned = all(
+            entry.sha256.get(f)
+            or isinstance(locked.get(entry.file_url(f)), dict)
+            and locked[entry.file_url(f)].get("sha256")
+            for f in files
+        )
         return "yes" if pinned else "yes (unpinned)"
     if any(p.with_name(p.name + ".part").exists() for p in paths):
         return "partial"
@@ -179,11 +184,21 @@ def fetch_cmd(
     """
     from diffbench.models import fetch
     from diffbench.models.registry import fetch_entry, get_entry
+    from diffbench.models.validate import check_for_file
 
     for name in names:
         if name.startswith(("http://", "https://")):
+            dest = fetch.url_dest(name)
             with download_progress(fetch.url_basename(name)) as progress:
-                res = fetch.download(name, fetch.url_dest(name), offline=offline, retries=retries, progress=progress)
+                res = fetch.download(
+                    name,
+                    dest,
+                    offline=offline,
+                    retries=retries,
+                    progress=progress,
+                    check=check_for_file(dest.name),
+                    hint="; or pass the file's local path instead of the URL",
+                )
             path, digest, recorded = res.path, res.sha256, (res.path.name,) if res.recorded else ()
         else:
             entry = get_entry(name)
@@ -207,16 +222,58 @@ def verify_cmd(
     Example: diffbench checkpoints verify
     """
     from diffbench.errors import ModelLoadError
+    from diffbench.models.fetch import cache_dir
     from diffbench.models.registry import entries, get_entry, verify_entry
 
     targets = [get_entry(n) for n in names] if names else list(entries().values())
-    bad = 0
+    bad = shown = 0
     for entry in targets:
         for st in verify_entry(entry):
             if st.status == "missing" and not names:
                 continue  # an uncached entry is not a problem when verifying everything
             # a corrupt file always fails; a missing or partial one only when it was asked for by name
             bad += st.status == "mismatch" or (bool(names) and st.status in ("partial", "missing"))
+            shown += 1
             typer.echo(f"{st.status:<9} {st.entry}/{st.file}  {st.detail}".rstrip())
     if bad:
         raise ModelLoadError(f"{bad} file(s) failed verification")
+    if not shown:
+        typer.echo(
+            f"nothing to verify: no registry file is cached in {cache_dir() / 'checkpoints'} "
+            "(download with `diffbench checkpoints fetch NAME`)"
+        )
+
+
+@checkpoints_app.command("forget")
+def forget_cmd(
+    name: Annotated[str, typer.Argument(help="Registry name (or http(s) URL) whose pinned hash to forget.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")] = False,
+) -> None:
+    """Forget the sha256 pinned by a first download, and move the cached copy to quarantine.
+
+    For a file that was pinned although it is damaged (a download cut short, a server's error page): the next
+    fetch downloads it afresh and pins what it verifies. Example: diffbench checkpoints forget edm-cifar10-32x32-cond-vp
+    """
+    from diffbench.errors import ConfigError, ModelLoadError
+    from diffbench.models.fetch import LOCK_NAME, cache_dir
+    from diffbench.models.registry import forget, pinned_files
+
+    items = [i for i in pinned_files(name) if i.record is not None or i.cached]
+    if not items:
+        raise ModelLoadError(
+            f"nothing to forget for {name}: no pinned hash in {cache_dir() / LOCK_NAME} and no cached file"
+        )
+    for i in items:
+        sha = i.record.get("sha256") if isinstance(i.record, dict) else None
+        pinned = f"pinned sha256 {sha}" if isinstance(sha, str) else ("a malformed pin" if i.record else "no pin")
+        typer.echo(f"{name}: {i.path.name}: {pinned}; cached copy: {i.path if i.cached else 'none'}")
+    if not yes:
+        try:
+            ok = typer.confirm(f"Forget the pinned hash of {name} and quarantine its cached copy?", default=False)
+        except typer.Abort:  # no answer (stdin closed or empty)
+            ok = False
+        if not ok:
+            raise ConfigError(f"nothing forgotten for {name} (not confirmed; --yes skips the question)")
+    for item, moved in forget(name):
+        where = f"; cached copy moved to {moved}" if moved else ""
+        typer.echo(f"{name}: forgot {item.path.name}{where}; the next fetch downloads and pins it afresh")

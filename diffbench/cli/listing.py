@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from diffbench.cli.app import app
+from diffbench.io_json import dumps_json
 
 
 @app.command("solvers")
@@ -20,7 +20,7 @@ def solvers_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JS
 
     rows = [s.describe() for s in all_solvers()]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(dumps_json(rows))
         return
     table = Table("name", "order", "NFE rule", "stochastic", "options", "paper", title="solvers")
     for r in rows:
@@ -59,7 +59,7 @@ def schedules_cmd(
         }
     )
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(dumps_json(rows))
         return
     table = Table("name", "default sigma range", "options", "source", title="schedules")
     for r in rows:

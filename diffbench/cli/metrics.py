@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from enum import Enum
@@ -12,6 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from diffbench.cli.app import app
+from diffbench.cli.options import sampler_options
+from diffbench.io_json import dumps_json
 
 ExtractorOpt = Annotated[
     str, typer.Option("--extractor", help="Feature extractor: a registered name or module:factory.")
@@ -31,15 +32,9 @@ class Shown(str, Enum):
 
 
 def _device(device: str) -> str:
-    import torch
+    from diffbench.device import check_device
 
-    from diffbench.errors import ConfigError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} was asked for, but no CUDA GPU is available")
-    return device
+    return check_device(device)
 
 
 def _progress(label: str):
@@ -115,11 +110,50 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _reference(ref: str | None, model: str | None) -> str:
+    """--ref as given (a path or a registry name), or the reference a registry model's entry names."""
+    from diffbench.errors import ConfigError
+
+    try:
+        from diffbench.models.registry import resolve_reference
+    except ImportError:  # registry without reference names
+        resolve_reference = None
+    if ref is None:
+        named = None
+        if model is not None and resolve_reference is not None:
+            from diffbench.models.registry import reference_for_model
+
+            named = reference_for_model(model)
+        if named is None:
+            raise ConfigError(
+                "give --ref (statistics .npz, reference images, or a registry name such as fid-cifar10-32x32)"
+            )
+        ref = named
+    if resolve_reference is not None and not Path(ref).exists():
+        return str(resolve_reference(ref))
+    return ref
+
+
+def _scored(result: Any) -> str | None:
+    """'heun on edm, NFE 35 (18 steps, endpoint edm)' for results sampled straight from a spec."""
+    plan = (result.samples or {}).get("plan")
+    if not plan:
+        return None
+    dtz = ", denoise to zero" if plan.get("denoise_to_zero") else ""
+    return (
+        f"sampler {plan['solver']} on {plan['schedule']}, NFE {plan['nfe']} per sample "
+        f"({plan['steps']} steps, endpoint {plan['endpoint']}{dtz}), seeds {result.samples.get('seeds')}"
+    )
+
+
 def render_fid(result: Any) -> str:
     """Human-readable lines for a FIDResult; every line names n."""
     ref = Path(result.ref).name if result.ref else "reference"
     n = result.n if result.n is not None else "unknown"
     lines = [f"FID {_fmt(result.fid)}  (n={n}, extractor {result.extractor_id}, ref {ref})"]
+    scored = _scored(result)
+    if scored:
+        lines.append(scored)
     if len(result.blocks) > 1:
         b = len(result.blocks)
         lines.append(
@@ -131,7 +165,8 @@ def render_fid(result: Any) -> str:
         )
     x = result.extras
     if "kid_mean" in x:
-        lines.append(f"KID {x['kid_mean']:.6f} ± {x['kid_std']:.6f}")
+        spread = f" ± {x['kid_std']:.6f}" if x.get("kid_std") is not None else " (no spread: one subset)"
+        lines.append(f"KID {x['kid_mean']:.6f}{spread}")
     if "precision" in x:
         lines.append(f"precision {x['precision']:.4f}, recall {x['recall']:.4f} (k-NN manifolds, k=3)")
     if "is_mean" in x:
@@ -140,21 +175,24 @@ def render_fid(result: Any) -> str:
 
 
 @app.command("fid")
+@sampler_options()
 def fid_cmd(
-    ref: Annotated[str, typer.Option("--ref", help="Reference statistics (.npz mu/sigma) or reference images.")],
     samples: Annotated[
         str | None,
         typer.Argument(help="Image folder, .zip, .npz of images, or a statistics .npz; omit with --model."),
+    ] = None,
+    ref: Annotated[
+        str | None,
+        typer.Option(
+            "--ref",
+            help="Reference statistics (.npz mu/sigma), reference images, or a registry name (fid-cifar10-32x32); "
+            "optional when --model is a registry model that names its reference.",
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Sample straight from this model (no images written).")
     ] = None,
     seeds: Annotated[str, typer.Option(help="With --model: seeds, e.g. '0-49999'.")] = "0-49999",
-    solver: Annotated[str, typer.Option(help="With --model: solver name.")] = "heun",
-    schedule: Annotated[str, typer.Option(help="With --model: sigma grid.")] = "edm",
-    nfe: Annotated[int | None, typer.Option(help="With --model: exact NFE per sample.", min=1)] = None,
-    steps: Annotated[int | None, typer.Option(help="With --model: steps instead of --nfe.", min=1)] = None,
-    churn: Annotated[float | None, typer.Option("--churn", help="With --model: EDM S_churn.")] = None,
     class_: Annotated[int | None, typer.Option("--class", help="With --model: fixed class.")] = None,
     blocks: Annotated[int, typer.Option(help="Disjoint seed blocks: FID per block, mean/std/min and a CI.", min=1)] = 1,
     show: Annotated[Shown, typer.Option(help="Headline over blocks: mean, or min (EDM's choice).")] = Shown.mean,
@@ -171,6 +209,8 @@ def fid_cmd(
     ] = False,
     cache: CacheOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    *,
+    sampler: dict[str, Any],
 ) -> None:
     """FID of samples against reference statistics (Inception-v3 pool3, REFERENCE §5).
 
@@ -178,53 +218,72 @@ def fid_cmd(
     diffbench fid --model gmm --nfe 35 --seeds 0-9999 --ref gmm-ref.npz
     """
     from diffbench.errors import ConfigError
-    from diffbench.metrics.fid import fid, sampler_source
+    from diffbench.metrics.extractors import check_extractor_name
+    from diffbench.metrics.fid import fid
 
-    dev = _device(device)
-    if model is not None:
-        if samples is not None:
-            raise ConfigError("give SAMPLES or --model, not both")
-        from diffbench.models.load import load
-        from diffbench.sampling.spec import SamplerSpec
-        from diffbench.seeds import parse_seeds
+    check_extractor_name(extractor)
+    if model is None and sampler:
+        from diffbench.cli.options import BY_KEY
 
-        spec = SamplerSpec.make(solver=solver, schedule=schedule, nfe=nfe, steps=steps, S_churn=churn)
-        src: Any = sampler_source(
-            load(model, device="cpu"),
-            spec=spec,
-            seeds=parse_seeds(seeds),
-            batch=batch,
-            device=dev,
-            class_labels=class_,
-        )
-    elif samples is None:
+        flags = [BY_KEY[k].flag for k in sampler]
+        raise ConfigError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only with --model")
+    if inception_weights is not None and not inception_weights.exists():
+        raise ConfigError(f"--inception-weights {inception_weights} does not exist")
+    if model is not None and samples is not None:
+        raise ConfigError("give SAMPLES or --model, not both")
+    if model is None and samples is None:
         raise ConfigError("give SAMPLES (folder, zip, npz) or --model with a sampler spec")
-    else:
-        src = samples
-    bar, update = _progress("features")
+    ref = _reference(ref, model)
+    dev = _device(device)
+    bar, update = _progress("samples" if model is not None else "features")
     if bar is not None:
         bar.start()
     try:
-        result = fid(
-            src,
-            ref=ref,
-            extractor=extractor,
-            weights_path=inception_weights,
-            device=dev,
-            batch=batch,
-            blocks=blocks,
-            shown=show.value,
-            kid=kid,
-            precision_recall=pr,
-            inception_score=isc,
-            allow_small_n=allow_small_n,
-            cache=cache,
-            progress=update,
-        )
+        if model is not None:  # sampled and scored by the sweep's cell runner: one code path for both
+            from diffbench.sampling.spec import SamplerSpec
+            from diffbench.seeds import parse_seeds
+            from diffbench.sweep.cell import fid_of_spec
+
+            result = fid_of_spec(
+                model,
+                spec=SamplerSpec.make(**sampler),
+                seeds=parse_seeds(seeds),
+                ref=ref,
+                extractor=extractor,
+                weights_path=inception_weights,
+                device=dev,
+                batch=batch,
+                blocks=blocks,
+                shown=show.value,
+                class_label=class_,
+                kid=kid,
+                precision_recall=pr,
+                inception_score=isc,
+                allow_small_n=allow_small_n,
+                cache=cache,
+                progress=update,
+            )
+        else:
+            result = fid(
+                samples,
+                ref=ref,
+                extractor=extractor,
+                weights_path=inception_weights,
+                device=dev,
+                batch=batch,
+                blocks=blocks,
+                shown=show.value,
+                kid=kid,
+                precision_recall=pr,
+                inception_score=isc,
+                allow_small_n=allow_small_n,
+                cache=cache,
+                progress=update,
+            )
     finally:
         if bar is not None:
             bar.stop()
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        typer.echo(dumps_json(result.to_dict()))
     else:
         typer.echo(render_fid(result))

@@ -2,83 +2,29 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from diffbench.cli.app import app
-
-
-class Endpoint(str, Enum):
-    edm = "edm"
-    sigma_min = "sigma_min"
-
-
-class Policy(str, Enum):
-    exact = "exact"
-    nearest = "nearest"
-    floor = "floor"
-
-
-class Dtype(str, Enum):
-    float64 = "float64"
-    float32 = "float32"
+from diffbench.cli.options import sampler_options
 
 
 @app.command("sample")
+@sampler_options()
 def sample_cmd(
     model: Annotated[str, typer.Argument(help="Built-in name (gmm, ideal), registry name, path or URL.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="A folder for PNGs, or a file ending in .npz.")],
-    seeds: Annotated[str, typer.Option(help="Seeds: '0-63' or '0,5,10-12'.")] = "0-63",
-    solver: Annotated[str, typer.Option(help="Solver name (see `diffbench solvers`).")] = "heun",
-    schedule: Annotated[str, typer.Option(help="Sigma grid (see `diffbench schedules`), or file:PATH.")] = "edm",
-    nfe: Annotated[int | None, typer.Option(help="Exact network evaluations per sample.", min=1)] = None,
-    steps: Annotated[int | None, typer.Option(help="Step count instead of --nfe (default 18).", min=1)] = None,
-    nfe_policy: Annotated[Policy, typer.Option(help="When --nfe is unreachable: exact refuses.")] = Policy.exact,
-    endpoint: Annotated[
-        Endpoint, typer.Option(help="edm: end with a step to 0; sigma_min: stop there.")
-    ] = Endpoint.edm,
-    denoise_to_zero: Annotated[bool, typer.Option(help="With --endpoint sigma_min: one final step to 0.")] = False,
-    sigma_min: Annotated[float | None, typer.Option(help="Lowest sigma of the grid.")] = None,
-    sigma_max: Annotated[float | None, typer.Option(help="Highest sigma of the grid.")] = None,
-    rho: Annotated[float | None, typer.Option(help="rho of the edm grid (default 7).")] = None,
-    sigma_t: Annotated[str, typer.Option(help="sigma(t) of EDM's ODE: linear, vp, ve.")] = "linear",
-    scaling: Annotated[str, typer.Option(help="s(t) of EDM's ODE: none, vp.")] = "none",
-    alpha: Annotated[float | None, typer.Option(help="Heun family: 1 Heun, 0.5 midpoint.")] = None,
-    churn: Annotated[float | None, typer.Option("--churn", help="EDM S_churn (total over the run).")] = None,
-    churn_per_step: Annotated[float | None, typer.Option(help="EDM gamma per step, independent of N.")] = None,
-    s_min: Annotated[float | None, typer.Option("--s-min", help="EDM S_min.")] = None,
-    s_max: Annotated[float | None, typer.Option("--s-max", help="EDM S_max.")] = None,
-    s_noise: Annotated[float | None, typer.Option("--s-noise", help="EDM S_noise.")] = None,
-    eta: Annotated[float | None, typer.Option(help="Ancestral / DDIM noise (0 deterministic).")] = None,
-    order: Annotated[int | None, typer.Option(help="Order of a multistep/UniPC solver.")] = None,
-    lower_order_final: Annotated[
-        str | None,
-        typer.Option(help="Multistep: lower orders on the last steps: always, never, or N (only below N steps)."),
-    ] = None,
-    afs: Annotated[bool, typer.Option("--afs", help="Analytic first step: saves one NFE (multistep).")] = False,
-    variant: Annotated[str | None, typer.Option(help="UniPC B(h): bh1 or bh2.")] = None,
-    prediction: Annotated[str | None, typer.Option(help="UniPC form: data or noise.")] = None,
-    restart_min: Annotated[float | None, typer.Option(help="Restart: lower sigma of the interval.")] = None,
-    restart_max: Annotated[float | None, typer.Option(help="Restart: upper sigma of the interval.")] = None,
-    restart_k: Annotated[int | None, typer.Option(help="Restart: number of restarts.")] = None,
-    restart_steps: Annotated[int | None, typer.Option(help="Restart: Heun steps per restart.")] = None,
-    noise: Annotated[
-        str,
-        typer.Option(
-            help="Step noise: independent (EDM's stream) or brownian (a per-seed "
-            "Brownian path, refined by an NFE sweep)."
-        ),
-    ] = "independent",
+    seeds: Annotated[str, typer.Option(help="Seeds: '0-63' or '0,5,10-12' (0 <= seed < 2^32).")] = "0-63",
     class_: Annotated[int | None, typer.Option("--class", help="Fixed class of a conditional model.")] = None,
     batch: Annotated[int, typer.Option(help="Batch size.", min=1)] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    dtype: Annotated[Dtype, typer.Option(help="Sampler state dtype.")] = Dtype.float64,
     grid: Annotated[Path | None, typer.Option(help="Also write an image grid PNG here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     offline: Annotated[bool, typer.Option(help="Never touch the network to fetch MODEL.")] = False,
+    *,
+    sampler: dict[str, Any],
 ) -> None:
     """Sample images at an exact NFE budget.
 
@@ -88,55 +34,30 @@ def sample_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from diffbench.errors import DiffbenchError
-    from diffbench.io import ImageSink, check_output, grid_image, quantize
+    from diffbench.device import check_device
+    from diffbench.io import ImageSink, check_output, grid_image, quantize, save_image_atomic
     from diffbench.models.load import load
     from diffbench.sampling.run import Sampler, iter_batches
     from diffbench.sampling.spec import SamplerSpec
     from diffbench.seeds import parse_seeds
 
     err = Console(stderr=True)
+    # everything that can be refused is refused before the first network call and before any output exists
     seed_list = parse_seeds(seeds)
+    spec = SamplerSpec.make(**sampler)
+    dev = check_device(device)
     check_output(out, overwrite=overwrite)
     if grid is not None:
+        if grid.suffix.lower() != ".png":
+            from diffbench.errors import ConfigError
+
+            raise ConfigError(f"--grid {grid}: the grid is a PNG file; give a path ending in .png")
         check_output(grid, overwrite=overwrite)
-    spec = SamplerSpec.make(
-        solver=solver,
-        schedule=schedule,
-        nfe=nfe,
-        steps=steps,
-        nfe_policy=nfe_policy.value,
-        endpoint=endpoint.value,
-        denoise_to_zero=denoise_to_zero,
-        sigma_min=sigma_min,
-        sigma_max=sigma_max,
-        rho=rho,
-        sigma_t=sigma_t,
-        scaling=scaling,
-        alpha=alpha,
-        S_churn=churn,
-        churn_per_step=churn_per_step,
-        S_min=s_min,
-        S_max=s_max,
-        S_noise=s_noise,
-        eta=eta,
-        order=order,
-        lower_order_final=lower_order_final,
-        analytic_first_step=afs or None,
-        variant=variant,
-        prediction=prediction,
-        restart_min=restart_min,
-        restart_max=restart_max,
-        restart_k=restart_k,
-        restart_steps=restart_steps,
-        noise=noise,
-        dtype=dtype.value,
-    )
     from diffbench.cli.checkpoints import download_progress
 
     with download_progress(f"fetch {model}", console=err) as fetch_bar:
         denoiser = load(model, device="cpu", offline=offline, progress=fetch_bar)
-    run = Sampler(denoiser, spec, device=device)
+    run = Sampler(denoiser, spec, device=dev)
     run.class_indices(class_, len(seed_list))
     p = run.plan
     merged = (
@@ -144,12 +65,26 @@ def sample_cmd(
         if p.merged_steps
         else ""
     )
+    grid_text = (
+        " -> ".join(f"{float(v):.4g}" for v in (p.sigmas[0], p.sigmas[-2], p.sigmas[-1]))
+        if len(p.sigmas) > 2
+        else " -> ".join(f"{float(v):.4g}" for v in p.sigmas)
+    )
     err.print(
-        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {p.sigma_max:.4g} -> "
-        f"{p.sigma_min:.4g}, endpoint {p.endpoint}{merged}; device {run.device}",
+        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {grid_text}, "
+        f"endpoint {p.endpoint}{merged}; device {run.device}",
         soft_wrap=True,
     )
-    sink = ImageSink(out)
+    provenance = dict(run.provenance(seed_list), command=_command_line(), class_=class_)
+    provenance["class"] = provenance.pop("class_")
+    if len(run.shape) != 3 or run.shape[0] not in (1, 3):
+        from diffbench.errors import ConfigError
+
+        raise ConfigError(
+            f"{model} gives samples of shape {tuple(run.shape)}, not images with 1 or 3 channels; "
+            "use the Python API (diffbench.sample) for it"
+        )
+    sink = ImageSink(out, provenance=provenance, overwrite=overwrite)
     kept: list[torch.Tensor] = []
     with Progress(
         TextColumn("{task.description}"),
@@ -173,11 +108,20 @@ def sample_cmd(
                 sink.write(b.images, b.seeds, b.class_labels)
                 if grid is not None and sum(len(k) for k in kept) < 1024:
                     kept.append(quantize(b.images))
-        except DiffbenchError as exc:
-            sink.close(run.provenance(seed_list), complete=False, error=str(exc))
+        except BaseException as exc:  # every exit path leaves a sidecar that says what finished
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
+            sink.close(complete=False, error=reason)
+            if len(sink.seeds):
+                err.print(f"kept {len(sink.seeds)} finished images in {out} (sidecar marked incomplete)")
             raise
-    sink.close(run.provenance(seed_list), complete=True)
+    sink.close(complete=True)
     if grid is not None and kept:
-        grid.parent.mkdir(parents=True, exist_ok=True)
-        grid_image(torch.cat(kept)).save(grid)
+        save_image_atomic(grid_image(torch.cat(kept)), grid)
     err.print(f"wrote {len(seed_list)} images to {out}")
+
+
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    return " ".join(shlex.quote(a) for a in ["diffbench", *sys.argv[1:]])

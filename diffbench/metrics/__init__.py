@@ -12,9 +12,8 @@ __all__ = [
     "Comparison",
     "fid",
     "compare_fid",
-    "sampler_source",
     "frechet_distance",
-    "reference_error",
+    "reference_samples",
     "exact_frechet",
     "exact_sliced_wasserstein",
     "sliced_wasserstein",
@@ -25,9 +24,8 @@ __all__ = [
 
 _WHERE = {
     "Comparison": "fid",
-    "sampler_source": "fid",
     "frechet_distance": "frechet",
-    "reference_error": "reference_error",
+    "reference_samples": "reference_error",
     "exact_frechet": "distribution",
     "exact_sliced_wasserstein": "distribution",
     "sliced_wasserstein": "distribution",

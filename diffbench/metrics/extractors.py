@@ -57,6 +57,12 @@ def register_extractor(info: ExtractorInfo) -> None:
     EXTRACTORS[info.name] = info
 
 
+def check_extractor_name(name: str) -> None:
+    """Refuse an unknown extractor name before any work (a `module:factory` is checked when loaded)."""
+    if ":" not in name and name not in EXTRACTORS:
+        raise UnknownNameError("feature extractor", name, EXTRACTORS)
+
+
 def load_extractor(
     name: str, *, device: torch.device | str = "cpu", weights_path: str | os.PathLike | None = None
 ) -> FeatureExtractor:
@@ -107,10 +113,20 @@ def default_inception_weights() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
 
 
-def _missing_weights_message(path: Path) -> str:
+def find_weights() -> Path | None:
+    """The Inception weights on disk: the registry cache, then $TORCH_HOME/hub/checkpoints; None if neither."""
+    from diffbench.models.registry import find_inception_weights
+
+    return find_inception_weights()
+
+
+def _missing_weights_message() -> str:
+    from diffbench.models.registry import INCEPTION_ENTRY, inception_weights_places
+
+    cache, hub = inception_weights_places()
     return (
-        f"Inception-v3 weights not found: need {INCEPTION_WEIGHTS_FILE} "
-        f"(torch-fidelity's port of TF Inception 2015-12-05, {INCEPTION_WEIGHTS_URL}) at {path}, "
+        f"Inception-v3 weights not found: run `diffbench checkpoints fetch {INCEPTION_ENTRY}`, or download "
+        f"{INCEPTION_WEIGHTS_URL} and save it as {cache} (or as {hub}, where torch-fidelity looks), "
         "or pass --inception-weights PATH"
     )
 
@@ -136,9 +152,17 @@ class InceptionV3:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as exc:
             raise MissingDependencyError(f"torch-fidelity is needed for Inception features ({exc})") from None
-        path = Path(weights_path) if weights_path is not None else default_inception_weights()
-        if not path.is_file():
-            raise ModelLoadError(_missing_weights_message(path))
+        if weights_path is not None:
+            path = Path(weights_path).expanduser()
+            if not path.exists():
+                raise ModelLoadError(f"--inception-weights {weights_path}: {path} does not exist")
+            if not path.is_file():
+                raise ModelLoadError(f"--inception-weights {weights_path}: {path} is not a file")
+        else:
+            found = find_weights()
+            if found is None:
+                raise ModelLoadError(_missing_weights_message())
+            path = found
         from diffbench.metrics.sources import file_sha256
 
         sha = file_sha256(path)

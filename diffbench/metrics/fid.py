@@ -14,7 +14,7 @@ import torch
 from diffbench.errors import ConfigError
 from diffbench.io import quantize
 from diffbench.metrics.extractors import INCEPTION_ID, FeatureExtractor, has_logits, load_extractor
-from diffbench.metrics.frechet import frechet_distance
+from diffbench.metrics.frechet import FrechetReference
 from diffbench.metrics.inception_score import inception_score as _inception_score
 from diffbench.metrics.kid import kid as _kid
 from diffbench.metrics.precision_recall import precision_recall as _precision_recall
@@ -126,65 +126,9 @@ def compare_fid(a: FIDResult, b: FIDResult, *, confidence: float = 0.95) -> Comp
     return Comparison(diff, se, df, t, significant, verdict)
 
 
-@dataclass
-class SamplerSource:
-    """Images drawn straight from a sampler spec over seeds, quantized once, never written to disk."""
-
-    sampler: Any  # diffbench.sampling.run.Sampler
-    seeds: tuple[int, ...]
-    batch: int = 64
-    class_labels: int | None = None
-
-    @property
-    def count(self) -> int:
-        """Number of images (one per seed)."""
-        return len(self.seeds)
-
-    @property
-    def resolution(self) -> tuple[int, int] | None:
-        """(H, W) of the model's images, or None when its samples are not images."""
-        shape = self.sampler.shape
-        return (int(shape[1]), int(shape[2])) if len(shape) == 3 and shape[0] in (1, 3) else None
-
-    def iter_range(self, start: int, stop: int) -> Iterable[torch.Tensor]:
-        """uint8 NCHW batches of the images of seeds[start:stop]."""
-        from diffbench.sampling.run import iter_batches
-
-        if self.resolution is None:
-            raise ConfigError(f"samples of shape {list(self.sampler.shape)} are not images; use exact metrics")
-        for rec in iter_batches(
-            self.sampler.denoiser,
-            seeds=list(self.seeds[start:stop]),
-            class_labels=self.class_labels,
-            batch=self.batch,
-            sampler=self.sampler,
-        ):
-            yield quantize(rec.images)
-
-
-def sampler_source(
-    denoiser: Any,
-    *,
-    spec: Any,
-    seeds: Iterable[int],
-    batch: int = 64,
-    device: str | torch.device = "auto",
-    class_labels: int | None = None,
-) -> SamplerSource:
-    """A sample source that runs a SamplerSpec on a Denoiser (diffbench.load) over the given seeds."""
-    from diffbench.sampling.run import Sampler
-
-    return SamplerSource(
-        sampler=Sampler(denoiser, spec, device=device),
-        seeds=tuple(int(s) for s in seeds),
-        batch=batch,
-        class_labels=class_labels,
-    )
-
-
 def _as_source(samples: Any) -> ImageSource | Statistics | None:
     """A statistics object, an image source, or None for a stream of batches."""
-    if isinstance(samples, Statistics | ImageSource | SamplerSource):
+    if isinstance(samples, Statistics | ImageSource):
         return samples
     if isinstance(samples, str | os.PathLike):
         if is_statistics_file(samples):
@@ -324,7 +268,8 @@ def fid(
     if not allow_small_n and per_block[0].n is not None:
         check_enough(per_block[0].n, per_block[0].dim, what="samples" if blocks == 1 else "samples per block")
 
-    values = [frechet_distance(mu1=s.mu, sigma1=s.sigma, mu2=ref_stats.mu, sigma2=ref_stats.sigma) for s in per_block]
+    reference = FrechetReference(ref_stats.mu, ref_stats.sigma)  # factored once for every block
+    values = [reference.distance(s.mu, s.sigma) for s in per_block]
     mean, std, lo, ci_lo, ci_hi = block_summary(values, confidence=confidence)
     extras = _optional_metrics(
         src,
@@ -352,7 +297,6 @@ def fid(
         ref_sha256=ref_stats.source_sha256 or ref_stats.file_sha256,
         ref_n=ref_stats.n,
         extras=extras,
-        samples=samples.sampler.provenance(list(samples.seeds)) if isinstance(samples, SamplerSource) else {},
     )
 
 
@@ -393,21 +337,16 @@ def _extract_blocks(
     progress: Progress | None,
 ) -> tuple[list[Extracted], tuple[int, int] | None]:
     """Extract B disjoint consecutive blocks of equal size from a source or a stream of float batches."""
-    if isinstance(samples, ImageSource | SamplerSource):
+    if isinstance(samples, ImageSource):
         if samples.count % blocks:
             raise ConfigError(f"{samples.count} images do not split into {blocks} equal seed blocks")
         size = samples.count // blocks
         out = []
         for b in range(blocks):
             lo, hi = b * size, (b + 1) * size
-            it = (
-                iter_uint8(samples, batch=batch, start=lo, stop=hi)
-                if isinstance(samples, ImageSource)
-                else samples.iter_range(lo, hi)
-            )
             out.append(
                 extract(
-                    it,
+                    iter_uint8(samples, batch=batch, start=lo, stop=hi),
                     extractor=extractor,
                     keep_features=keep_features,
                     keep_logits=keep_logits,

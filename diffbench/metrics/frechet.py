@@ -21,22 +21,63 @@ def sqrt_psd(sigma: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(lam, 0.0, None))) @ v.T
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr (Σ1Σ2)^½ = Σ sqrt(λ_i) of Σ1^½ Σ2 Σ1^½, λ < 0 clipped (REFERENCE §5)."""
-    r = sqrt_psd(sigma1)
-    m = r @ sigma2 @ r
+def psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """F [d, d] with F Fᵀ = Σ: the Cholesky factor, or V sqrt(λ₊) by eigen-decomposition when Σ is singular."""
+    s = 0.5 * (sigma + sigma.T)
+    try:
+        return np.linalg.cholesky(s)
+    except np.linalg.LinAlgError:  # not positive definite (fewer samples than dimensions): clip λ < 0 to 0
+        lam, v = np.linalg.eigh(s)
+        return v * np.sqrt(np.clip(lam, 0.0, None))
+
+
+def _trace_sqrt(factor: np.ndarray, sigma: np.ndarray) -> float:
+    """tr (Σ Σ_F)^½ for Σ_F = F Fᵀ: Σ sqrt(λ_i) of the symmetric PSD Fᵀ Σ F, λ < 0 clipped.
+
+    Σ F Fᵀ and Fᵀ Σ F share their eigenvalues (AB and BA do), so one symmetric eigenvalue solve of the
+    pair replaces a matrix square root (REFERENCE §5).
+    """
+    m = factor.T @ sigma @ factor
     lam = np.linalg.eigvalsh(0.5 * (m + m.T))
     return float(np.sqrt(np.clip(lam, 0.0, None)).sum())
 
 
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr (Σ1Σ2)^½ = Σ sqrt(λ_i) of Fᵀ Σ1 F with F Fᵀ = Σ2, λ < 0 clipped (REFERENCE §5)."""
+    return _trace_sqrt(psd_factor(sigma2), sigma1)
+
+
+class FrechetReference:
+    """One side (μ, Σ) of many Fréchet distances, factored once (Σ = F Fᵀ, see psd_factor).
+
+    Each distance() then costs one d×d symmetric eigenvalue solve: FID over B seed blocks against one
+    reference decomposes the reference once, not B times.
+    """
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray, *, name: str = "second statistics"):
+        self.mu = np.asarray(mu, dtype=np.float64)
+        self.sigma = np.asarray(sigma, dtype=np.float64)
+        _check(self.mu, self.sigma, name)
+        self.factor = psd_factor(self.sigma)
+        self.trace = float(np.trace(self.sigma))
+
+    def distance(self, mu: np.ndarray, sigma: np.ndarray, *, name: str = "first statistics") -> float:
+        """FD = ‖μ − μ_ref‖² + tr Σ + tr Σ_ref − 2 tr (Σ Σ_ref)^½ (Dowson & Landau 1982; REFERENCE §5)."""
+        mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+        _check(mu, sigma, name)
+        if mu.shape != self.mu.shape:
+            raise ConfigError(f"feature dimensions differ: {mu.shape[0]} vs {self.mu.shape[0]}")
+        diff = mu - self.mu
+        fd = float(diff @ diff + np.trace(sigma) + self.trace - 2.0 * _trace_sqrt(self.factor, sigma))
+        return max(fd, 0.0)
+
+
 def frechet_distance(*, mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """FD = ‖μ1 − μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1Σ2)^½ (Dowson & Landau 1982; REFERENCE §5), in float64."""
-    mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
-    sigma1, sigma2 = np.asarray(sigma1, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
+    """FD = ‖μ1 − μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1Σ2)^½ (Dowson & Landau 1982; REFERENCE §5), in float64.
+
+    Σ2 is factored (Cholesky when positive definite), then one symmetric eigenvalue solve gives the
+    trace term; against one reference many times, use FrechetReference(mu2, sigma2).distance.
+    """
+    mu1, sigma1 = np.asarray(mu1, dtype=np.float64), np.asarray(sigma1, dtype=np.float64)
     _check(mu1, sigma1, "first statistics")
-    _check(mu2, sigma2, "second statistics")
-    if mu1.shape != mu2.shape:
-        raise ConfigError(f"feature dimensions differ: {mu1.shape[0]} vs {mu2.shape[0]}")
-    diff = mu1 - mu2
-    fd = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
-    return max(fd, 0.0)
+    return FrechetReference(mu2, sigma2).distance(mu1, sigma1)

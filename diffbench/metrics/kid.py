@@ -30,22 +30,30 @@ def kid(
     subsets: int = 100,
     subset_size: int = 1000,
     seed: int = 0,
-) -> tuple[float, float]:
-    """KID mean and std over `subsets` random subsets of `subset_size` (Bińkowski et al. 2018)."""
+) -> tuple[float, float | None]:
+    """KID mean and std over `subsets` random subsets of `subset_size` (Bińkowski et al. 2018).
+
+    The subset size is capped at the smaller sample (torch-fidelity refuses a larger one instead). The
+    std is None when it measures nothing: one subset, or subsets that hold every sample on both sides
+    (all the same set, so any spread is rounding).
+    """
     n1, n2 = features1.shape[0], features2.shape[0]
     if features1.shape[1:] != features2.shape[1:]:
         raise ConfigError(f"KID: feature dimensions differ: {features1.shape[1]} vs {features2.shape[1]}")
     if subsets < 1:
         raise ConfigError(f"KID: subsets must be >= 1, got {subsets}")
+    if subset_size < 2:
+        raise ConfigError(f"KID: the subset size must be >= 2, got {subset_size}")
     size = min(subset_size, n1, n2)
     if size < 2:
         raise ConfigError(f"KID needs at least 2 samples on each side, got {n1} and {n2}")
     f1, f2 = features1.to(torch.float64), features2.to(torch.float64)
+    whole = size == n1 and size == n2  # every subset is the whole sample on both sides
     rng = np.random.default_rng(seed)
     values = []
-    for _ in range(subsets):
+    for _ in range(1 if whole else subsets):
         i1 = torch.as_tensor(rng.choice(n1, size, replace=False), device=f1.device)
         i2 = torch.as_tensor(rng.choice(n2, size, replace=False), device=f2.device)
         values.append(mmd2_unbiased(f1[i1], f2[i2].to(f1.device)))
     arr = np.asarray(values)
-    return float(arr.mean()), float(arr.std())
+    return float(arr.mean()), (float(arr.std()) if len(values) > 1 else None)

@@ -1,11 +1,13 @@
-"""Reference-solution error: RMS distance of a deterministic sampler's output to an accurate ODE solve."""
+"""Reference-solution error: RMS distance of a deterministic sampler's output to an accurate ODE solve.
+
+Only the reference side lives here; sampling a spec and feeding this metric is the cell runner's job
+(diffbench.sweep.cell.reference_error).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,107 +114,73 @@ def _cache_key(
     return h.hexdigest()[:40]
 
 
-def reference_error(
+def reference_samples(
     denoiser: Any,
+    latents: torch.Tensor,
     *,
-    spec: Any,
-    seeds: Iterable[int],
-    class_labels: int | None = None,
-    batch: int = 64,
-    device: str | torch.device = "cpu",
+    sigma_from: float,
+    sigma_to: float,
+    final: bool,
+    class_labels: torch.Tensor | None = None,
+    fingerprint: str | None = None,
     ref_steps: int = 1024,
     cache: bool = True,
-) -> ReferenceErrorResult:
-    """RMS error of a deterministic sampler against scipy's adaptive solve (analytic models) or long Heun.
+) -> tuple[torch.Tensor, str, bool]:
+    """Accurate ODE solutions from latents z: x_0 = z σ_from (REFERENCE §1) solved to sigma_to, float64 on CPU.
 
-    Both start from the same latents x_0 = z σ_0 (REFERENCE §1) and stop at the grid's last positive σ; with
-    the edm endpoint the same final step to 0 (x = D(x; σ)) is applied to both, leaving discretisation error.
-    The reference is cached per model fingerprint, batch of latents, labels and σ range.
+    scipy's adaptive solve for the analytic models, a long Heun run otherwise; with `final` the step to σ = 0
+    (x = D(x; sigma_to)) is applied as a sampler's last step would. class_labels are integer indices [B] or
+    None. Returns (x_ref [B, ...], method, whether it came from the cache under $DIFFBENCH_HOME/reference).
     """
     from diffbench.models.analytic import reference_solution
-    from diffbench.sampling.noise import NoiseSource
-    from diffbench.sampling.run import Sampler
 
-    run = Sampler(denoiser, spec, device=device)
-    stochastic = [k for k in ("S_churn", "churn_per_step", "eta") if (getattr(run.spec, k, None) or 0) > 0]
-    if run.info.stochastic or stochastic:
-        why = f"{', '.join(stochastic)} > 0" if stochastic else f"solver '{run.info.name}' is stochastic"
-        raise ConfigError(f"the reference-solution error needs a deterministic sampler ({why})")
-    seed_list = [int(s) for s in seeds]
-    if not seed_list:
-        raise ConfigError("no seeds given")
-    sig = run.plan.sigmas.to(torch.float64).cpu()
-    final = float(sig[-1]) == 0.0
-    positive = sig[sig > 0]
-    sigma_from, sigma_to = float(positive[0]), float(positive[-1])
     analytic = is_analytic(denoiser)
     method = f"scipy DOP853 rtol={SCIPY_RTOL:g}" if analytic else f"heun {ref_steps} steps, rho 7"
-    fingerprint = model_fingerprint(run.denoiser)
-    folder = reference_home()
-    sq_sum, count, max_rms, hits = 0.0, 0, 0.0, 0
-    for i in range(0, len(seed_list), batch):
-        chunk = seed_list[i : i + batch]
-        out = run.run(chunk, class_labels=None if class_labels is None else torch.full((len(chunk),), class_labels))
-        z = NoiseSource(chunk, device=run.device).latents(run.shape)  # the same first draw the sampler made
-        labels = out.class_labels
-        key = _cache_key(
-            model=fingerprint,
-            latents=z,
-            labels=labels,
-            sigma_from=sigma_from,
-            sigma_to=sigma_to,
-            final=final,
-            method=method,
-        )
-        path = folder / f"{key}.pt"
-        if cache and path.is_file():
-            ref = torch.load(path, map_location="cpu", weights_only=True)
-            hits += len(chunk)
-        else:
-            onehot = _one_hot(labels, run.label_dim, run.device)
-            x0 = z.to(torch.float64) * sigma_from
-            if analytic:
-                ref = reference_solution(
-                    run.denoiser,
-                    x0.cpu(),
-                    sigma_from=sigma_from,
-                    sigma_to=sigma_to,
-                    class_labels=None if onehot is None else onehot.cpu(),
-                    rtol=SCIPY_RTOL,
-                    atol=SCIPY_RTOL,
-                )
-            else:
-                ref = heun_reference(
-                    run.denoiser,
-                    x0,
-                    sigma_from=sigma_from,
-                    sigma_to=sigma_to,
-                    class_labels=onehot,
-                    steps=ref_steps,
-                )
-            if final:  # the last step to σ = 0 is x = D(x; σ_last) on both sides
-                s = torch.full((len(chunk),), sigma_to, dtype=torch.float64, device=run.device)
-                with torch.no_grad():
-                    ref = run.denoiser(ref.to(run.device), s, onehot).to(torch.float64)
-            ref = ref.cpu()
-            if cache:
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.save(ref, tmp)
-                os.replace(tmp, path)
-        diff = out.images.to(torch.float64).cpu() - ref
-        per = diff.flatten(1).pow(2).mean(1)
-        sq_sum += float(per.sum())
-        count += len(chunk)
-        max_rms = max(max_rms, float(per.max().sqrt()))
-    return ReferenceErrorResult(
-        rms=math.sqrt(sq_sum / count),
-        max_rms=max_rms,
-        n=count,
-        nfe=run.plan.nfe,
-        solver=run.plan.solver,
-        reference=method,
+    key = _cache_key(
+        model=fingerprint or model_fingerprint(denoiser),
+        latents=latents,
+        labels=class_labels,
         sigma_from=sigma_from,
         sigma_to=sigma_to,
-        cached=hits,
+        final=final,
+        method=method,
     )
+    path = reference_home() / f"{key}.pt"
+    if cache and path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True), method, True
+    device = latents.device
+    onehot = _one_hot(class_labels, int(getattr(denoiser, "label_dim", 0) or 0), device)
+    x0 = latents.to(torch.float64) * sigma_from
+    if analytic:
+        ref = reference_solution(
+            denoiser,
+            x0.cpu(),
+            sigma_from=sigma_from,
+            sigma_to=sigma_to,
+            class_labels=None if onehot is None else onehot.cpu(),
+            rtol=SCIPY_RTOL,
+            atol=SCIPY_RTOL,
+        )
+    else:
+        ref = heun_reference(
+            denoiser, x0, sigma_from=sigma_from, sigma_to=sigma_to, class_labels=onehot, steps=ref_steps
+        )
+    if final:  # the last step to σ = 0 is x = D(x; σ_last) on both sides
+        s = torch.full((latents.shape[0],), sigma_to, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            ref = denoiser(ref.to(device), s, onehot).to(torch.float64)
+    ref = ref.cpu()
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(ref, tmp)
+        os.replace(tmp, path)
+    return ref, method, False
+
+
+def squared_errors(samples: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error over all dimensions, float64 [B]; RMS = sqrt of their mean."""
+    if samples.shape != reference.shape:
+        raise ConfigError(f"samples {list(samples.shape)} and reference {list(reference.shape)} differ in shape")
+    diff = samples.detach().to(torch.float64).cpu() - reference.to(torch.float64).cpu()
+    return diff.flatten(1).pow(2).mean(1)

@@ -86,10 +86,13 @@ def _image_size(fp: Any, name: str, label: str) -> tuple[int, int, int]:
 
     try:
         with Image.open(fp) as im:  # reads the header only
-            channels = 1 if im.mode in ("L", "1", "I", "I;16", "F") else 3
-            return channels, im.height, im.width
+            mode, fmt, size = im.mode, im.format, (im.height, im.width)
     except Exception as exc:  # PIL raises many kinds
         raise ConfigError(f"{label}: cannot read image {name}: {exc}") from None
+    if mode == "F" or (mode == "I" and fmt != "PNG"):  # no agreed scale to 8 bits
+        kind = "float" if mode == "F" else "32-bit integer"
+        raise ConfigError(f"{label}: {name} has {kind} pixels; save it as 8- or 16-bit")
+    return (1 if mode in ("L", "1", "I") or mode.startswith("I;16") else 3), *size
 
 
 def _same_size(sizes: list[tuple[int, int, int]], names: list[str], label: str) -> tuple[int, int, int]:
@@ -222,9 +225,23 @@ def _decode(zf: zipfile.ZipFile | None, source: ImageSource, name: str) -> np.nd
 
     fp: Any = io.BytesIO(zf.read(name)) if zf is not None else source.path / name
     with Image.open(fp) as im:
+        im = _to_8bit(im)
         im = im.convert("RGB" if source.channels == 3 else "L")
         arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _to_8bit(im: Any) -> Any:
+    """16-bit grey becomes 8-bit by v >> 8 (PIL's own convert would clip it at 255).
+
+    PIL already reads 16-bit RGB(A) PNGs as 8-bit by their high byte, so every 16-bit picture maps the
+    same way. (32-bit integer and float pixels are refused when the source is opened.)
+    """
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":  # "I": a 16-bit PNG read by an older PIL
+        return Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
+    return im
 
 
 def source_sha256(source: ImageSource) -> str:

@@ -108,6 +108,33 @@ def check_finite(stats: Statistics, *, what: str) -> None:
         raise ConfigError(f"{what}: statistics contain NaN or Inf")
 
 
+# A covariance read from a file must be symmetric and positive semi-definite up to these tolerances,
+# relative to its largest variance (float32 storage rounds entries by ~6e-8 of their size).
+SYMMETRY_RTOL = 1e-6
+PSD_RTOL = 1e-4
+
+
+def check_covariance(sigma: np.ndarray, *, what: str) -> None:
+    """Refuse a sigma that is not symmetric, or whose smallest eigenvalue is below -PSD_RTOL × its scale.
+
+    PSD within tolerance ⇔ Σ + δI is positive definite, δ = PSD_RTOL · max diag Σ: one Cholesky
+    (d³/3 flops, a fraction of an eigenvalue solve); the eigenvalues are computed only to word a refusal.
+    """
+    scale = float(np.abs(np.diagonal(sigma)).max(initial=0.0))
+    asym = float(np.abs(sigma - sigma.T).max(initial=0.0))
+    if asym > SYMMETRY_RTOL * max(scale, float(np.abs(sigma).max(initial=0.0))):
+        raise ConfigError(f"{what}: sigma is not symmetric (largest |sigma - sigma^T| is {asym:.3g})")
+    delta = max(PSD_RTOL * scale, np.finfo(np.float64).tiny)
+    try:
+        np.linalg.cholesky(sigma + delta * np.eye(sigma.shape[0]))
+    except np.linalg.LinAlgError:
+        lam = np.linalg.eigvalsh(sigma)
+        raise ConfigError(
+            f"{what}: sigma is not positive semi-definite (smallest eigenvalue {lam[0]:.4g}, "
+            f"largest {lam[-1]:.4g}); not a covariance"
+        ) from None
+
+
 def statistics_of(
     source: ImageSource,
     *,
@@ -191,6 +218,7 @@ def load_statistics(path: str | os.PathLike) -> Statistics:
     stats = replace(stats, path=str(p), file_sha256=file_sha256(p))
     _check_shapes(stats, str(p))
     check_finite(stats, what=str(p))
+    check_covariance(stats.sigma, what=str(p))
     return stats
 
 

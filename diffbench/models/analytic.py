@@ -7,7 +7,9 @@ They give exact ground truth for solver tests: D(x; sigma) = E[y | y + sigma n =
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +28,96 @@ def _one_hot_mask(class_labels: torch.Tensor | None, k: int, batch: int, device)
     return torch.where(labels > 0, 0.0, -math.inf)
 
 
-def _per_sample(fn, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
-    """Apply fn one sample at a time, so each result is bit-identical whatever the batch size."""
-    B = x.shape[0]
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(B)
-    return torch.cat(
-        [
-            fn(x[b : b + 1], sigma[b : b + 1], None if class_labels is None else class_labels[b : b + 1])
-            for b in range(B)
-        ]
-    )
+# Elements of the largest temporary a batched denoiser builds at once (32 MiB in float64).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _rows(per_row: int) -> int:
+    """How many samples fit in one chunk when each needs `per_row` elements of scratch."""
+    return max(1, _CHUNK_ELEMENTS // max(1, per_row))
+
+
+def exact_slices(a: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Split float64 a [..., n, m] along its summed axis -2 into slices a = s_1 + s_2 + ... + rest.
+
+    Error-free splitting (Ozaki et al. 2012, "Error-free transformations of matrix multiplication",
+    Alg. 3): each column's slice holds at most 53 - beta bits on a power-of-two grid set by that
+    column's largest entry, so any dot product of n terms between two such slices is exact in float64,
+    in whatever order or blocking the BLAS adds it up. The slices cover at least 53 bits of every
+    column.
+    """
+    beta = math.ceil((54 + math.log2(max(n, 2))) / 2)  # one bit of margin over Ozaki's bound
+    count = math.ceil(53 / (53 - beta))
+    out = []
+    for _ in range(count):
+        mu = a.abs().amax(dim=-2, keepdim=True)
+        mant, _ = torch.frexp(mu)  # mu = mant * 2^e, 0.5 <= mant < 1: mu / mant = 2^e exactly
+        tau = torch.where(mant > 0, mu / torch.where(mant > 0, mant, 1.0), 1.0) * 2.0**beta
+        hi = (a + tau) - tau  # a rounded to the grid 2^(e + beta - 53)
+        out.append(hi)
+        a = a - hi  # exact
+    return out
+
+
+def exact_matmul(left: torch.Tensor, right: list[torch.Tensor]) -> torch.Tensor:
+    """left [..., B, n] @ right [..., n, m] with right given as exact_slices(right, n).
+
+    Every slice-by-slice product is exact, so each output row depends only on its own row of `left`:
+    the result is bit-identical whatever the other rows, the batch size, the device or the BLAS. The
+    products are added in one fixed order (smallest first); accuracy is that of float64 or better.
+    """
+    n = left.shape[-1]
+    lhs = [s.transpose(-1, -2) for s in exact_slices(left.transpose(-1, -2), n)]
+    count = len(lhs)
+    # the pairs (i, j) with i + j < count carry the product to about 2^-53 (Ozaki et al. 2012, Sec. 3)
+    pairs = [(i, j) for i in range(count) for j in range(len(right)) if i + j < count]
+    total = None
+    for i, j in sorted(pairs, key=sum, reverse=True):
+        term = lhs[i] @ right[j]
+        total = term if total is None else total + term
+    return total
+
+
+def pairwise_sum(q: torch.Tensor) -> torch.Tensor:
+    """q [..., n] summed over its last axis by halving (pairwise summation), with elementwise adds only.
+
+    Each row's bits depend on that row alone, on every device: a reduction kernel may instead split a
+    row differently when the number of rows changes (CUDA's does).
+    """
+    n = q.shape[-1]
+    width = 1 << max(n - 1, 0).bit_length()
+    if width != n:
+        q = torch.nn.functional.pad(q, (0, width - n))  # + 0.0 is exact
+    while q.shape[-1] > 1:
+        half = q.shape[-1] // 2
+        q = q[..., :half] + q[..., half:]
+    return q[..., 0]
+
+
+# Below this many multiply-adds per call, a denoiser runs on one thread: on a busy 2-core machine,
+# waking torch's and MKL's thread pools for a few milliseconds of work costs 10-30x the work itself
+# (benchmarks/README.md, "Analytic models and the Fréchet distance").
+_PARALLEL_WORK = 1 << 27
+
+
+@contextmanager
+def _threads_for(work: int, device: torch.device) -> Iterator[None]:
+    """Run a CPU call of `work` multiply-adds on one thread when it is too small to share."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or work >= _PARALLEL_WORK:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sigma_squared(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sigma as float64 [B] on x's device, squared (a scalar sigma is broadcast)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
+    return sigma.expand(x.shape[0]) ** 2
 
 
 class GaussianMixture(nn.Module):
@@ -83,35 +165,58 @@ class GaussianMixture(nn.Module):
             lam, U = covs, torch.empty(0, dtype=torch.float64)
         else:
             covs = 0.5 * (covs + covs.transpose(1, 2))
-            lam, U = torch.linalg.eigh(covs)
+            with _threads_for(K * D**3, covs.device):
+                lam, U = torch.linalg.eigh(covs)
         if (lam < -1e-12).any():
             raise ConfigError("gmm covariances must be positive semi-definite")
         self.register_buffer("lam", lam.clamp(min=0))
         self.register_buffer("U", U)
+        if not self.diagonal:  # exact slices of U and U^T for exact_matmul (derived: not in the state dict)
+            D = means.shape[1]
+            for name, m in (("U", U), ("Ut", U.transpose(1, 2))):
+                parts = exact_slices(m.contiguous(), D)
+                for i, part in enumerate(parts):
+                    self.register_buffer(f"_{name}_{i}", part, persistent=False)
+            self._n_slices = len(parts)
 
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
 
+    def _slices(self, name: str) -> list[torch.Tensor]:
+        return [getattr(self, f"_{name}_{i}") for i in range(self._n_slices)]
+
     def _rotate(self, v: torch.Tensor) -> torch.Tensor:
-        """Coordinates of v [B, K, D] in each component's eigenbasis."""
-        return v if self.diagonal else torch.einsum("kde,bkd->bke", self.U, v)
+        """Coordinates of v [B, K, D] in each component's eigenbasis: (U_k^T v_k)_e = sum_d v_kd U_kde."""
+        if self.diagonal:
+            return v
+        return exact_matmul(v.transpose(0, 1), self._slices("U")).transpose(0, 1)
 
     def _unrotate(self, w: torch.Tensor) -> torch.Tensor:
-        return w if self.diagonal else torch.einsum("kde,bke->bkd", self.U, w)
+        """Back from each eigenbasis: (U_k w_k)_d = sum_e w_ke U_kde."""
+        if self.diagonal:
+            return w
+        return exact_matmul(w.transpose(0, 1), self._slices("Ut")).transpose(0, 1)
 
     def forward(
         self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None, **_: Any
     ) -> torch.Tensor:
-        return _per_sample(self._denoise, x, sigma, class_labels)
+        """D(x; sigma) for x [B, *sample_shape], sigma scalar or [B]; float64 inside, x's dtype out.
+
+        Batched; each sample's result is bit-identical whatever the batch holds (see exact_matmul).
+        """
+        K, D = self.means.shape
+        work = x.shape[0] * K * D * (1 if self.diagonal else D * self._n_slices * (self._n_slices + 1))
+        with _threads_for(work, x.device):
+            return self._denoise(x, sigma, class_labels)
 
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         B = x.shape[0]
         y = x.to(torch.float64).reshape(B, 1, -1)
-        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1, 1).expand(B, 1, 1) ** 2
+        s2 = _sigma_squared(sigma, x).reshape(B, 1, 1)
         w = self._rotate(y - self.means[None])  # [B, K, D]
-        var = self.lam[None] + s2  # covariance of p_sigma per component
+        var = self.lam[None] + s2  # covariance of p_sigma per component, in its eigenbasis
         # log N(x; mu_k, S_k + sigma^2 I) from the eigen-decomposition
-        logp = -0.5 * ((w**2 / var).sum(-1) + var.log().sum(-1) + w.shape[-1] * math.log(2 * math.pi))
+        logp = -0.5 * (pairwise_sum(w**2 / var) + pairwise_sum(var.log()) + w.shape[-1] * math.log(2 * math.pi))
         logits = logp + self.weights.log()[None]
         mask = _one_hot_mask(class_labels, self.means.shape[0], B, x.device) if self.label_dim else None
         if mask is not None:
@@ -119,7 +224,10 @@ class GaussianMixture(nn.Module):
         r = torch.softmax(logits, dim=1)  # posterior over components
         # E[y | x, k] = mu_k + S_k (S_k + sigma^2 I)^-1 (x - mu_k)  (Gaussian conditioning)
         post = self.means[None] + self._unrotate(self.lam[None] / var * w)
-        return (r[..., None] * post).sum(1).reshape(x.shape).to(x.dtype)
+        out = r[:, 0, None] * post[:, 0]
+        for k in range(1, post.shape[1]):  # sum over components in a fixed order, elementwise
+            out = out + r[:, k, None] * post[:, k]
+        return out.reshape(x.shape).to(x.dtype)
 
     def mean(self) -> torch.Tensor:
         """Exact mean of the data distribution, flattened [D]."""
@@ -170,7 +278,15 @@ class FiniteDataset(nn.Module):
         else:
             self.img_channels, self.img_resolution = self.sample_shape[0], 1
         self.label_dim = 0
-        self.register_buffer("points", points.reshape(points.shape[0], -1))
+        self.register_buffer("points", points.reshape(points.shape[0], -1).contiguous())
+        # exact slices of the points for the weighted mean (derived: not part of the state dict)
+        parts = exact_slices(self.points, self.points.shape[0])
+        for i, part in enumerate(parts):
+            self.register_buffer(f"_points_{i}", part, persistent=False)
+        self._n_slices = len(parts)
+
+    def _point_slices(self) -> list[torch.Tensor]:
+        return [getattr(self, f"_points_{i}") for i in range(self._n_slices)]
 
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
@@ -178,15 +294,36 @@ class FiniteDataset(nn.Module):
     def forward(
         self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None, **_: Any
     ) -> torch.Tensor:
-        return _per_sample(self._denoise, x, sigma, class_labels)
+        """D(x; sigma) for x [B, *sample_shape], sigma scalar or [B]; float64 inside, x's dtype out.
 
-    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        Batched; distances (pairwise_sum) and the weighted mean (exact_matmul) are computed so that each
+        sample's result is bit-identical whatever the batch holds. Scratch memory
+        is bounded by chunking over the batch and, in blocks fixed by the dataset alone, over the points.
+        """
+        n, D = self.points.shape
+        with _threads_for(x.shape[0] * n * D * (1 + self._n_slices * (self._n_slices + 1) // 2), x.device):
+            return self._denoise(x, sigma)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         y = x.to(torch.float64).reshape(B, -1)
-        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1).expand(B, 1) ** 2
-        d2 = (y[:, None, :] - self.points[None]).square().sum(-1)  # [B, n]
-        r = torch.softmax(-d2 / (2 * s2), dim=1)
-        return (r @ self.points).reshape(x.shape).to(x.dtype)
+        s2 = _sigma_squared(sigma, x)[:, None]
+        n, D = self.points.shape
+        block = _rows(D)  # points per block: fixed by the dataset, never by the batch
+        step = _rows(min(n, block) * D)
+        out = []
+        for b in range(0, B, step):
+            yb = y[b : b + step]
+            d2 = torch.cat(
+                [
+                    pairwise_sum((yb[:, None, :] - self.points[None, i : i + block]).square())
+                    for i in range(0, n, block)
+                ],
+                dim=1,
+            )  # [b, n] squared distances
+            r = torch.softmax(-d2 / (2 * s2[b : b + step]), dim=1)  # EDM Eq. 57 weights
+            out.append(exact_matmul(r, self._point_slices()))  # sum_i r_i y_i
+        return torch.cat(out).reshape(x.shape).to(x.dtype)
 
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         idx = torch.randint(self.points.shape[0], (n,), generator=generator)
@@ -244,15 +381,32 @@ def make_gmm(
 
 
 def _load_points(path: str) -> torch.Tensor:
+    """Points of an `ideal` model from an .npz ('images' or its first array) or a plain .npy.
+
+    uint8 NHWC images (EDM's dataset layout) become NCHW in [-1, 1]; other numeric arrays [n, ...] are
+    taken as they are.
+    """
     p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"ideal: no such file {p}")
     try:
-        with np.load(p) as data:
-            arr = data["images"] if "images" in data.files else data[data.files[0]]
-    except (OSError, ValueError, KeyError, IndexError) as exc:
-        raise ConfigError(f"cannot read dataset points from {p}: {exc}") from None
+        arr = np.load(p, allow_pickle=False)  # a plain .npy gives the array, an npz its archive
+        if isinstance(arr, np.lib.npyio.NpzFile):
+            with arr as data:
+                arr = data["images"] if "images" in data.files else data[data.files[0]]
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"ideal: cannot read dataset points from {p} (a numeric .npy or .npz): {exc}") from None
+    if arr.dtype.kind not in "biuf" or arr.ndim < 2 or arr.shape[0] < 1 or arr.size == 0:
+        raise ConfigError(
+            f"ideal: {p} must hold numeric points [n, ...] or uint8 images [n, H, W, C], "
+            f"got {arr.dtype} {list(arr.shape)}"
+        )
     if arr.dtype == np.uint8 and arr.ndim == 4:  # NHWC uint8 images -> NCHW in [-1, 1]
         return torch.from_numpy(arr.astype(np.float64) / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
-    return torch.from_numpy(np.asarray(arr, dtype=np.float64))
+    points = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(points).all():
+        raise ConfigError(f"ideal: {p} holds NaN or Inf")
+    return torch.from_numpy(points)
 
 
 def make_ideal(

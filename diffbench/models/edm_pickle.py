@@ -12,6 +12,7 @@ buffers are loaded with strict=True.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import math
 import os
@@ -140,18 +141,48 @@ def _load_storage(data: Any):
     return storage
 
 
+# the largest tensor extent, storage offset or dimension count a file may ask for; EDM's largest released
+# network (ADM ImageNet-64, ~296M parameters) is far below these
+MAX_ELEMENTS = 1 << 40
+MAX_DIMS = 16
+
+
 def _ints(v: Any) -> bool:
-    return isinstance(v, tuple | list | torch.Size) and all(isinstance(i, int) and i >= 0 for i in v)
+    return (
+        isinstance(v, tuple | list | torch.Size)
+        and len(v) <= MAX_DIMS
+        and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_ELEMENTS for i in v)
+    )
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    """torch._utils._rebuild_tensor_v2 with its arguments checked first (hooks must be empty)."""
-    if not isinstance(storage, torch.TypedStorage | torch.UntypedStorage):
-        raise ModelLoadError("EDM pickle rebuilds a tensor from something that is not a storage")
-    if not (isinstance(storage_offset, int) and _ints(size) and _ints(stride) and len(size) == len(stride)):
+    """torch._utils._rebuild_tensor_v2 with its arguments checked first: a view that fits its storage, no hooks."""
+    if not isinstance(storage, torch.TypedStorage):
+        raise ModelLoadError("EDM pickle rebuilds a tensor from something that is not a typed storage")
+    if not (
+        isinstance(storage_offset, int)
+        and not isinstance(storage_offset, bool)
+        and 0 <= storage_offset < MAX_ELEMENTS
+        and _ints(size)
+        and _ints(stride)
+        and len(size) == len(stride)
+    ):
         raise ModelLoadError("EDM pickle rebuilds a tensor with a malformed offset, size or stride")
     if backward_hooks:
         raise PickleSecurityError("EDM pickle attaches backward hooks to a tensor")
+    if metadata:
+        raise PickleSecurityError("EDM pickle attaches metadata to a tensor, which the format never does")
+    # the last element the view reaches must lie inside the storage (elements, not bytes)
+    if all(n > 0 for n in size):
+        with warnings.catch_warnings():  # TypedStorage deprecation notes are torch's, not the user's
+            warnings.simplefilter("ignore", UserWarning)
+            elements = storage._size()
+        last = storage_offset + sum((n - 1) * st for n, st in zip(size, stride))
+        if last >= elements:
+            raise ModelLoadError(
+                f"EDM pickle holds a tensor of size {list(size)} that reaches element {last} of a storage "
+                f"of {elements} elements"
+            )
     try:
         return torch._utils._rebuild_tensor_v2(
             storage, storage_offset, tuple(size), tuple(stride), bool(requires_grad), OrderedDict()
@@ -169,23 +200,66 @@ def _rebuild_parameter(data, requires_grad=True, backward_hooks=None):
     return nn.Parameter(data, requires_grad=bool(requires_grad))
 
 
+# The only numpy dtypes an EDM pickle holds: scalars of plain numbers (hyperparameters that passed through
+# numpy). Each is fixed-size with no fields, no sub-array and no objects; its layout is numpy's, never the
+# file's. Structured, void, object, string, datetime and sub-array dtypes are refused.
+PLAIN_DTYPES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"})
+
+
 def _numpy_dtype(obj, align=False, copy=False):
-    """numpy.dtype restricted to plain (non-object) dtypes given by name."""
-    if not isinstance(obj, str):
-        raise ModelLoadError("EDM pickle names a numpy dtype by something other than a string")
-    dtype = np.dtype(obj)
-    if dtype.hasobject:
-        raise PickleSecurityError(f"EDM pickle asks for the numpy object dtype '{obj}'")
-    return np.dtype(obj, align=bool(align), copy=bool(copy))
+    """numpy.dtype for the plain numeric names in PLAIN_DTYPES only; the dtype is numpy's canonical one."""
+    if not isinstance(obj, str) or obj not in PLAIN_DTYPES:
+        raise PickleSecurityError(
+            f"refusing EDM pickle: it asks for the numpy dtype {obj!r}; only plain numbers "
+            f"({', '.join(sorted(PLAIN_DTYPES))}) are allowed; nothing in the file was run"
+        )
+    if align is not False or copy not in (False, True):
+        raise PickleSecurityError(f"refusing EDM pickle: numpy dtype {obj!r} with unusual flags")
+    return np.dtype(obj)
+
+
+def _build_dtype(dtype: np.dtype, state: Any) -> None:
+    """BUILD on a numpy dtype: accepted only when the state is exactly the one numpy writes for that dtype.
+
+    numpy's own __setstate__ is never called (the state could place fields at arbitrary offsets), so the
+    dtype stays numpy's canonical one.
+    """
+    canonical = dtype.__reduce__()[2]
+    if dtype.str.lstrip("<>|=") not in PLAIN_DTYPES or type(state) is not tuple or state != canonical:
+        raise PickleSecurityError(
+            f"refusing EDM pickle: it gives the numpy dtype '{dtype.str}' a layout of its own "
+            "(structured, sub-array or foreign byte order), which the format never does; nothing was read"
+        )
+
+
+def _plain_dtype(dtype: Any) -> np.dtype:
+    if isinstance(dtype, np.dtype) and dtype.str.lstrip("<>|=") in PLAIN_DTYPES and dtype.isnative:
+        return dtype
+    raise PickleSecurityError("EDM pickle holds a numpy scalar whose dtype is not a plain number")
 
 
 def _numpy_scalar(dtype, data=None):
-    """numpy.core.multiarray.scalar for plain dtypes: the value read from its raw bytes."""
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+    """numpy.core.multiarray.scalar for plain dtypes: the value read from exactly itemsize raw bytes."""
+    dt = _plain_dtype(dtype)
+    if not isinstance(data, bytes):
         raise PickleSecurityError("EDM pickle holds a numpy scalar that is not a plain number")
-    if len(data) != dtype.itemsize:
+    if len(data) != dt.itemsize:
         raise ModelLoadError("EDM pickle holds a numpy scalar of the wrong size")
-    return np.frombuffer(data, dtype=dtype)[0]
+    return np.frombuffer(data, dtype=dt)[0].copy()
+
+
+def _codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+    """_codecs.encode as protocol 2 uses it for bytes objects: encode(str, 'latin1') only."""
+    if not isinstance(text, str) or encoding != "latin1" or errors != "strict":
+        raise PickleSecurityError("refusing EDM pickle: _codecs.encode is allowed only as protocol 2's latin1 bytes")
+    return text.encode("latin1")
+
+
+def _set(items: Any = ()) -> set:
+    """builtins.set for a list of plain strings (a module's _non_persistent_buffers_set)."""
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ModelLoadError("EDM pickle builds a set of something other than names")
+    return set(items)
 
 
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
@@ -199,19 +273,33 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     # protocol 3 files spell a module's empty _non_persistent_buffers_set as set([])
-    ("builtins", "set"): set,
+    ("builtins", "set"): _set,
+    # protocol 2 files spell bytes as _codecs.encode(str, 'latin1')
+    ("_codecs", "encode"): _codecs_encode,
 }
 
 
 def _checked_build(self) -> None:
-    """BUILD only where the EDM format uses it (ModuleDict or numpy dtype state), never on functions."""
+    """BUILD only where the EDM format uses it (ModuleDict state, a numpy dtype's canonical state)."""
+    state = self.stack[-1] if self.stack else None
     target = self.stack[-2] if len(self.stack) >= 2 else None
-    if not isinstance(target, ModuleDictRecord | np.dtype):
+    if isinstance(target, np.dtype):
+        self.stack.pop()
+        _build_dtype(target, state)
+        return
+    if not isinstance(target, ModuleDictRecord):
         raise PickleSecurityError(
             f"refusing EDM pickle: it sets the state of a {type(target).__name__}, which the "
             "format never does; nothing in the file was run"
         )
     _BUILD(self)
+
+
+def _refuse_extension(self) -> None:
+    raise PickleSecurityError(
+        "refusing EDM pickle: it uses a copyreg extension code (EXT1/EXT2/EXT4), which the format "
+        "never does; nothing in the file was run"
+    )
 
 
 _BUILD = pickle._Unpickler.dispatch[pickle.BUILD[0]]
@@ -222,15 +310,25 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     dispatch = dict(pickle._Unpickler.dispatch)
     dispatch[pickle.BUILD[0]] = _checked_build
+    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_op[0]] = _refuse_extension
+    del _op
 
     def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        if isinstance(module, str) and isinstance(name, str) and self.proto < 3:
+            # Python 2 spellings (__builtin__.set, ...) map to the same allow-list, as pickle's fix_imports does
+            key = _compat_pickle.NAME_MAPPING.get(key, (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            found = ALLOWED_GLOBALS[key]
         except (KeyError, TypeError):
+            found = None
+        if found is None:
             raise PickleSecurityError(
                 f"refusing EDM pickle: it names the global '{module}.{name}', which is "
                 f"not on the allow-list; nothing in the file was run"
             ) from None
+        return found
 
     def persistent_load(self, pid: Any) -> Any:
         raise ModelLoadError("EDM pickle uses persistent ids, which the EDM format never does (torch.save file?)")
@@ -263,9 +361,10 @@ def read_edm_pickle(path: str | os.PathLike) -> dict:
     except OSError as e:
         raise ModelLoadError(f"cannot read EDM pickle {path}: {e.strerror or e}") from None
     except Exception as e:  # noqa: BLE001 - a malformed stream can fail in any way; each is a bad file
-        truncated = isinstance(e, EOFError | struct.error) or "truncated" in str(e)
+        truncated = isinstance(e, EOFError | struct.error) or any(w in str(e) for w in ("truncated", "exhausted"))
         detail = (
-            "the file ends early (truncated download?)"
+            "the file ends early (a truncated download?); delete it and download it again (for a cached "
+            "checkpoint: diffbench checkpoints forget NAME, then fetch it)"
             if truncated
             else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'malformed data'}"
         )

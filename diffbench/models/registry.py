@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 Progress = Callable[[int, "int | None"], None]
 
-KINDS = ("model", "fid-stats")
+KINDS = ("model", "fid-stats", "extractor-weights")
 FORMATS = ("edm-pickle", "diffusers", "state-dict", "fid-stats-npz")
 ENTRY_KEYS = frozenset(
     {
@@ -49,6 +50,7 @@ ENTRY_KEYS = frozenset(
         "label_dim",
         "fid_ref",
         "sha256",
+        "sha256_prefix",
         "size",
         "approx_size_mb",
         "description",
@@ -82,6 +84,7 @@ class CheckpointEntry:
     label_dim: int | None = None
     fid_ref: str | None = None
     sha256: Mapping[str, str] = field(default_factory=dict)  # file name -> published hash
+    sha256_prefix: str | None = None  # leading hex digits of the hash, as the file's name carries them
     size: Mapping[str, int] = field(default_factory=dict)  # file name -> published byte size
     approx_size_mb: float | None = None
     description: str = ""
@@ -156,6 +159,11 @@ def parse_entry(name: str, table: Mapping[str, Any]) -> CheckpointEntry:
             raise ConfigError(f"checkpoint '{name}': '{label}' must be a value or a table keyed by file name")
     if hashes and any(len(h) != 64 or set(h.lower()) - set("0123456789abcdef") for h in hashes.values()):
         raise ConfigError(f"checkpoint '{name}': sha256 must be 64 hex digits")
+    prefix = _typed(name, table, "sha256_prefix", str)
+    if prefix is not None and (not 0 < len(prefix) <= 64 or set(prefix.lower()) - set("0123456789abcdef")):
+        raise ConfigError(f"checkpoint '{name}': sha256_prefix must be hex digits")
+    if prefix is not None and len(file_names) != 1:
+        raise ConfigError(f"checkpoint '{name}': sha256_prefix applies to single-file entries only")
     for key in ("sampler", "sampler_stochastic"):
         bad = sorted(set(_typed(name, table, key, dict) or {}) - SAMPLER_KEYS)
         if bad:
@@ -174,6 +182,7 @@ def parse_entry(name: str, table: Mapping[str, Any]) -> CheckpointEntry:
         label_dim=_typed(name, table, "label_dim", int),
         fid_ref=_typed(name, table, "fid_ref", str),
         sha256={k: v.lower() for k, v in (hashes or {}).items()},
+        sha256_prefix=prefix.lower() if prefix else None,
         size=dict(sizes or {}),
         approx_size_mb=_typed(name, table, "approx_size_mb", (int, float)),
         description=_typed(name, table, "description", str) or "",
@@ -188,8 +197,10 @@ def parse_entry(name: str, table: Mapping[str, Any]) -> CheckpointEntry:
                 raise ConfigError(f"checkpoint '{name}': model entries need '{key}'")
         if entry.format == "state-dict" and not (entry.network and entry.precond):
             raise ConfigError(f"checkpoint '{name}': state-dict entries need 'network' and 'precond'")
-    elif entry.format != "fid-stats-npz":
+    elif entry.kind == "fid-stats" and entry.format != "fid-stats-npz":
         raise ConfigError(f"checkpoint '{name}': fid-stats entries have format 'fid-stats-npz'")
+    elif entry.kind == "extractor-weights" and entry.format != "state-dict":
+        raise ConfigError(f"checkpoint '{name}': extractor-weights entries have format 'state-dict'")
     return entry
 
 
@@ -274,6 +285,8 @@ def fetch_entry(
     root: Path | None = None,
 ) -> Fetched:
     """Download (or find in the cache) every file of an entry and verify each one's sha256."""
+    from diffbench.models.validate import check_for_file
+
     entry = get_entry(entry) if isinstance(entry, str) else entry
     root = root or fetch.cache_dir()
     results = []
@@ -289,6 +302,9 @@ def fetch_entry(
                 retries=retries,
                 progress=progress,
                 root=root,
+                check=check_for_file(file, None if entry.files else entry.format),
+                prefix=entry.sha256_prefix,
+                hint=_BY_HAND[entry.kind],
             )
         )
     if entry.files:
@@ -298,11 +314,26 @@ def fetch_entry(
     return Fetched(entry.local_path(root=root), digest, tuple(results))
 
 
+# what `fetch` adds when a host cannot be reached: the by-hand placement is said by fetch.download itself
+_BY_HAND = {
+    "model": "; or pass the file's local path as MODEL (a path works wherever a registry name does)",
+    "fid-stats": "; or pass the file's local path to --ref",
+    "extractor-weights": "; or pass the file with --inception-weights PATH",
+}
+
+
 def fetch_file(spec: str, *, offline: bool = False, progress: Progress | None = None) -> tuple[Path, str]:
-    """(verified local path, sha256) of a registry name of any kind (e.g. FID statistics), URL or path."""
+    """(verified local path, sha256) of a registry name of any kind (e.g. FID statistics), URL or path.
+
+    A URL's file is format-checked by its name's suffix (.npz statistics, .pkl EDM pickle, .pt/.pth/.bin
+    state dict, .safetensors) before it is cached and pinned.
+    """
+    from diffbench.models.validate import check_for_file
+
     spec = str(spec)
     if spec.startswith(("http://", "https://")):
-        res = fetch.download(spec, fetch.url_dest(spec), offline=offline, progress=progress)
+        dest = fetch.url_dest(spec)
+        res = fetch.download(spec, dest, offline=offline, progress=progress, check=check_for_file(dest.name))
         return res.path, res.sha256
     _ensure_default()
     if spec in _ENTRIES:
@@ -314,6 +345,69 @@ def fetch_file(spec: str, *, offline: bool = False, progress: Progress | None = 
     if _looks_like_path(spec) or Path(spec).suffix:
         raise ModelLoadError(f"no such file or directory: {spec}")
     raise UnknownNameError("checkpoint", spec, _ENTRIES)
+
+
+def resolve_reference(spec: str | os.PathLike, *, offline: bool = False, progress: Progress | None = None) -> Path:
+    """The verified local path of FID reference statistics named by `spec`.
+
+    `spec` is a registry name of kind fid-stats (e.g. 'fid-cifar10-32x32': fetched into the cache on first
+    use, format-checked, sha256 verified against the published or pinned hash), an http(s) URL (same, cached
+    under urls/), or a local path (returned as it is; a missing one is one line). Raises ModelLoadError or
+    UnknownNameError (with the closest fid-stats names) otherwise.
+    """
+    text = os.fspath(spec)
+    _ensure_default()
+    if text in _ENTRIES:
+        entry = _ENTRIES[text]
+        if entry.kind != "fid-stats":
+            raise ModelLoadError(f"'{text}' is a {entry.kind} entry, not FID reference statistics")
+        return fetch_entry(entry, offline=offline, progress=progress).path
+    if text.startswith(("http://", "https://")):
+        return fetch_file(text, offline=offline, progress=progress)[0]
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if _looks_like_path(text) or path.suffix:
+        raise ModelLoadError(f"no such file: {text}")
+    raise UnknownNameError("reference statistics", text, [n for n, e in _ENTRIES.items() if e.kind == "fid-stats"])
+
+
+def reference_for_model(spec: str) -> str | None:
+    """The registry name of the FID reference statistics a registry model is scored against (its `fid_ref`).
+
+    None when `spec` is not a registry model or its entry names no statistics (paths, URLs, built-ins).
+    """
+    _ensure_default()
+    entry = _ENTRIES.get(str(spec))
+    return entry.fid_ref if entry is not None and entry.kind == "model" else None
+
+
+INCEPTION_ENTRY = "inception-v3-compat"
+
+
+def find_inception_weights(*, root: Path | None = None) -> Path | None:
+    """torch-fidelity's Inception-v3 weights if a copy is on disk, else None (nothing is downloaded).
+
+    Looks in the registry cache first (<cache>/checkpoints/inception-v3-compat/<file>, where
+    `diffbench checkpoints fetch inception-v3-compat` puts it), then where torch-fidelity itself keeps it
+    ($TORCH_HOME/hub/checkpoints/<file>).
+    """
+    for path in inception_weights_places(root=root):
+        if path.is_file():
+            return path
+    return None
+
+
+def inception_weights_places(*, root: Path | None = None) -> list[Path]:
+    """Where find_inception_weights looks, in order: the registry cache, then torch hub's checkpoint folder."""
+    entry = get_entry(INCEPTION_ENTRY)
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "hub"):  # torch's own answer (honours torch.hub.set_dir)
+        hub = Path(torch.hub.get_dir())
+    else:  # the same rule without importing torch: $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        hub = Path(os.environ.get("TORCH_HOME") or os.path.join(base, "torch")).expanduser() / "hub"
+    return [entry.local_path(root=root), hub / "checkpoints" / entry.file_names()[0]]
 
 
 @dataclass(frozen=True)
@@ -341,7 +435,7 @@ def verify_entry(entry: CheckpointEntry | str, *, root: Path | None = None) -> l
             continue
         sha, size, locked = fetch.expected_for(url, sha256=entry.sha256.get(file), size=entry.size.get(file), root=root)
         try:
-            digest, _ = fetch.check_file(path, url=url, sha256=sha, size=size, root=root)
+            digest, _ = fetch.check_file(path, url=url, sha256=sha, size=size, root=root, prefix=entry.sha256_prefix)
         except ModelLoadError as exc:
             out.append(FileStatus(entry.name, file, "mismatch", str(exc)))
             continue
@@ -350,6 +444,55 @@ def verify_entry(entry: CheckpointEntry | str, *, root: Path | None = None) -> l
         else:
             out.append(FileStatus(entry.name, file, "ok", f"sha256 {digest}" + (" (lock file)" if locked else "")))
     return out
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """One file `forget` acts on: its URL, the lock-file record (None if unpinned) and its cached path."""
+
+    url: str
+    record: dict | None
+    path: Path
+
+    @property
+    def cached(self) -> bool:
+        return self.path.exists() or self.path.with_name(self.path.name + ".part").exists()
+
+
+def pinned_files(spec: str, *, root: Path | None = None) -> list[Pinned]:
+    """The files of a registry name or URL, with their lock-file records and cache paths (nothing changed)."""
+    root = root or fetch.cache_dir()
+    if spec.startswith(("http://", "https://")):
+        _ensure_default()  # a registry file's URL means that entry's cached file
+        owner = [(e, f) for e in _ENTRIES.values() for f in e.file_names() if e.file_url(f) == spec]
+        where = fetch.entry_dir(owner[0][0].name, root=root) / owner[0][1] if owner else fetch.url_dest(spec, root=root)
+        pairs = [(spec, where)]
+    else:
+        entry = get_entry(spec)
+        pairs = [(entry.file_url(f), fetch.entry_dir(entry.name, root=root) / f) for f in entry.file_names()]
+    records = fetch.read_lock(root=root, strict=False)
+    return [Pinned(url, records.get(url), path) for url, path in pairs]
+
+
+def forget(spec: str, *, root: Path | None = None) -> list[tuple[Pinned, Path | None]]:
+    """Drop the pinned hashes of a registry name or URL and move its cached files to quarantine.
+
+    Returns (file, where its cached copy went or None) for every file that had a record or a cached copy.
+    The next fetch downloads afresh and pins what it verifies.
+    """
+    root = root or fetch.cache_dir()
+    done = []
+    for item in pinned_files(spec, root=root):
+        if item.record is None and not item.cached:
+            continue
+        with fetch.exclusive(str(item.path.resolve()), root=root):
+            fetch.forget(item.url, root=root)
+            moved = None
+            for p in (item.path, item.path.with_name(item.path.name + ".part")):
+                if p.exists():
+                    moved = fetch.quarantine(p, root=root)
+        done.append((item, moved))
+    return done
 
 
 # --- loading -----------------------------------------------------------------------------------------------
@@ -486,12 +629,35 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
+def _load_cached(path: Path, spec: str, checked_against: str, **kw: Any) -> tuple[Any, str]:
+    """load_path for a file from the cache; when it fails and its hash was only pinned on first download
+    (not published), say how to drop the cached copy and its pinned hash."""
+    try:
+        return load_path(path, **kw)
+    except ModelLoadError as exc:
+        if checked_against == "published":
+            raise
+        raise ModelLoadError(
+            f"{exc} [cached copy of {spec}: `diffbench checkpoints forget {spec}` discards it and its pinned "
+            "hash, then fetch it again]"
+        ) from None
+
+
 def load_checkpoint(spec: str, *, device: str = "cpu", offline: bool = False, progress: Progress | None = None) -> Any:
     """Resolve a registry name, local path, http(s) URL or module:factory entry point to a Denoiser."""
     spec = str(spec)
     if spec.startswith(("http://", "https://")):
-        res = fetch.download(spec, fetch.url_dest(spec), offline=offline, progress=progress)
-        model, fmt = load_path(res.path, device=device)
+        from diffbench.models.validate import check_any_model
+
+        res = fetch.download(
+            spec,
+            fetch.url_dest(spec),
+            offline=offline,
+            progress=progress,
+            check=check_any_model,
+            hint=_BY_HAND["model"],
+        )
+        model, fmt = _load_cached(res.path, spec, res.checked_against, device=device)
         info = {
             "spec": spec,
             "url": spec,
@@ -505,9 +671,10 @@ def load_checkpoint(spec: str, *, device: str = "cpu", offline: bool = False, pr
     if spec in _ENTRIES:
         entry = _ENTRIES[spec]
         if entry.kind != "model":
-            raise ModelLoadError(f"'{spec}' holds FID reference statistics, not a model")
+            what = "FID reference statistics" if entry.kind == "fid-stats" else "feature-extractor weights"
+            raise ModelLoadError(f"'{spec}' holds {what}, not a model")
         got = fetch_entry(entry, offline=offline, progress=progress)
-        model, fmt = load_path(got.path, fmt=entry.format, entry=entry, device=device)
+        model, fmt = _load_cached(got.path, spec, got.checked_against, fmt=entry.format, entry=entry, device=device)
         _check_against_entry(model, entry)
         info = {
             "spec": spec,

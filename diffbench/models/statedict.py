@@ -165,6 +165,15 @@ def validate_spec(spec: Mapping[str, Any], *, where: str) -> dict[str, Any]:
     for key in ("network_kwargs", "precond_kwargs"):
         if not isinstance(spec.get(key, {}), Mapping):
             raise ConfigError(f"{where}: '{key}' must be an object")
+    from diffbench.models.nets import NETWORKS
+
+    if spec["network"] not in NETWORKS:  # name the class and the file that asks for it, not "unknown model"
+        from diffbench.errors import ModelLoadError
+
+        raise ModelLoadError(
+            f"{where} names network class '{spec['network']}', which diffbench does not know "
+            f"(known: {', '.join(sorted(NETWORKS))})"
+        )
     net_kwargs = dict(spec.get("network_kwargs", {}))
     pre_kwargs = dict(spec.get("precond_kwargs", {}))
     for pre_key, net_key, default in (
@@ -186,12 +195,15 @@ def validate_spec(spec: Mapping[str, Any], *, where: str) -> dict[str, Any]:
     }
 
 
-def _build_network(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
+def _build_network(name: str, kwargs: Mapping[str, Any], *, where: str = "sidecar") -> nn.Module:
     """A built-in raw network by class name (diffbench.models.nets)."""
+    from diffbench.errors import ModelLoadError, UnknownNameError
     from diffbench.models.nets import build_network
 
     try:
         return build_network(name, dict(kwargs))
+    except UnknownNameError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
     except TypeError as exc:
         raise ConfigError(f"bad network_kwargs for {name}: {exc}") from None
 
@@ -204,7 +216,7 @@ def load_state_dict_checkpoint(
     where = f"registry entry for {path.name}" if spec is not None else str(path.with_suffix(".json"))
     spec = validate_spec(spec if spec is not None else read_sidecar(path), where=where)
     state = read_state_dict(path)
-    network = _build_network(spec["network"], spec["network_kwargs"])
+    network = _build_network(spec["network"], spec["network_kwargs"], where=where)
     model = build_precond(spec["precond"], network, spec["precond_kwargs"])
     if all(k.startswith("model.") for k in state):
         state = {k[len("model.") :]: v for k, v in state.items()}

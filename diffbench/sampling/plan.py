@@ -31,6 +31,24 @@ class Plan:
     requested_nfe: int | None = None
 
     @property
+    def sigma_first(self) -> float:
+        """The grid's first sigma: where sampling starts (x_0 = latents * sigma_first)."""
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_last_positive(self) -> float:
+        """The grid's last nonzero sigma: the last level the network is evaluated at on the main grid.
+
+        With a one-step 'edm' plan the grid is [sigma_max, 0], so this is sigma_max, not sigma_min.
+        """
+        return float(self.sigmas[self.sigmas > 0][-1])
+
+    @property
+    def sigma_end(self) -> float:
+        """Where the run ends: 0 under 'edm' or with denoise_to_zero, else the last sigma of the grid."""
+        return float(self.sigmas[-1])
+
+    @property
     def distinct_levels(self) -> int:
         """Distinct sigma levels in the grid (round_sigma of a discrete model can merge steps)."""
         return int(torch.unique(self.sigmas).numel())
@@ -51,6 +69,9 @@ class Plan:
             "denoise_to_zero": self.denoise_to_zero,
             "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max,
+            "sigma_first": self.sigma_first,
+            "sigma_last_positive": self.sigma_last_positive,
+            "sigma_end": self.sigma_end,
             "distinct_sigma_levels": self.distinct_levels,
             "merged_steps": self.merged_steps,
             "sigmas": [float(s) for s in self.sigmas],
@@ -113,6 +134,18 @@ def resolve_steps(
     return info.steps_for(chosen, **kw)  # type: ignore[return-value]
 
 
+# the largest sigma a grid may hold: far above any trained model's range (EDM 80, VE 100, DDPM ~157), and well
+# inside float arithmetic (latents * sigma and sigma^2 stay finite in float32)
+MAX_SIGMA = 1e6
+
+
+def describe_range(lo: float, hi: float) -> str:
+    """The admissible sigmas as an interval: open at 0 (sigma = 0 is no noise level) and at inf."""
+    left = "(0" if lo <= 0 else f"[{lo:.6g}"
+    right = "inf)" if math.isinf(hi) else f"{hi:.6g}]"
+    return f"{left}, {right}"
+
+
 def sigma_range(
     denoiser: Any, default: tuple[float, float], sigma_min: float | None, sigma_max: float | None
 ) -> tuple[float, float]:
@@ -120,12 +153,34 @@ def sigma_range(
     net_min, net_max = float(denoiser.sigma_min), float(denoiser.sigma_max)
     for label, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
         if value is not None and not (net_min <= value <= net_max and value > 0 and math.isfinite(value)):
-            raise ConfigError(f"{label} {value} is outside the model's sigma range [{net_min:.6g}, {net_max:.6g}]")
+            raise ConfigError(f"{label} {value} is outside the model's sigma range {describe_range(net_min, net_max)}")
+        if value is not None and value > MAX_SIGMA:
+            raise ConfigError(f"{label} {value:.6g} is above the largest sigma diffbench accepts ({MAX_SIGMA:g})")
     lo = sigma_min if sigma_min is not None else max(default[0], net_min)
     hi = sigma_max if sigma_max is not None else min(default[1], net_max)
     if not 0 < lo < hi:
         raise ConfigError(f"sigma range [{lo:.6g}, {hi:.6g}] is empty")
     return float(lo), float(hi)
+
+
+def schedule_grid(sched: Any, n_points: int, lo: float, hi: float, options: dict[str, Any]) -> torch.Tensor:
+    """The schedule's grid, refused with one line when its options make it overflow or degenerate."""
+    for k in ("rho", "epsilon_s", "C_1", "C_2"):
+        v = options.get(k)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{k} must be a finite number > 0, got {v}")
+    what = f"the {sched.name} grid" + "".join(f" with {k} {v:g}" for k, v in options.items())
+    try:
+        grid = sched.fn(n_points, lo, hi, **options)
+    except (OverflowError, ZeroDivisionError, ValueError) as exc:
+        raise ConfigError(f"{what} overflows or is undefined ({type(exc).__name__}); choose a moderate value") from None
+    grid = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
+    if not (torch.isfinite(grid).all() and (grid > 0).all() and (grid[1:] < grid[:-1]).all()):
+        raise ConfigError(
+            f"{what} is degenerate (not {n_points} strictly descending finite sigmas in [{lo:.6g}, {hi:.6g}]); "
+            "choose a moderate value"
+        )
+    return grid
 
 
 def plan(
@@ -179,7 +234,7 @@ def plan(
                 f"(it takes: {', '.join(sched.options) or 'none'})"
             )
         lo, hi = sigma_range(denoiser, sched.default_range, sigma_min, sigma_max)
-        grid = sched.fn(n_points, lo, hi, **options)
+        grid = schedule_grid(sched, n_points, lo, hi, options)
     grid = torch.as_tensor(denoiser.round_sigma(grid.to(torch.float64)), dtype=torch.float64).reshape(-1)
     if endpoint == "edm" or denoise_to_zero:
         grid = torch.cat([grid, grid.new_zeros(1)])

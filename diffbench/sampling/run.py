@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ import torch
 
 from diffbench.denoiser import CountingDenoiser, check_denoiser, sample_shape
 from diffbench.errors import ConfigError, NonFiniteError
-from diffbench.provenance import compact_seeds, environment, model_info
+from diffbench.provenance import compact_seeds, environment, model_info, resolved_spec
 from diffbench.sampling.noise import BrownianNoise, NoiseSource
 from diffbench.sampling.ode import TimeParam
 from diffbench.sampling.plan import Plan, plan
@@ -129,9 +130,9 @@ class Sampler:
             if self.spec.noise == "independent"
             else BrownianNoise(seeds, device=dev, sigma_min=self.plan.sigma_min, sigma_max=float(sig[0]))
         )
-        z = noise.latents(self.shape)
-        if latents is not None:
-            z = latents.to(dev, torch.float32)
+        z = noise.latents(self.shape)  # drawn even when latents are given, to keep the streams aligned
+        if latents is not None:  # the user's latents as given: float64 ones stay float64 in a float64 run
+            z = latents.to(dev)
         labels = None
         if self.label_dim:
             labels = noise.labels(self.label_dim)  # drawn even when fixed, to keep streams aligned
@@ -164,13 +165,21 @@ class Sampler:
             nfe=self.plan.nfe,
         )
 
+    def resolved_options(self) -> dict[str, Any]:
+        """Every option of the solver with the value that ran (defaults filled in: the variant, restart's
+        parameters), plus the convergence order that holds for them on EDM's rho = 7 grid."""
+        opts = {**self.info.defaults(), **self.spec.solver_options()}
+        opts = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in opts.items()}
+        return {**opts, "convergence_order": self.info.convergence_order(opts)}
+
     def provenance(self, seeds: Sequence[int]) -> dict[str, Any]:
         env = environment(self.device)
         env["generator_device"] = str(self.device)
         return {
             "environment": env,
             "model": model_info(self.denoiser),
-            "spec": self.spec.to_dict(),
+            "spec": resolved_spec(self.spec),
+            "solver_options": self.resolved_options(),
             "plan": self.plan.to_dict(),
             "nfe_counted": self.plan.nfe,
             "seeds": compact_seeds(list(seeds)),
@@ -184,6 +193,10 @@ def _inputs(seeds: Sequence[int] | None, latents: torch.Tensor | None) -> list[i
         if latents is None:
             raise ConfigError("give seeds or latents")
         return list(range(latents.shape[0]))
+    from diffbench.seeds import MAX_SEEDS
+
+    if len(seeds) > MAX_SEEDS:  # before the list is built
+        raise ConfigError(f"{len(seeds):,} seeds are more than the {MAX_SEEDS:,} one run accepts")
     seeds = [int(s) for s in seeds]
     if latents is not None and latents.shape[0] != len(seeds):
         raise ConfigError(f"{latents.shape[0]} latents for {len(seeds)} seeds")

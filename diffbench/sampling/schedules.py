@@ -119,6 +119,9 @@ def time_quadratic_grid(n: int, sigma_min: float, sigma_max: float) -> torch.Ten
     return time_uniform_grid(n, sigma_min, sigma_max, rho=2.0)
 
 
+FILE_MAX_SIGMA = 1e6  # = diffbench.sampling.plan.MAX_SIGMA
+
+
 def file_grid(path: str | Path) -> torch.Tensor:
     """A grid read from a text or .npy file: descending positive sigmas, used as given."""
     path = Path(path)
@@ -133,6 +136,11 @@ def file_grid(path: str | Path) -> torch.Tensor:
         sig = sig[:-1]
     if (sig <= 0).any() or (sig[1:] >= sig[:-1]).any():
         raise ConfigError(f"sigma grid {path} must be strictly descending positive sigmas (a final 0 is allowed)")
+    if sig[0] > FILE_MAX_SIGMA:
+        raise ConfigError(
+            f"sigma grid {path} starts at {float(sig[0]):.6g}, above the largest sigma diffbench accepts "
+            f"({FILE_MAX_SIGMA:g})"
+        )
     return sig
 
 

@@ -30,10 +30,11 @@ SOLVER_OPTIONS = (
     "analytic_first_step",
     "variant",
     "prediction",
-    "restart_min",
-    "restart_max",
+    "restart_n",
     "restart_k",
-    "restart_steps",
+    "restart_tmin",
+    "restart_tmax",
+    "restart_gamma",
 )
 SCHEDULE_OPTIONS = ("rho", "epsilon_s", "M", "C_1", "C_2")
 
@@ -70,10 +71,11 @@ class SamplerSpec:
     analytic_first_step: bool | None = None
     variant: str | None = None
     prediction: str | None = None
-    restart_min: float | None = None
-    restart_max: float | None = None
+    restart_n: int | None = None
     restart_k: int | None = None
-    restart_steps: int | None = None
+    restart_tmin: float | None = None
+    restart_tmax: float | None = None
+    restart_gamma: float | None = None
     noise: str = "independent"
     dtype: str = "float64"
 
@@ -114,6 +116,36 @@ class SamplerSpec:
             v = getattr(self, k)
             if v is not None and (v < 0 or not math.isfinite(v)):
                 raise ConfigError(f"{k} must be a finite number >= 0, got {v}")
+        self._check_options(info)
+
+    def _check_options(self, info: Any) -> None:
+        """Every option checked here, before a run creates any output (the solvers check again)."""
+        defaults = info.defaults()
+        s_min = self.S_min if self.S_min is not None else defaults.get("S_min", 0.0)
+        s_max = self.S_max if self.S_max is not None else defaults.get("S_max", math.inf)
+        for k, v in (("S_min", self.S_min), ("S_max", self.S_max)):
+            if v is not None and (math.isnan(v) or v < 0):
+                raise ConfigError(f"{k} must be a number >= 0, got {v}")
+        if "S_min" in info.options and s_min > s_max:
+            raise ConfigError(
+                f"the churn window [S_min, S_max] = [{s_min:g}, {s_max:g}] is empty: S_min must not exceed S_max"
+            )
+        if self.alpha is not None and not 0 < self.alpha <= 1:
+            raise ConfigError(f"alpha must be in (0, 1], got {self.alpha}")
+        if self.variant is not None:
+            from diffbench.sampling.solvers import VARIANT_VALUES
+
+            if self.variant not in VARIANT_VALUES.get(self.solver, ()):
+                raise UnknownNameError(f"{self.solver} variant", self.variant, VARIANT_VALUES.get(self.solver, ()))
+        if self.rho is not None and not (math.isfinite(self.rho) and self.rho > 0):
+            raise ConfigError(f"rho must be a finite number > 0, got {self.rho}")
+        if self.solver == "restart":
+            from diffbench.sampling.solvers.restart import check_restart
+
+            opts = {**defaults, **self.solver_options()}
+            check_restart(
+                opts["restart_n"], opts["restart_k"], opts["restart_tmin"], opts["restart_tmax"], opts["restart_gamma"]
+            )
 
     @classmethod
     def make(cls, **kwargs: Any) -> SamplerSpec:

@@ -8,6 +8,8 @@ NFE rule: `evals_per_step` network calls on a step to sigma > 0, `evals_final` o
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +19,12 @@ import torch
 from diffbench.errors import UnknownNameError
 
 ENDPOINTS = ("edm", "sigma_min")
+# the values of the `variant` option, per solver (the first is the default)
+VARIANT_VALUES: dict[str, tuple[str, ...]] = {
+    "dpmpp-3m": ("published", "taylor"),
+    "dpm-solver-3m": ("published", "taylor"),
+    "unipc": ("bh2", "bh1"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,23 @@ class SolverInfo:
     min_steps: int = 1
     corrector_order: int = 0  # orders a corrector adds to `order` (UniC: +1)
     extra_nfe: Callable[[dict[str, Any]], int] = field(default=lambda options: 0)  # e.g. -1 for AFS
+    # global convergence order on EDM's rho = 7 grid for the given options (default: order option + corrector)
+    convergence: Callable[[dict[str, Any]], int] | None = None
+    order_note: str = ""  # where another order holds (e.g. iPNDM: its `order` on uniform grids only)
+    last_step: str = "the step to sigma = 0 (endpoint edm, or denoise_to_zero) is x = D(x; sigma_last): 1 NFE"
+    conventions: dict[str, str] = field(default_factory=dict)  # e.g. the DEIS variant
+
+    def convergence_order(self, options: dict[str, Any] | None = None) -> int:
+        """The order at which the error falls with the step count on EDM's rho = 7 grid, for these options."""
+        options = {**self.defaults(), **(options or {})}
+        if self.convergence is not None:
+            return self.convergence(options)
+        return int(options.get("order", self.order)) + self.corrector_order
+
+    def defaults(self) -> dict[str, Any]:
+        """Each option's default value, from the solver function's signature."""
+        params = inspect.signature(self.fn).parameters
+        return {k: params[k].default for k in self.options if k in params}
 
     @property
     def nfe_rule(self) -> str:
@@ -95,15 +120,34 @@ class SolverInfo:
         return None
 
     def describe(self) -> dict[str, Any]:
+        """The registry entry as plain data (`diffbench solvers --json`).
+
+        "order" is the convergence order that holds on EDM's rho = 7 grid with the default options (measured
+        by tests/test_solver_orders.py); "method_order" the default of the `order` option; "convergence_orders"
+        the order for each value of `order` / `variant`.
+        """
+        defaults = self.defaults()
+        settings: dict[str, int] = {}
+        for o in self.orders:
+            settings[f"order={o}"] = self.convergence_order({"order": o})
+        for v in VARIANT_VALUES.get(self.name, ()):
+            settings[f"variant={v}"] = self.convergence_order({"variant": v})
         return {
             "name": self.name,
-            "order": self.order,
+            "order": self.convergence_order(),
+            "method_order": self.order,
             "orders": list(self.orders or (self.order,)),
-            "convergence_order": self.order + self.corrector_order,
+            "convergence_order": self.convergence_order(),
+            "convergence_orders": settings,
+            "order_note": self.order_note,
             "stochastic": self.stochastic,
             "nfe_rule": self.nfe_rule,
             "churn": self.churn,
             "options": list(self.options),
+            "defaults": {k: (v if v != math.inf else "inf") for k, v in defaults.items()},
+            "lower_order_final": defaults.get("lower_order_final"),
+            "last_step": self.last_step,
+            **({"conventions": dict(self.conventions)} if self.conventions else {}),
             "paper": self.paper,
         }
 
@@ -160,6 +204,15 @@ def order_at(j: int, n: int, order: int, lower_order_final: str | int = "always"
     if lower_order_final == "always" or (isinstance(lower_order_final, int) and n < lower_order_final):
         p = min(p, n - j)
     return max(p, 1)
+
+
+def push_history(hist: list[tuple[float, Any]], sigma: float, value: Any, keep: int) -> list[tuple[float, Any]]:
+    """Append (sigma, value) and keep the last `keep` entries; an entry at the same sigma is replaced.
+
+    round_sigma of a discrete model can merge grid points: a zero-length step leaves x unchanged, and a
+    repeated sigma in a multistep history would make its divided differences 0/0.
+    """
+    return [*(h for h in hist if h[0] != sigma), (sigma, value)][-max(keep, 1) :]
 
 
 def round_sigma(denoiser: Any, sigma: float) -> float:

@@ -81,6 +81,10 @@ def ddim(
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = denoiser(x, s)
+        if s_next == s:  # a zero-length step (round_sigma merged two sigmas) keeps x
+            if callback is not None:
+                callback(StepInfo(i, n, s, s_next, x, denoised))
+            continue
         abar, abar_next = 1 / (1 + s * s), 1 / (1 + s_next * s_next)
         eps = (x - denoised) / s
         # sigma_eta = eta sqrt((1 - abar')/(1 - abar)) sqrt(1 - abar/abar')  (DDIM Eq. 16)

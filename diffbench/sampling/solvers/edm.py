@@ -29,6 +29,8 @@ def churn_gammas(
     `churn_per_step` gives gamma directly (independent of N, so an NFE sweep keeps the same stochasticity).
     """
     n = len(sigmas) - 1
+    if n < 1:  # no steps (e.g. a restart point at the grid's last sigma): nothing to churn
+        return []
     g = churn_per_step if churn_per_step is not None else S_churn / n
     g = min(max(g, 0.0), MAX_GAMMA)
     return [g if (S_min <= float(s) <= S_max and g > 0) else 0.0 for s in sigmas[:-1]]

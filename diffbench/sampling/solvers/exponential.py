@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from diffbench.errors import ConfigError
+from diffbench.errors import ConfigError, UnknownNameError
 from diffbench.sampling.noise import NoiseSource
-from diffbench.sampling.solvers import Callback, StepInfo, order_at, solver
+from diffbench.sampling.solvers import VARIANT_VALUES, Callback, StepInfo, order_at, push_history, solver
 
 LU_2022 = "Lu et al. 2022, DPM-Solver (NeurIPS), Alg. 1"
 LU_2022B = "Lu et al. 2022b, DPM-Solver++ (arXiv 2211.01095)"
@@ -52,6 +52,24 @@ def _eps(denoiser: Any, x: torch.Tensor, sigma: float) -> torch.Tensor:
     return (x - denoiser(x, sigma)) / sigma
 
 
+def idle_step(denoiser: Any, x: torch.Tensor, sigma: float, evals: int) -> torch.Tensor:
+    """A zero-length step (round_sigma merged sigma and sigma_next): x stays, the planned evaluations are spent."""
+    for _ in range(evals):
+        denoised = denoiser(x, sigma)
+    return denoised
+
+
+def check_variant(name: str, variant: str) -> str:
+    if variant not in VARIANT_VALUES[name]:
+        raise UnknownNameError(f"{name} variant", variant, VARIANT_VALUES[name])
+    return variant
+
+
+def variant_order(options: dict[str, Any]) -> int:
+    """Convergence order of the 3rd-order multistep forms: 2 with the published phi_3 weight, 3 with 2 phi_3."""
+    return 3 if options.get("variant") == "taylor" else 2
+
+
 @solver(
     "dpm-solver-2",
     order=2,
@@ -72,6 +90,11 @@ def dpm_solver_2(
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        if s_next == s:
+            denoised = idle_step(denoiser, x, s, 2)
+            if callback is not None:
+                callback(StepInfo(i, n, s, s_next, x, denoised))
+            continue
         denoised = denoiser(x, s)
         eps = (x - denoised) / s
         if s_next == 0:
@@ -106,6 +129,11 @@ def dpm_solver_3(
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        if s_next == s:
+            denoised = idle_step(denoiser, x, s, 3)
+            if callback is not None:
+                callback(StepInfo(i, n, s, s_next, x, denoised))
+            continue
         denoised = denoiser(x, s)
         eps = (x - denoised) / s
         if s_next == 0:
@@ -156,44 +184,81 @@ def dpmpp_2s(
     return x
 
 
-def _dpmpp_update(
-    x: torch.Tensor, s: float, s_next: float, D: torch.Tensor, hist: list[tuple[float, torch.Tensor]], p: int
+def _multistep_update(
+    x: torch.Tensor,
+    s: float,
+    s_next: float,
+    m: torch.Tensor,
+    hist: list[tuple[float, torch.Tensor]],
+    p: int,
+    *,
+    data: bool,
+    d2_weight: float,
 ) -> torch.Tensor:
-    """One DPM-Solver++ multistep update of order p from D at s and the history (Lu et al. 2022b, Alg. 2-3)."""
+    """One multistep DPM-Solver update of order p from the model output m at s and the history (newest last).
+
+    data=True: DPM-Solver++ (m = D; Lu et al. 2022b, Alg. 2 and its 3rd-order form); data=False: multistep
+    DPM-Solver with noise prediction (m = eps; Lu et al. 2022b, App. B). In EDM space (alpha = 1):
+      data:  x' = (s'/s) x - phi1 m + phi2 D1 - w phi3 D2,   phi1 = e^-h - 1, phi2 = phi1/h + 1, phi3 = phi2/h - 1/2
+      noise: x' = x - s' (phi1 m + phi2 D1 + w phi3 D2),     phi1 = e^h - 1,  phi2 = phi1/h - 1, phi3 = phi2/h - 1/2
+    with D1, D2 the first and second divided differences of m in lambda (scaled by h and h^2). w = d2_weight:
+    1 is the published form (DPM-Solver's code, diffusers, k-diffusion); the Taylor integral of the
+    exponential integrator gives w = 2 (D2 ~ h^2 m''/2, int_0^h e^(h-u) u^2/2 du = h^2 phi3), the only
+    choice that is third order (measured: tests/test_solver_orders.py).
+    """
     h = math.log(s / s_next)
-    phi1 = math.expm1(-h)
+    if data:
+        phi1 = math.expm1(-h)
+        base = (s_next / s) * x - phi1 * m
+    else:
+        phi1 = math.expm1(h)
+        base = x - s_next * phi1 * m
+    sign = 1.0 if data else -s_next  # data: + phi2 D1 - w phi3 D2; noise: - s'(phi2 D1 + w phi3 D2)
     if p == 1:
-        return (s_next / s) * x - phi1 * D
-    s0, D0 = hist[-1]
+        return base
+    s0, m0 = hist[-1]
     r0 = math.log(s0 / s) / h
-    d1_0 = (D - D0) / r0
-    if p == 2:  # D' = (1 + 1/2r) D_i - (1/2r) D_{i-1}  (REFERENCE §7)
-        return (s_next / s) * x - phi1 * D - 0.5 * phi1 * d1_0
-    s1, D1 = hist[-2]
+    d1_0 = (m - m0) / r0
+    if p == 2:  # D' = (1 + 1/2r) m_i - (1/2r) m_{i-1}: the 2M update (Lu et al. 2022b, Alg. 2; REFERENCE §7)
+        return base - 0.5 * phi1 * d1_0 if data else base - s_next * 0.5 * phi1 * d1_0
+    s1, m1 = hist[-2]
     r1 = math.log(s1 / s0) / h
-    d1_1 = (D0 - D1) / r1
+    d1_1 = (m0 - m1) / r1
     d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
     d2 = (d1_0 - d1_1) / (r0 + r1)
-    phi2 = phi1 / h + 1
+    phi2 = phi1 / h + 1 if data else phi1 / h - 1
     phi3 = phi2 / h - 0.5
-    # Taylor terms of x0(lambda): int e^-(h-u) u du = h phi2, int e^-(h-u) u^2/2 du = -h^2 phi3; with
-    # d1 ~ h x0' and d2 ~ h^2 x0''/2 the third term is -2 phi3 d2 (the measured order is 3, tests/test_solvers_fast.py)
-    return (s_next / s) * x - phi1 * D + phi2 * d1 - 2 * phi3 * d2
+    if data:
+        return base + phi2 * d1 - d2_weight * phi3 * d2
+    return base + sign * (phi2 * d1 + d2_weight * phi3 * d2)
 
 
-def _dpmpp_multistep(denoiser, x, sigmas, *, order, lower_order_final, analytic_first_step, history, callback):
+D2_WEIGHT = {"published": 1.0, "taylor": 2.0}
+
+
+def _dpm_multistep(
+    denoiser, x, sigmas, *, order, lower_order_final, analytic_first_step, history, callback, data, d2_weight=1.0
+):
+    """The shared multistep loop; a zero-length step (merged sigmas) spends its evaluation and keeps x."""
     lof = check_lower_order_final(lower_order_final)
-    hist = [(s, D) for s, _, D in history or []]
+
+    def out(x, s, D):
+        return D if data else (x - D) / s
+
+    hist = [(s, out(xh, s, D)) for s, xh, D in history or []]
     n_ext = len(hist)
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         D = first_denoised(denoiser, x, s, analytic_first_step) if i == 0 else denoiser(x, s)
+        m = out(x, s, D)
         if s_next == 0:
             x = D
-        else:
-            x = _dpmpp_update(x, s, s_next, D, hist, order_at(i, n, order, lof, history=n_ext))
-        hist = [*hist, (s, D)][-(order - 1 or 1) :]
+        elif s_next != s:
+            p = min(order_at(i, n, order, lof, history=n_ext), len(hist) + 1)
+            x = _multistep_update(x, s, s_next, m, hist, p, data=data, d2_weight=d2_weight)
+        if s_next != s:  # after a zero-length step the next one starts at s again and replaces this value
+            hist = push_history(hist, s, m, order - 1)
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, D))
     return x
@@ -214,13 +279,13 @@ def dpmpp_2m(
     sigmas: torch.Tensor,
     *,
     noise: NoiseSource | None = None,
-    lower_order_final: str | int = "always",
+    lower_order_final: str | int = 15,
     analytic_first_step: bool = False,
     history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M): 2nd-order multistep, data prediction (Lu et al. 2022b, Alg. 2)."""
-    return _dpmpp_multistep(
+    return _dpm_multistep(
         denoiser,
         x,
         sigmas,
@@ -229,16 +294,25 @@ def dpmpp_2m(
         analytic_first_step=analytic_first_step,
         history=history,
         callback=callback,
+        data=True,
     )
+
+
+THREE_M_NOTE = (
+    "variant published (default): phi_3 weight on D2, as DPM-Solver's code, diffusers "
+    "(solver_order=3) and k-diffusion: order 2; variant taylor: 2 phi_3, order 3"
+)
 
 
 @solver(
     "dpmpp-3m",
     order=3,
     stochastic=False,
-    paper=LU_2022B + ", multistep 3rd order (App. B)",
-    options=MULTISTEP_OPTIONS,
+    paper=LU_2022B + ", multistep 3rd order (App. B; the multistep_dpm_solver_third_update of its code)",
+    options=(*MULTISTEP_OPTIONS, "variant"),
     extra_nfe=afs_nfe,
+    convergence=variant_order,
+    order_note=THREE_M_NOTE,
 )
 def dpmpp_3m(
     denoiser: Any,
@@ -246,13 +320,14 @@ def dpmpp_3m(
     sigmas: torch.Tensor,
     *,
     noise: NoiseSource | None = None,
-    lower_order_final: str | int = "always",
+    variant: str = "published",
+    lower_order_final: str | int = 15,
     analytic_first_step: bool = False,
     history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """DPM-Solver++(3M): 3rd-order multistep, data prediction (Lu et al. 2022b)."""
-    return _dpmpp_multistep(
+    """DPM-Solver++(3M): 3rd-order multistep, data prediction (Lu et al. 2022b); warm-up with orders 1, 2."""
+    return _dpm_multistep(
         denoiser,
         x,
         sigmas,
@@ -261,6 +336,45 @@ def dpmpp_3m(
         analytic_first_step=analytic_first_step,
         history=history,
         callback=callback,
+        data=True,
+        d2_weight=D2_WEIGHT[check_variant("dpmpp-3m", variant)],
+    )
+
+
+@solver(
+    "dpm-solver-3m",
+    order=3,
+    stochastic=False,
+    paper="Lu et al. 2022b (arXiv 2211.01095), App. B: multistep DPM-Solver with noise prediction, 3rd order",
+    options=(*MULTISTEP_OPTIONS, "variant"),
+    extra_nfe=afs_nfe,
+    convergence=variant_order,
+    order_note=THREE_M_NOTE,
+)
+def dpm_solver_3m(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    variant: str = "published",
+    lower_order_final: str | int = 15,
+    analytic_first_step: bool = False,
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Multistep DPM-Solver-3 on eps = (x - D)/sigma (diffusers' algorithm_type='dpmsolver', solver_order=3)."""
+    return _dpm_multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=3,
+        lower_order_final=lower_order_final,
+        analytic_first_step=analytic_first_step,
+        history=history,
+        callback=callback,
+        data=False,
+        d2_weight=D2_WEIGHT[check_variant("dpm-solver-3m", variant)],
     )
 
 
@@ -279,7 +393,7 @@ def dpmpp_2m_sde(
     noise: NoiseSource | None = None,
     eta: float = 1.0,
     S_noise: float = 1.0,
-    lower_order_final: str | int = "always",
+    lower_order_final: str | int = 15,
     history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
@@ -295,12 +409,12 @@ def dpmpp_2m_sde(
         D = denoiser(x, s)
         if s_next == 0:
             x = D
-        else:
+        elif s_next != s:  # a zero-length step (merged sigmas) keeps x
             h = math.log(s / s_next)
             eh = eta * h
             coef = -math.expm1(-h - eh)  # 1 - e^{-(1 + eta) h}
             x = (s_next / s) * math.exp(-eh) * x + coef * D
-            if order_at(i, n, 2, lof, history=n_ext) == 2:
+            if order_at(i, n, 2, lof, history=n_ext) == 2 and hist:
                 s0, D0 = hist[-1]
                 r = math.log(s0 / s) / h
                 x = x + 0.5 * coef * (D - D0) / r
@@ -308,7 +422,8 @@ def dpmpp_2m_sde(
                 if noise is None:
                     raise ConfigError("dpmpp-2m-sde with eta > 0 needs a noise source")
                 x = x + s_next * math.sqrt(-math.expm1(-2 * eh)) * S_noise * noise.increment(i, s, s_next, x)
-        hist = [(s, D)]
+        if s_next != s:
+            hist = push_history(hist, s, D, 1)
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, D))
     return x

@@ -15,7 +15,7 @@ import torch
 
 from diffbench.errors import UnknownNameError
 from diffbench.sampling.noise import NoiseSource
-from diffbench.sampling.solvers import Callback, StepInfo, order_at, solver
+from diffbench.sampling.solvers import Callback, StepInfo, order_at, push_history, solver
 from diffbench.sampling.solvers.exponential import afs_nfe, check_lower_order_final, check_order, first_denoised
 
 VARIANTS = ("bh1", "bh2")
@@ -56,7 +56,7 @@ def unipc(
     order: int = 3,
     variant: str = "bh2",
     prediction: str = "data",
-    lower_order_final: str | int = "always",
+    lower_order_final: str | int = 15,
     analytic_first_step: bool = False,
     history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None = None,
     callback: Callback | None = None,
@@ -87,7 +87,13 @@ def unipc(
             if callback is not None:
                 callback(StepInfo(i, n, s, s_next, x, denoised))
             break
-        p = order_at(i, n, order, lof, history=n_ext)
+        if s_next == s:  # zero-length step (round_sigma merged two sigmas): x stays, the evaluation is spent
+            if i < n - 1:  # the next step starts here again: its model output replaces this one
+                m, denoised = model(x, s_next)
+            if callback is not None:
+                callback(StepInfo(i, n, s, s_next, x, denoised))
+            continue
+        p = min(order_at(i, n, order, lof, history=n_ext), len(hist) + 1)
         h = math.log(s / s_next)
         rks, d1s = [], []
         for k in range(1, p):
@@ -105,7 +111,7 @@ def unipc(
         if p >= 2:
             rhos_p = [0.5] if p == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
             x_pred = x_first - scale * B_h * sum(r * d for r, d in zip(rhos_p, d1s))
-        hist = [*hist, (s, m)][-(order - 1 or 1) :]
+        hist = push_history(hist, s, m, order - 1)
         if i == n - 1:  # no corrector on the last step: its evaluation would not be used
             x = x_pred
         else:

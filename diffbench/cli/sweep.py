@@ -1,0 +1,423 @@
+"""`diffbench sweep`, `diffbench report`, `diffbench compare`: thin commands over diffbench.sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from diffbench.cli.app import app
+from diffbench.cli.options import SAMPLER_OPTIONS, flag_message, sampler_options
+
+DEFAULT_STORE = Path("diffbench-sweep.db")
+DEFAULT_SEEDS = "0-499"  # enough for the exact metrics of the default model (192 values per sample)
+
+
+def _names() -> dict[str, str]:
+    """Spec keyword -> flag name without dashes (labels read 'churn=40')."""
+    return {o.key: o.flag.lstrip("-") for o in SAMPLER_OPTIONS}
+
+
+def _aliases() -> dict[str, str]:
+    """Config keys: flag names (churn, nfe-policy, nfe_policy) -> spec keywords."""
+    out: dict[str, str] = {}
+    for o in SAMPLER_OPTIONS:
+        name = o.flag.lstrip("-")
+        out[name] = o.key
+        out[name.replace("-", "_")] = o.key
+    return out
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, stderr=stderr, width=None if stream.isatty() else 160, highlight=False)
+
+
+def rich_table(t: Any) -> Any:
+    """The terminal table of a report.Table: rows configurations, columns NFE, best bold with '*'."""
+    from rich.table import Table as RichTable
+
+    from diffbench.sweep.report import _caption, fmt_value
+
+    rt = RichTable(title=_caption(t), title_justify="left")
+    rt.add_column("config")
+    rt.add_column("convention", style="dim")
+    for n in t.nfes:
+        rt.add_column(f"NFE {n}", justify="right")
+    for cfg in t.configs:
+        cells = []
+        for nfe in t.nfes:
+            e = t.entry(cfg, nfe)
+            s = fmt_value(e)
+            cells.append(f"[bold]{s} *[/bold]" if e is not None and e.best else s)
+        rt.add_row(cfg, t.conventions.get(cfg, ""), *cells)
+    return rt
+
+
+def _print_tables(cells: list[dict[str, Any]], metrics: list[str] | None = None, *, paired: bool = True) -> None:
+    from diffbench.sweep.report import metrics_in, paired_rows, table
+
+    con = _console()
+    for m in metrics or metrics_in(cells):
+        t = table(cells, m)
+        con.print(rich_table(t))
+        if paired:
+            rows = paired_rows(cells, m)
+            for r in rows:
+                con.print(f"  {r}")
+    skipped = [c for c in cells if c["status"] == "skipped"]
+    if skipped:
+        con.print(f"skipped {len(skipped)} cell(s) (shown as —):")
+        for c in skipped:
+            reason = flag_message(str(c.get("skip_reason")))
+            con.print(f"  {c['config']} at NFE {c.get('nfe_requested')}: {reason}", soft_wrap=True, markup=False)
+
+
+class _Display:
+    """The live view on stderr: the grid with each cell's state, the running cell, images/s, time left."""
+
+    def __init__(self, grid: Any, n_images: int):
+        from rich.console import Console
+
+        self.grid, self.n = grid, n_images
+        self.status: dict[int, str] = {i: ("skipped" if c.skipped else "waiting") for i, c in enumerate(grid.cells)}
+        self.current: tuple[int, int, float] | None = None
+        self.rate: float | None = None  # seconds per image per NFE, measured
+        self.t0 = time.perf_counter()
+        self.console = Console(stderr=True)
+        self.live = None
+        if sys.stderr.isatty():
+            from rich.live import Live
+
+            self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> _Display:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def _left(self) -> float | None:
+        if self.rate is None:
+            return None
+        work = 0.0
+        for i, c in enumerate(self.grid.cells):
+            if self.status[i] in ("waiting", "running") and c.plan is not None:
+                done = self.current[1] if self.current and self.current[0] == i else 0
+                work += (self.n - done) * c.plan.nfe
+        return work * self.rate
+
+    def _render(self) -> Any:
+        from rich.table import Table as RichTable
+
+        rt = RichTable(box=None, show_header=True, pad_edge=False)
+        rt.add_column("cell")
+        rt.add_column("NFE", justify="right")
+        rt.add_column("state")
+        style = {"done": "green", "cached": "green", "running": "bold yellow", "skipped": "dim", "waiting": ""}
+        for i, c in enumerate(self.grid.cells):
+            st = self.status[i]
+            text = st
+            if st == "running" and self.current is not None:
+                _, done, ips = self.current
+                text = f"running {done}/{self.n}" + (f", {ips:.1f} img/s" if math.isfinite(ips) else "")
+            rt.add_row(c.config, str(c.nfe_spent or c.nfe or ""), f"[{style[st]}]{text}[/]" if style[st] else text)
+        left = self._left()
+        elapsed = time.perf_counter() - self.t0
+        rt.caption = f"elapsed {elapsed:.0f} s" + (f", about {left:.0f} s left" if left is not None else "")
+        return rt
+
+    def __call__(self, ev: Any) -> None:
+        i = ev.index
+        if ev.kind == "start":
+            self.status[i] = "running"
+            self.current = (i, ev.resumed_from, math.nan)
+            if self.live is None:
+                resumed = f" (resuming after {ev.resumed_from} images)" if ev.resumed_from else ""
+                self.console.print(f"[{i + 1}/{ev.total}] {ev.cell.config} NFE {ev.cell.nfe_spent}{resumed}")
+        elif ev.kind == "batch":
+            p = ev.batch
+            self.current = (i, p.images_done, p.images_per_s)
+            if ev.cell.plan is not None and p.seconds > 0:
+                self.rate = p.seconds / (p.images_done * ev.cell.plan.nfe)
+        elif ev.kind == "done":
+            self.status[i] = "done"
+            r = ev.result
+            if r is not None and r.wall_s > 0:
+                self.rate = r.wall_s / (self.n * r.nfe)
+            if self.live is None and r is not None:
+                vals = ", ".join(f"{k} {v['value']:.4g}" for k, v in r.metrics.items() if v.get("value") is not None)
+                self.console.print(f"      done in {r.wall_s:.1f} s ({r.images_per_s:.1f} img/s): {vals}")
+        elif ev.kind == "cached":
+            self.status[i] = "cached"
+            if self.live is None:
+                self.console.print(
+                    f"[{i + 1}/{ev.total}] {ev.cell.config} NFE {ev.cell.nfe_spent}: already in the store"
+                )
+        elif ev.kind == "skipped":
+            self.status[i] = "skipped"
+        if self.live is not None:
+            self.live.update(self._render())
+
+
+def _split(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [p.strip() for p in str(text).split(",") if p.strip()]
+
+
+@app.command("sweep")
+@sampler_options(axes=True)
+def sweep_cmd(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Model (built-in name, registry name, path, URL); default: the built-in default model."),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help=f"Seeds shared by every cell, e.g. '0-49999' (default {DEFAULT_SEEDS}).")
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            help="Comma list: fid, fd, kid, pr, is, ref-error, fd-exact, sw. Default: what the model supports "
+            "without downloads (analytic models: fd-exact, sw).",
+        ),
+    ] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="Reference statistics or images (fid, fd, kid, pr).")] = None,
+    extractor: Annotated[
+        str | None, typer.Option("--extractor", help="Feature space of fd/kid/pr: a registered name or module:factory.")
+    ] = None,
+    inception_weights: Annotated[
+        Path | None, typer.Option("--inception-weights", help="Local Inception weights for fid.")
+    ] = None,
+    blocks: Annotated[
+        int | None, typer.Option(help="Seed blocks per cell: per-block values, intervals, paired differences.", min=1)
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option("--store", help=f"Results store (SQLite); default {DEFAULT_STORE}.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write tables (md, csv, json, tex), plots and a JSON export here.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A sweep TOML file: settings, [axes], [fixed], [[cell]] overrides.")
+    ] = None,
+    class_: Annotated[int | None, typer.Option("--class", help="Fixed class of a conditional model.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Batch size (not part of a cell's identity).", min=1)] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Checkpoint a running cell every N batches (and at each block's end).", min=1)
+    ] = 1,
+    save_images: Annotated[
+        Path | None, typer.Option("--save-images", help="Also write every cell's images (PNG) under this folder.")
+    ] = None,
+    allow_small_n: Annotated[
+        bool, typer.Option("--allow-small-n", help="Compute Fréchet distances with fewer samples than dims + 1.")
+    ] = False,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="With --out: also the PNG/SVG plots.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the grid's rows as JSON instead of tables.")] = False,
+    *,
+    sampler: dict[str, list[Any]],
+) -> None:
+    """Run a grid of sampler settings (any sampler option may be a comma list) into a resumable store.
+
+    Examples: diffbench sweep --nfe 18,35,79;
+    diffbench sweep gmm --solver heun,dpmpp-3m --nfe 5,10,19,35 --seeds 0-999 --blocks 4 --out results/
+    """
+    from diffbench.errors import ConfigError
+    from diffbench.seeds import parse_seeds
+    from diffbench.sweep import default_model
+    from diffbench.sweep.cell import prepare
+    from diffbench.sweep.grid import check_grid, load_config, make_grid
+    from diffbench.sweep.runner import run_sweep
+    from diffbench.sweep.store import Store
+
+    cfg = load_config(config, aliases=_aliases()) if config is not None else None
+    settings = dict(cfg.settings) if cfg else {}
+
+    def pick(cli: Any, key: str, default: Any) -> Any:
+        return cli if cli is not None else settings.get(key, default)
+
+    model = pick(model, "model", None) or default_model()
+    seeds_text = str(pick(seeds, "seeds", DEFAULT_SEEDS))
+    metric_list = _split(metric) if metric is not None else settings.get("metrics")
+    if isinstance(metric_list, str):
+        metric_list = _split(metric_list)
+    ref = pick(ref, "ref", None)
+    extractor = pick(extractor, "extractor", None)
+    blocks = int(pick(blocks, "blocks", 1))
+    store_path = Path(pick(store, "store", DEFAULT_STORE))
+    out = pick(out, "out", None)
+    class_ = pick(class_, "class", None)
+    batch = int(pick(batch, "batch", 64))
+    device = str(pick(device, "device", "auto"))
+    axes = dict(cfg.axes) if cfg else {}
+    axes.update(sampler)
+    fixed = {k: v for k, v in (cfg.fixed if cfg else {}).items() if k not in axes}
+    if inception_weights is not None and not inception_weights.exists():
+        raise ConfigError(f"--inception-weights {inception_weights} does not exist")
+    seed_list = parse_seeds(seeds_text)
+
+    # open the store first: a locked or foreign store fails before anything is loaded
+    with Store(store_path) as st:
+        from diffbench.cli.checkpoints import download_progress
+
+        err = _console(stderr=True)
+        with download_progress(f"fetch {model}", console=err) as fetch_bar:
+            from diffbench.models.load import load
+
+            denoiser = load(model, device="cpu", progress=fetch_bar)
+        bench = prepare(
+            denoiser,
+            model_name=model,
+            seeds=seed_list,
+            metrics=metric_list,
+            blocks=blocks,
+            batch=batch,
+            device=device,
+            ref=ref,
+            extractor=extractor,
+            weights_path=inception_weights,
+            class_label=class_,
+            allow_small_n=allow_small_n,
+        )
+        grid = make_grid(bench.model, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
+        check_grid(grid)
+        if save_images is not None:
+            bench.save_images = _image_saver(save_images)
+        err.print(
+            f"sweep: {len(grid.cells)} cells ({len(grid.skipped)} skipped) on {bench.model_name}, "
+            f"{len(seed_list)} seeds in {blocks} block(s), metrics {', '.join(bench.metrics)}; store {store_path}",
+            soft_wrap=True,
+        )
+        with _Display(grid, len(seed_list)) as display:
+            rows = run_sweep(bench, grid, st, on_event=display, checkpoint_every=checkpoint_every)
+        if out is not None:
+            from diffbench.sweep.report import write_reports
+
+            out = Path(out)
+            written = write_reports(st.export()["cells"], out, plot=plot)
+            st.export_json(out / "results.json")
+            err.print(f"wrote {len(written) + 1} files to {out}")
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, default=str))
+    else:
+        _print_tables(rows, list(bench.metrics))
+
+
+def _image_saver(root: Path) -> Any:
+    """Write each cell's uint8 images as PNGs under ROOT/<solver>-<schedule>-nfe<N>-<hash>/."""
+    import hashlib
+
+    from PIL import Image
+
+    def save(spec: Any, images: Any, seeds: list[int], labels: Any) -> None:
+        key = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+        folder = root / f"{spec.solver}-{spec.schedule}-nfe{spec.nfe or spec.steps}-{key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        arr = images.permute(0, 2, 3, 1).numpy()
+        for s, img in zip(seeds, arr):
+            Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(folder / f"{s:06d}.png")
+
+    return save
+
+
+@app.command("report")
+def report_cmd(
+    store: Annotated[Path, typer.Argument(help="A results store (or its JSON export).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write md, csv, json, tex tables, plots and a JSON export here.")
+    ] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Comma list of metrics to show (default all).")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Print this format (md, csv, json, tex) instead of rich tables.")
+    ] = None,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="With --out: also the PNG/SVG plots.")] = True,
+) -> None:
+    """Tables, plots and paired differences regenerated from a store alone.
+
+    Example: diffbench report diffbench-sweep.db --out results/
+    """
+    from diffbench.errors import ConfigError, UnknownNameError
+    from diffbench.sweep.report import FORMATS, RENDER, metrics_in, table, write_reports
+    from diffbench.sweep.store import load_cells
+
+    cells = load_cells(store, what="results store")
+    if not any(c["status"] == "done" for c in cells):
+        raise ConfigError(f"{store} holds no finished cells")
+    have = metrics_in(cells)
+    metrics = _split(metric) or have
+    for m in metrics:
+        if m not in have:
+            raise UnknownNameError(f"metric in {store}", m, have)
+    if fmt is not None and fmt not in FORMATS:
+        raise UnknownNameError("report format", fmt, FORMATS)
+    if out is not None:
+        written = write_reports(cells, out, plot=plot)
+        data = {"format": "diffbench-sweep", "cells": cells}
+        if store.suffix != ".json":
+            from diffbench.sweep.store import open_store
+
+            with open_store(store, write=False) as s:
+                data = s.export()
+        (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+        _console(stderr=True).print(f"wrote {len(written) + 1} files to {out}")
+    if fmt is not None:
+        for m in metrics:
+            typer.echo(RENDER[fmt](table(cells, m)), nl=False)
+    else:
+        _print_tables(cells, metrics)
+
+
+@app.command("compare")
+def compare_cmd(
+    new: Annotated[Path, typer.Argument(help="The new results: a store or its JSON export.")],
+    baseline: Annotated[Path, typer.Argument(help="The baseline: a store or its JSON export.")],
+    tolerance: Annotated[
+        str, typer.Option("--tolerance", help="Allowed worsening: relative ('2%') or absolute ('0.05').")
+    ] = "0%",
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="Comma list of metrics to compare (default all).")
+    ] = None,
+) -> None:
+    """Compare cell by cell; exit 1 when a cell is worse beyond the tolerance and the paired block interval,
+    exit 2 for bad input (missing files, cells that do not match).
+
+    Example: diffbench compare new.json baseline.json --tolerance 2%
+    """
+    from rich.table import Table as RichTable
+
+    from diffbench.sweep.compare import compare_paths
+
+    res = compare_paths(new, baseline, tolerance=tolerance, metrics=_split(metric))
+    rt = RichTable(title=f"NEW − BASELINE (tolerance {res.tolerance}; interval: paired seed blocks, 95%)")
+    for col in ("config", "NFE", "metric", "new", "baseline", "Δ", "paired interval", "verdict"):
+        rt.add_column(col, justify="left" if col in ("config", "metric", "verdict") else "right")
+
+    def f(v: float | None) -> str:
+        return "—" if v is None else f"{v:.4g}"
+
+    for r in res.rows:
+        verdict = "REGRESSION" if r.regression else ("worse" if r.worse else "ok")
+        if r.note:
+            verdict += f" ({r.note})"
+        ci = "" if r.ci_low is None else f"[{r.ci_low:.3g}, {r.ci_high:.3g}]"
+        rt.add_row(r.config, str(r.nfe), r.metric, f(r.new), f(r.baseline), f(r.difference), ci, verdict)
+    con = _console()
+    con.print(rt)
+    n = len(res.regressions)
+    con.print(
+        f"{n} regression(s) in {len(res.rows)} comparisons" if n else f"no regression in {len(res.rows)} comparisons"
+    )
+    raise typer.Exit(res.exit_code)

@@ -1,0 +1,270 @@
+"""A sweep grid: the product of sampler-option axes, per-cell overrides, and the cells that cannot run (skipped).
+
+A cell whose budget the solver cannot hit is listed as skipped with the planner's reason, never silently
+changed; under nfe_policy 'nearest' or 'floor' it runs and records the NFE actually spent. An axis value that
+is invalid in every cell it appears in is an error (a typo, a negative churn), not a skip.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffbench.errors import BudgetError, ConfigError, UnknownNameError
+from diffbench.sampling.plan import Plan, plan
+from diffbench.sampling.solvers import get_solver
+from diffbench.sampling.spec import SamplerSpec
+
+# options whose "off" value is what a solver without the option does anyway: dropped there, not skipped
+NEUTRAL = {"S_churn": 0.0, "churn_per_step": 0.0, "eta": 0.0}
+# options that never appear in a configuration's label (they are the table's columns)
+BUDGET_KEYS = ("nfe", "steps")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point: its spec and plan, or the reason it is skipped; `config` labels its table row."""
+
+    config: str
+    options: dict[str, Any]  # spec keywords as given (after overrides)
+    nfe: int | None  # requested budget (the table's column)
+    spec: SamplerSpec | None = None
+    plan: Plan | None = field(default=None, repr=False)
+    skipped: str | None = None
+
+    @property
+    def nfe_spent(self) -> int | None:
+        """The NFE the plan counts (differs from `nfe` only under nfe_policy nearest/floor)."""
+        return None if self.plan is None else self.plan.nfe
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Cells in axis order (the last axis varies fastest)."""
+
+    cells: tuple[Cell, ...]
+    axes: dict[str, list[Any]]
+
+    @property
+    def runnable(self) -> list[Cell]:
+        return [c for c in self.cells if c.skipped is None]
+
+    @property
+    def skipped(self) -> list[Cell]:
+        return [c for c in self.cells if c.skipped is not None]
+
+
+def plan_spec(model: Any, spec: SamplerSpec) -> Plan:
+    """The plan `Sampler` would make for this spec on this model, without moving the model."""
+    return plan(
+        model,
+        solver=spec.solver,
+        schedule=spec.schedule,
+        nfe=spec.nfe,
+        steps=spec.steps,
+        endpoint=spec.endpoint,
+        denoise_to_zero=spec.denoise_to_zero,
+        nfe_policy=spec.nfe_policy,
+        sigma_min=spec.sigma_min,
+        sigma_max=spec.sigma_max,
+        schedule_options=spec.schedule_options(),
+        solver_options=spec.solver_options(),
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def config_label(options: Mapping[str, Any], keys: Sequence[str], names: Mapping[str, str] | None = None) -> str:
+    """'heun edm churn=40': solver and schedule, then the other labelled options as name=value."""
+    names = names or {}
+    parts = [str(options.get("solver", "heun")), str(options.get("schedule", "edm"))]
+    for k in keys:
+        if k in ("solver", "schedule") or k in BUDGET_KEYS or k not in options:
+            continue
+        parts.append(f"{names.get(k, k)}={_show(options[k])}")
+    return " ".join(parts)
+
+
+def _matches(options: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+            return float(a) == float(b)
+        return a == b
+
+    return all(k in options and same(options[k], v) for k, v in where.items())
+
+
+_NOT_APPLICABLE = re.compile(r"\bappl(?:y|ies)\b|\bsupports order\b")
+
+
+def _build(model: Any, options: dict[str, Any]) -> tuple[SamplerSpec | None, Plan | None, str | None]:
+    """(spec, plan, skip reason). A setting that does not apply to its solver or schedule, or a budget it
+    cannot hit, is a skip; any other invalid value is an error (raised)."""
+    opts = dict(options)
+    info = get_solver(str(opts.get("solver", "heun")))
+    for k, off in NEUTRAL.items():
+        if k in opts and k not in info.options and opts[k] is not None and float(opts[k]) == off:
+            del opts[k]
+    spec: SamplerSpec | None = None
+    try:
+        spec = SamplerSpec.make(**opts)
+        return spec, plan_spec(model, spec), None
+    except BudgetError as exc:
+        return spec, None, str(exc)
+    except UnknownNameError:
+        raise
+    except ConfigError as exc:
+        if _NOT_APPLICABLE.search(str(exc)):
+            return spec, None, str(exc)
+        raise
+
+
+def make_grid(
+    model: Any,
+    axes: Mapping[str, Sequence[Any]],
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    overrides: Sequence[Mapping[str, Any]] = (),
+    names: Mapping[str, str] | None = None,
+) -> Grid:
+    """Cells of the product of `axes` (spec keyword -> values) over `fixed` options, with overrides applied.
+
+    overrides: [{'where': {key: value}, 'set': {key: value}}]; later ones win. `names` maps spec keywords to
+    the flag names used in labels and errors (e.g. S_churn -> --churn). Raises ConfigError for an empty axis,
+    a key in both axes and fixed, or an axis value that is invalid wherever it appears.
+    """
+    names = names or {}
+    fixed = dict(fixed or {})
+    axes = {k: list(v) for k, v in axes.items()}
+    for k, v in axes.items():
+        if not v:
+            raise ConfigError(f"axis {names.get(k, k)} has no values")
+        if len(set(map(repr, v))) != len(v):
+            raise ConfigError(f"axis {names.get(k, k)} repeats a value: {', '.join(map(_show, v))}")
+        if k in fixed:
+            raise ConfigError(f"{names.get(k, k)} is given both as an axis and as a fixed option")
+    keys = list(axes)
+    # labelled keys: every axis with more than one value, and every key an override sets
+    shown = [k for k in keys if len(axes[k]) > 1]
+    for o in overrides:
+        shown += [k for k in o.get("set", {}) if k not in shown]
+    cells: list[Cell] = []
+    for values in itertools.product(*(axes[k] for k in keys)):
+        point = dict(zip(keys, values))
+        options = {**fixed, **point}
+        for o in overrides:
+            if _matches(options, o.get("where", {})):
+                options.update(o.get("set", {}))
+        try:
+            spec, p, reason = _build(model, options)
+        except ConfigError as exc:
+            where = ", ".join(f"{names.get(k, k)} {_show(v)}" for k, v in point.items() if len(axes[k]) > 1)
+            raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+        nfe = options.get("nfe")
+        cells.append(
+            Cell(
+                config=config_label(options, shown, names),
+                options=options,
+                nfe=None if nfe is None else int(nfe),
+                spec=spec,
+                plan=p,
+                skipped=reason,
+            )
+        )
+    return Grid(cells=tuple(cells), axes=axes)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep read from TOML: axes, fixed options, overrides, and the other settings (model, seeds, ...)."""
+
+    axes: dict[str, list[Any]]
+    fixed: dict[str, Any]
+    overrides: list[dict[str, Any]]
+    settings: dict[str, Any]
+
+
+SETTINGS = ("model", "seeds", "metrics", "blocks", "ref", "extractor", "store", "out", "batch", "device", "class")
+
+
+def load_config(path: str | os.PathLike, *, aliases: Mapping[str, str] | None = None) -> SweepConfig:
+    """Read a sweep TOML file.
+
+    Layout: top-level settings (model, seeds, metrics, blocks, ref, ...); [axes] (option = [values]);
+    [fixed] (option = value); [[cell]] tables with `where = {..}` and `set = {..}`. Option keys are spec
+    keywords (S_churn) or, through `aliases`, flag names (churn). Errors are one line naming the file.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such sweep config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    aliases = dict(aliases or {})
+    fields = set(SamplerSpec.__dataclass_fields__)
+
+    def key(k: str, where: str) -> str:
+        k2 = aliases.get(k, aliases.get(k.replace("_", "-"), k))
+        if k2 not in fields:
+            raise UnknownNameError(f"sampler option in {p} [{where}]", k, sorted(fields | set(aliases)))
+        return k2
+
+    def table(obj: Any, where: str) -> dict[str, Any]:
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{p}: [{where}] must be a table")
+        return {key(k, where): v for k, v in obj.items()}
+
+    axes = {}
+    for k, v in table(data.get("axes", {}), "axes").items():
+        axes[k] = list(v) if isinstance(v, list) else [v]
+    fixed = table(data.get("fixed", {}), "fixed")
+    overrides = []
+    cells = data.get("cell", [])
+    if not isinstance(cells, list):
+        raise ConfigError(f"{p}: cell overrides are [[cell]] tables")
+    for i, c in enumerate(cells):
+        if not isinstance(c, dict) or set(c) - {"where", "set"} or "set" not in c:
+            raise ConfigError(f"{p}: [[cell]] number {i + 1} needs `set = {{...}}` and optionally `where = {{...}}`")
+        overrides.append({"where": table(c.get("where", {}), "cell.where"), "set": table(c["set"], "cell.set")})
+    unknown = set(data) - {"axes", "fixed", "cell", *SETTINGS}
+    if unknown:
+        raise UnknownNameError(f"setting in {p}", sorted(unknown)[0], [*SETTINGS, "axes", "fixed", "cell"])
+    settings = {k: data[k] for k in SETTINGS if k in data}
+    return SweepConfig(axes=axes, fixed=fixed, overrides=overrides, settings=settings)
+
+
+def check_grid(grid: Grid) -> None:
+    """An empty grid after skipping is one clear error naming why the cells were skipped."""
+    if not grid.runnable:
+        reasons = sorted({c.skipped or "" for c in grid.skipped})
+        more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
+        raise ConfigError(f"every cell of the grid was skipped: {reasons[0]}{more}")
+
+
+__all__ = [
+    "Cell",
+    "Grid",
+    "SweepConfig",
+    "make_grid",
+    "load_config",
+    "check_grid",
+    "plan_spec",
+    "config_label",
+]

@@ -1,0 +1,111 @@
+"""Run a grid cell by cell into a store: finished cells are skipped, an interrupted one resumes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from diffbench.sweep.cell import BatchProgress, Bench, CellResult, cell_identity, run_cell
+from diffbench.sweep.grid import Cell, Grid, check_grid
+from diffbench.sweep.store import Store
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress of a sweep, for a display: kind is start | batch | done | cached | skipped."""
+
+    kind: str
+    index: int  # position of the cell in the grid
+    total: int  # cells in the grid
+    cell: Cell
+    batch: BatchProgress | None = None
+    result: CellResult | None = None
+    resumed_from: int = 0
+
+
+def cell_info(cell: Cell, bench: Bench) -> dict[str, Any]:
+    """The columns of a store row that describe a cell."""
+    spec, plan = cell.spec, cell.plan
+    return {
+        "config": cell.config,
+        "solver": None if spec is None else spec.solver,
+        "schedule": None if spec is None else spec.schedule,
+        "nfe_requested": cell.nfe,
+        "nfe": None if plan is None else plan.nfe,
+        "endpoint": None if spec is None else spec.endpoint,
+        "denoise_to_zero": None if spec is None else spec.denoise_to_zero,
+        "steps": None if plan is None else plan.steps,
+        "n_total": len(bench.seeds),
+    }
+
+
+def skipped_identity(cell: Cell, bench: Bench) -> tuple[str, dict[str, Any]]:
+    """Identity of a cell that cannot run: its options instead of a full spec."""
+    import hashlib
+    import json
+
+    if cell.spec is not None:
+        return cell_identity(bench, cell.spec, -1)
+    ident = {"model_sha256": bench.model_sha256, "options": cell.options, "skipped": True}
+    text = json.dumps(ident, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest(), ident
+
+
+def run_sweep(
+    bench: Bench,
+    grid: Grid,
+    store: Store,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    checkpoint_every: int = 1,
+) -> list[dict[str, Any]]:
+    """Run every runnable cell not yet finished in the store; returns the store rows of the grid's cells."""
+    check_grid(grid)
+    total = len(grid.cells)
+    emit = on_event or (lambda e: None)
+    ids: list[str] = []
+    for i, cell in enumerate(grid.cells):
+        if cell.skipped is not None or cell.spec is None or cell.plan is None:
+            cid, ident = skipped_identity(cell, bench)
+            store.skip(cid, position=i, info=cell_info(cell, bench), identity=ident, reason=cell.skipped or "")
+            ids.append(cid)
+            emit(Event("skipped", i, total, cell))
+            continue
+        cid, ident = cell_identity(bench, cell.spec, cell.plan.nfe)
+        ids.append(cid)
+        row = store.get(cid)
+        if row is not None and row["status"] == "done":
+            emit(Event("cached", i, total, cell))
+            continue
+        store.begin(cid, position=i, info=cell_info(cell, bench), identity=ident)
+        state = store.state(cid)
+        resumed = 0 if row is None else int(row.get("n_done") or 0)
+        emit(Event("start", i, total, cell, resumed_from=resumed if state is not None else 0))
+
+        def on_batch(p: BatchProgress, i: int = i, cell: Cell = cell) -> None:
+            emit(Event("batch", i, total, cell, batch=p))
+
+        result = run_cell(
+            bench,
+            cell.spec,
+            state=state,
+            checkpoint=lambda n, s, cid=cid: store.checkpoint(cid, n, s),
+            checkpoint_every=checkpoint_every,
+            on_batch=on_batch,
+        )
+        prov = dict(result.provenance)
+        prov["wall_s"], prov["images_per_s"] = result.wall_s, result.images_per_s
+        prov["nfe_requested"], prov["nfe_spent"] = cell.nfe, result.nfe
+        store.finish(
+            cid,
+            nfe=result.nfe,
+            results=result.metrics,
+            provenance=prov,
+            wall_s=result.wall_s,
+            images_per_s=result.images_per_s,
+            n_done=len(bench.seeds),
+        )
+        emit(Event("done", i, total, cell, result=result))
+    rows = [store.get(c) for c in ids]
+    return [r for r in rows if r is not None]

@@ -1,0 +1,259 @@
+"""`diffbench sweep / report / compare` through the installed console script: end to end, kill -9 and resume,
+the CI gate's exit codes, `fid --model` against a one-cell sweep, and every bad input as one line."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+SMALL = "gmm:components=3,shape=2,cov=full,seed=1"  # 2 values per sample: cheap cells
+TINY_IMG = "gmm:components=2,shape=1x2x2,seed=3"
+
+
+def exe() -> str:
+    path = shutil.which("diffbench") or str(Path(sys.executable).parent / "diffbench")
+    assert Path(path).exists(), "the diffbench console script is not installed"
+    return path
+
+
+@pytest.fixture()
+def env(tmp_path):
+    e = dict(os.environ)
+    e["DIFFBENCH_HOME"] = str(tmp_path / "home")
+    e["TORCH_HOME"] = str(tmp_path / "torch")
+    e["PYTHONPATH"] = str(tmp_path) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def run(env, *args, cwd=None, timeout=300):
+    p = subprocess.run([exe(), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def one_line(code, err, *, exit_code=None):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code != 0 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    if exit_code is not None:
+        assert code == exit_code
+    return lines[0]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sweep_report_compare_end_to_end(tmp_path, env):
+    store, out = tmp_path / "s.db", tmp_path / "rep"
+    args = ("sweep", SMALL, "--solver", "heun,dpmpp-2m", "--nfe", "4,5", "--seeds", "0-29", "--blocks", "3")
+    code, stdout, err = run(env, *args, "--metric", "fd-exact,sw", "--store", store, "--out", out, "--device", "cpu")
+    assert code == 0, err
+    assert "NFE 4" in stdout and "NFE 5" in stdout and "heun edm at NFE 4: heun cannot spend exactly 4" in stdout
+    assert "3 seed blocks of n=10" in stdout and "paired 95% interval" in stdout
+    for f in ("fd-exact.md", "fd-exact.csv", "fd-exact.json", "fd-exact.tex", "sw.png", "sw.svg", "results.json"):
+        assert (out / f).stat().st_size > 0
+    # report regenerates the tables from the store alone
+    code, text, err = run(env, "report", store, "--format", "csv", "--metric", "sw")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert code == 0 and len(rows) == 4 and {r["metric"] for r in rows} == {"sw"}, err
+    exported = json.loads((out / "results.json").read_text())
+    want = {(c["config"], c["nfe_requested"]): c["results"]["sw"]["value"] for c in exported["cells"] if c["results"]}
+    assert {(r["config"], int(r["nfe"])): float(r["value"]) for r in rows if r["value"]} == want
+    # compare: identical -> 0; one cell clearly worse -> 1; different cells or a missing file -> 2
+    base = out / "results.json"
+    code, text, err = run(env, "compare", store, base, "--tolerance", "2%")
+    assert code == 0 and "no regression" in text, err
+    worse = json.loads(base.read_text())
+    cell = next(c for c in worse["cells"] if c["status"] == "done" and c["config"] == "dpmpp-2m edm")
+    r = cell["results"]["sw"]
+    r["blocks"] = [v * 1.5 for v in r["blocks"]]
+    r["value"] *= 1.5
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    code, text, err = run(env, "compare", tmp_path / "worse.json", base, "--tolerance", "2%")
+    assert code == 1 and "REGRESSION" in text and "1 regression(s)" in text, (text, err)
+    fewer = json.loads(base.read_text())
+    fewer["cells"] = [c for c in fewer["cells"] if c is not None and c["id"] != cell["id"]]
+    (tmp_path / "fewer.json").write_text(json.dumps(fewer))
+    line = one_line(*run(env, "compare", tmp_path / "fewer.json", base)[::2], exit_code=2)
+    assert "baseline cell(s) missing from NEW: 'dpmpp-2m edm' at NFE" in line
+
+    # the same command again, with a mixed churn axis: finished cells come from the store, and churn is
+    # skipped where it does not apply
+    code, text, err = run(env, *args, "--churn", "0,40", "--metric", "fd-exact,sw", "--store", store, "--device", "cpu")
+    # dpmpp-2m with churn 0 is the same spec as without (it takes no churn): both its cells come from the store
+    assert code == 0 and err.count("already in the store") == 2 and "dpmpp-2m edm churn=0 NFE 5: already" in err
+    assert "dpmpp-2m edm churn=40 at NFE 5: option(s) --churn do not apply to solver 'dpmpp-2m'" in text
+
+
+def _progress(store: Path) -> tuple[int, int] | None:
+    """(cells done, seeds finished in running cells) read from a live store, or None."""
+    try:
+        con = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=0.5)
+        rows = con.execute("SELECT status, n_done FROM cells").fetchall()
+        con.close()
+    except sqlite3.Error:
+        return None
+    return sum(s == "done" for s, _ in rows), sum(n for s, n in rows if s == "running")
+
+
+def _results(cells) -> dict[str, dict]:
+    out = {}
+    for c in cells:
+        if c["status"] == "done":
+            res = json.loads(json.dumps(c["results"]))
+            res.get("ref-error", {}).pop("cached", None)  # cache hits differ between runs, the numbers do not
+            out[c["id"]] = res
+    return out
+
+
+@pytest.mark.slow
+def test_kill_9_at_several_moments_then_resume_gives_identical_numbers(tmp_path, env):
+    from diffbench.models.analytic import load_builtin
+    from diffbench.sweep.cell import prepare
+    from diffbench.sweep.grid import make_grid
+    from diffbench.sweep.runner import run_sweep
+    from diffbench.sweep.store import Store, load_cells
+
+    store = tmp_path / "s.db"
+    args = ["sweep", SMALL, "--solver", "heun,euler", "--nfe", "9,15", "--seeds", "0-179", "--blocks", "3"]
+    args += ["--batch", "6", "--metric", "fd-exact,sw,ref-error", "--store", str(store), "--device", "cpu"]
+    moments = [  # kill when: the first checkpoint exists; mid second cell; late in the third cell
+        lambda done, part: part >= 6,
+        lambda done, part: done >= 1 and part >= 60,
+        lambda done, part: done >= 2 and part >= 150,
+    ]
+    seen_done: dict[str, dict] = {}
+    for i, when in enumerate(moments):
+        proc = subprocess.Popen([exe(), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            p = _progress(store)
+            if p is not None and when(*p):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the sweep ended before kill {i + 1}: {proc.stderr.read()}"
+        if i == 0:  # a second sweep on the same store while this one runs: one line, nothing touched
+            code, _, err = run(env, *args)
+            assert "is in use by another running sweep (pid" in one_line(code, err)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        now = _results(load_cells(store))
+        assert all(now[k] == v for k, v in seen_done.items())  # nothing finished is lost or changed
+        seen_done = now
+    code, _, err = run(env, *args)
+    assert code == 0 and "resuming after" in err, err
+    resumed = _results(load_cells(store))
+    # the uninterrupted run, in-process
+    model = load_builtin(SMALL)
+    bench = prepare(model, seeds=range(180), metrics=["fd-exact", "sw", "ref-error"], blocks=3, batch=6, device="cpu")
+    with Store(tmp_path / "clean.db") as st:
+        run_sweep(bench, make_grid(model, {"solver": ["heun", "euler"], "nfe": [9, 15]}), st)
+        clean = _results(st.cells())
+    assert len(clean) == 4 and resumed == clean
+
+
+def test_fid_model_equals_one_cell_sweep(tmp_path, env):
+    import numpy as np
+
+    (tmp_path / "extmod_sweep.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+
+            class Proj:
+                id = "proj4"
+
+                def __init__(self):
+                    self.w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+
+                def features(self, x):
+                    return (x.float() / 255).flatten(1) @ self.w
+
+            def make(device="cpu"):
+                return Proj()
+            """
+        )
+    )
+    refimgs = np.random.default_rng(1).integers(0, 256, (40, 2, 2, 1), dtype=np.uint8)
+    np.savez(tmp_path / "refimgs.npz", images=refimgs)
+    ext = ("--extractor", "extmod_sweep:make")
+    code, _, err = run(env, "stats", tmp_path / "refimgs.npz", "-o", tmp_path / "ref.npz", *ext)
+    assert code == 0, err
+    spec = ("--solver", "euler", "--nfe", "4", "--seeds", "0-29", "--device", "cpu")
+    code, out, err = run(env, "fid", "--model", TINY_IMG, *spec, "--ref", tmp_path / "ref.npz", *ext, "--json")
+    assert code == 0, err
+    fid = json.loads(out)
+    code, out, err = run(
+        env,
+        "sweep",
+        TINY_IMG,
+        *spec,
+        "--ref",
+        tmp_path / "ref.npz",
+        *ext,
+        "--metric",
+        "fd",
+        "--store",
+        tmp_path / "s.db",
+        "--json",
+    )
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["results"]["fd"]["value"] == fid["fid"] and fid["n"] == 30 and fid["fid"] > 0
+
+
+def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path, env):
+    store = tmp_path / "s.db"
+    base = ("sweep", SMALL, "--seeds", "0-11", "--metric", "sw", "--device", "cpu", "--store", store)
+    code, _, err = run(env, *base, "--solver", "heun", "--nfe", "9")
+    assert code == 0, err
+    before = run(env, "report", store, "--format", "json", "--metric", "sw")[1]
+    cases = [
+        (("--solver", "heun", "--nfe", "4,6"), "every cell of the grid was skipped: heun cannot spend exactly"),
+        (("--solver", "heun", "--churn", "-1,40", "--nfe", "9"), "--churn must be >= 0, got -1.0"),
+        (("--solver", "heun,hune", "--nfe", "9"), "unknown solver 'hune'"),
+    ]
+    for extra, message in cases:
+        assert message in one_line(*run(env, *base, *extra)[::2]), extra
+    # a store of another schema version: refused, untouched
+    old = tmp_path / "old.db"
+    con = sqlite3.connect(old)
+    con.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); INSERT INTO meta VALUES ('schema_version', '99');"
+    )
+    con.commit()
+    con.close()
+    digest = sha(old)
+    line = one_line(*run(env, "sweep", SMALL, "--nfe", "9", "--store", old)[::2])
+    assert "written with results-store schema 99; this diffbench reads schema 1" in line and sha(old) == digest
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    line = one_line(*run(env, "sweep", SMALL, "--nfe", "9", "--store", notes)[::2])
+    assert "not a diffbench results store" in line and notes.read_text() == "my notes\n"
+    # the first store still holds its finished cell, unchanged by the failed runs above
+    code, text, err = run(env, "report", store, "--format", "json", "--metric", "sw")
+    first = json.loads(before)["rows"][0]
+    assert code == 0 and json.loads(text)["rows"][0] == first and first["cells"]["9"]["value"] is not None, err
+
+
+@pytest.mark.slow
+def test_design_card_example_runs_with_no_other_arguments(tmp_path, env):
+    """`diffbench sweep --nfe 18,35,79`: the default model, seeds and metrics; Heun cannot take 18 (skipped)."""
+    code, out, err = run(env, "sweep", "--nfe", "18,35,79", cwd=tmp_path, timeout=1800)
+    assert code == 0, err
+    assert "fd-exact by NFE" in out and "sw by NFE" in out and "NFE 35" in out and "NFE 79" in out
+    assert "heun edm at NFE 18: heun cannot spend exactly 18 NFE" in out
+    assert (tmp_path / "diffbench-sweep.db").is_file()
