@@ -8,20 +8,25 @@ from diffbench.sampling.solvers import SOLVERS, SolverInfo, all_solvers, get_sol
 
 
 def test_describe_fields():
+    import math
+
     for info in all_solvers():
         d = info.describe()
-        assert d == {
+        assert {k: d[k] for k in ("name", "method_order", "stochastic", "nfe_rule", "churn", "paper")} == {
             "name": info.name,
-            "order": info.order,
-            "orders": list(info.orders) if info.orders else [info.order],
-            "convergence_order": info.order + info.corrector_order,
+            "method_order": info.order,
             "stochastic": info.stochastic,
             "nfe_rule": info.nfe_rule,
             "churn": info.churn,
-            "options": list(info.options),
             "paper": info.paper,
         }
-    assert get_solver("unipc").describe()["convergence_order"] == 4
+        assert d["orders"] == (list(info.orders) if info.orders else [info.order])
+        assert d["options"] == list(info.options)
+        assert d["order"] == d["convergence_order"] == info.convergence_order()
+        assert {f"order={o}" for o in info.orders} <= set(d["convergence_orders"])
+        for o in info.orders:
+            assert d["convergence_orders"][f"order={o}"] == info.convergence_order({"order": o})
+        assert d["defaults"] == {k: ("inf" if v == math.inf else v) for k, v in info.defaults().items()}
     assert get_solver("unipc").describe()["orders"] == [1, 2, 3]
 
 
