@@ -8,7 +8,8 @@
 # It runs in a scratch copy of the working tree (MUTATION_DIR, default a temp dir), so the repository never
 # holds mutmut's mutants/ folder; the fast test files it runs are listed in pyproject.toml [tool.mutmut].
 # MUTATION_JOBS (default 2) parallel workers; torch is kept to one thread per worker. MUTATION_TESTS="tests/a.py
-# tests/b.py" replaces the test list (e.g. only the sampler's tests when only sampler mutants are run).
+# tests/b.py" replaces the test list (e.g. only the sampler's tests when only sampler mutants are run);
+# MUTATION_DESELECT="tests/x.py::test_y[id] ..." leaves out tests that fail on the unmutated code.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 work="${MUTATION_DIR:-$(mktemp -d -t diffbench-mutation.XXXXXX)}"
@@ -28,6 +29,15 @@ tests = ", ".join(f'"{t}"' for t in sys.argv[1].split())
 text = open("pyproject.toml").read()
 text = re.sub(r"pytest_add_cli_args_test_selection = \[.*?\]", f"pytest_add_cli_args_test_selection = [{tests}]", text, flags=re.S)
 open("pyproject.toml", "w").write(text)
+PY
+fi
+if [ -n "${MUTATION_DESELECT:-}" ]; then  # test ids to leave out (mutmut needs every selected test to pass)
+  "$python" - "$MUTATION_DESELECT" <<'PY'
+import sys
+ids = "".join(f', "--deselect", "{t}"' for t in sys.argv[1].split())
+text = open("pyproject.toml").read()
+key = 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"'
+open("pyproject.toml", "w").write(text.replace(key, key + ids))
 PY
 fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 DIFFBENCH_HOME="$work/.home" PYTHONDONTWRITEBYTECODE=1
