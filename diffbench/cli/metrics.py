@@ -233,6 +233,11 @@ def fid_cmd(
         raise ConfigError("give SAMPLES or --model, not both")
     if model is None and samples is None:
         raise ConfigError("give SAMPLES (folder, zip, npz) or --model with a sampler spec")
+    spec = None
+    if model is not None:  # the whole sampler spec is checked before anything is fetched or read
+        from diffbench.sampling.spec import SamplerSpec
+
+        spec = SamplerSpec.make(**sampler)
     ref = _reference(ref, model)
     dev = _device(device)
     bar, update = _progress("samples" if model is not None else "features")
@@ -240,13 +245,12 @@ def fid_cmd(
         bar.start()
     try:
         if model is not None:  # sampled and scored by the sweep's cell runner: one code path for both
-            from diffbench.sampling.spec import SamplerSpec
             from diffbench.seeds import parse_seeds
             from diffbench.sweep.cell import fid_of_spec
 
             result = fid_of_spec(
                 model,
-                spec=SamplerSpec.make(**sampler),
+                spec=spec,
                 seeds=parse_seeds(seeds),
                 ref=ref,
                 extractor=extractor,
