@@ -165,7 +165,11 @@ def render_fid(result: Any) -> str:
         )
     x = result.extras
     if "kid_mean" in x:
-        spread = f" ± {x['kid_std']:.6f}" if x.get("kid_std") is not None else " (no spread: every subset is the same sample)"
+        spread = (
+            f" ± {x['kid_std']:.6f}"
+            if x.get("kid_std") is not None
+            else " (no spread: every subset is the same sample)"
+        )
         lines.append(f"KID {x['kid_mean']:.6f}{spread}")
     if "precision" in x:
         lines.append(f"precision {x['precision']:.4f}, recall {x['recall']:.4f} (k-NN manifolds, k=3)")

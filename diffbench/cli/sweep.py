@@ -211,7 +211,11 @@ def sweep_cmd(
         Path | None, typer.Option("--out", help="Also write tables (md, csv, json, tex), plots and a JSON export here.")
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="A sweep TOML file: settings, tables axes and fixed, and per-cell overrides (an array of tables named cell).")
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A sweep TOML file: settings, tables axes and fixed, and per-cell overrides (an array of tables named cell).",
+        ),
     ] = None,
     class_: Annotated[int | None, typer.Option("--class", help="Fixed class of a conditional model.")] = None,
     batch: Annotated[int | None, typer.Option(help="Batch size (not part of a cell's identity).", min=1)] = None,
