@@ -214,7 +214,7 @@ def sweep_cmd(
         Path | None,
         typer.Option(
             "--config",
-            help="A sweep TOML file: settings, tables axes and fixed, and per-cell overrides (an array of tables named cell).",
+            help="A sweep TOML file: settings, tables axes and fixed, and per-cell overrides (tables named cell).",
         ),
     ] = None,
     class_: Annotated[int | None, typer.Option("--class", help="Fixed class of a conditional model.")] = None,
