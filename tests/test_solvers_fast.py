@@ -155,8 +155,8 @@ def test_ten_nfe_ordering_matches_the_literature():
         ("dpmpp-3m", {"analytic_first_step": True}, 9, 10),
         ("unipc", {"analytic_first_step": True}, 5, 6),
         ("ipndm", {"analytic_first_step": True}, 4, 5),
-        ("restart", {}, 3 + 12, 2),
-        ("restart", {"restart_k": 1, "restart_steps": 2}, 35 + 4, 18),
+        ("restart", {}, 3 + 8, 2),  # the paper's [3, 2, 0.06, 0.30]: K = 2 restarts of 2 Heun steps
+        ("restart", {"restart_k": 1, "restart_n": 3}, 35 + 4, 18),
         ("dpm-solver-3", {}, 3 * 4 + 1, 5),
     ],
 )
