@@ -128,7 +128,7 @@ def test_identity_ignores_batch_and_resume_is_exact(tiny, tmp_path):
     # interrupt after every possible batch: the resumed result is identical
     full = run_cell(a, spec)
     saved = []
-    run_cell(a, spec, checkpoint=lambda n, s: saved.append((n, s)))
+    run_cell(a, spec, checkpoint=lambda n, s: saved.append((n, s)), checkpoint_every=1)
     assert [n for n, _ in saved] == [6, 12, 18, 20, 26, 32, 38, 40]  # batches never cross a block boundary
     for n, state in saved[:-1]:
         resumed = run_cell(a, spec, state=state)

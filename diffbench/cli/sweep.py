@@ -221,8 +221,13 @@ def sweep_cmd(
     batch: Annotated[int | None, typer.Option(help="Batch size (not part of a cell's identity).", min=1)] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
     checkpoint_every: Annotated[
-        int, typer.Option(help="Checkpoint a running cell every N batches (and at each block's end).", min=1)
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Checkpoint a running cell every N batches (and at each block's end); default: every batch "
+            "unless checkpoints would cost more than ~10% of the run.",
+            min=1,
+        ),
+    ] = None,
     save_images: Annotated[
         Path | None, typer.Option("--save-images", help="Also write every cell's images (PNG) under this folder.")
     ] = None,

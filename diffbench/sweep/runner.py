@@ -58,7 +58,7 @@ def run_sweep(
     store: Store,
     *,
     on_event: Callable[[Event], None] | None = None,
-    checkpoint_every: int = 1,
+    checkpoint_every: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every runnable cell not yet finished in the store; returns the store rows of the grid's cells."""
     check_grid(grid)
