@@ -251,9 +251,10 @@ def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path, env):
 
 @pytest.mark.slow
 def test_design_card_example_runs_with_no_other_arguments(tmp_path, env):
-    """`diffbench sweep --nfe 18,35,79`: the default model, seeds and metrics; Heun cannot take 18 (skipped)."""
+    """`diffbench sweep --nfe 18,35,79`: the default model (digits-edm, fd in the digits feature space), seeds
+    and metrics; Heun cannot take 18 (skipped)."""
     code, out, err = run(env, "sweep", "--nfe", "18,35,79", cwd=tmp_path, timeout=1800)
     assert code == 0, err
-    assert "fd-exact by NFE" in out and "sw by NFE" in out and "NFE 35" in out and "NFE 79" in out
+    assert "fd by NFE" in out and "NFE 35" in out and "NFE 79" in out and "on digits-edm" in err
     assert "heun edm at NFE 18: heun cannot spend exactly 18 NFE" in out
     assert (tmp_path / "diffbench-sweep.db").is_file()

@@ -15,7 +15,7 @@ from diffbench.cli.app import app
 from diffbench.cli.options import SAMPLER_OPTIONS, flag_message, sampler_options
 
 DEFAULT_STORE = Path("diffbench-sweep.db")
-DEFAULT_SEEDS = "0-499"  # enough for the exact metrics of the default model (192 values per sample)
+DEFAULT_SEEDS = "0-199"  # a quick first answer (FD needs n > dims: 64 digits features, 192 gmm values)
 
 
 def _names() -> dict[str, str]:
@@ -191,7 +191,8 @@ def sweep_cmd(
         typer.Option(
             "--metric",
             help="Comma list: fid, fd, kid, pr, is, ref-error, fd-exact, sw. Default: what the model supports "
-            "without downloads (analytic models: fd-exact, sw).",
+            "without downloads (built-in digits models: fd in the digits feature space; analytic models: "
+            "fd-exact, sw).",
         ),
     ] = None,
     ref: Annotated[str | None, typer.Option("--ref", help="Reference statistics or images (fid, fd, kid, pr).")] = None,
@@ -265,6 +266,7 @@ def sweep_cmd(
         metric_list = _split(metric_list)
     ref = pick(ref, "ref", None)
     extractor = pick(extractor, "extractor", None)
+    ref, extractor = _reference_and_space(model, ref, extractor)
     blocks = int(pick(blocks, "blocks", 1))
     store_path = Path(pick(store, "store", DEFAULT_STORE))
     out = pick(out, "out", None)
@@ -323,6 +325,34 @@ def sweep_cmd(
         typer.echo(json.dumps(rows, indent=1, default=str))
     else:
         _print_tables(rows, list(bench.metrics))
+
+
+def _reference_and_space(model: str, ref: Any, extractor: str | None) -> tuple[Any, str | None]:
+    """--ref as given, else the statistics a registry model names (its fid_ref); a registry name resolved to
+    its verified file; and, without --extractor, the feature space those statistics were computed in when it
+    is not Inception (the built-in digits models are scored as fd in the `digits` space)."""
+    try:
+        from diffbench.models.registry import reference_for_model, resolve_reference
+    except ImportError:  # a registry without reference names
+        return ref, extractor
+    if ref is None:
+        ref = reference_for_model(model)
+    if ref is not None and not Path(str(ref)).exists():
+        ref = str(resolve_reference(str(ref)))
+    if ref is not None and extractor is None:
+        from diffbench.metrics.extractors import EXTRACTORS, INCEPTION_ID
+        from diffbench.metrics.stats import is_statistics_file, load_statistics
+
+        if is_statistics_file(ref):
+            ex = load_statistics(ref).extractor_id
+            if ex is not None and not ex.startswith(INCEPTION_ID):
+                from diffbench.metrics.extractors import load_extractor
+
+                # registry names differ from the ids the extractors stamp (digits -> digits-cnn@<sha>)
+                for name in (n for n in EXTRACTORS if n != INCEPTION_ID):
+                    if name == ex or load_extractor(name).id == ex:
+                        return ref, name
+    return ref, extractor
 
 
 def _image_saver(root: Path) -> Any:

@@ -291,7 +291,9 @@ def prepare(
                     check_enough(stats.n, stats.dim, what=label)
                 check_enough(per_block, stats.dim, what="samples" + (" per block" if blocks > 1 else ""))
             bench.ref, bench.ref_label = stats, label
-        shape = tuple(getattr(model, "sample_shape", None) or (model.img_channels, model.img_resolution))
+        from diffbench.denoiser import sample_shape
+
+        shape = tuple(sample_shape(model))
         if len(shape) != 3 or shape[0] not in (1, 3):
             raise ConfigError(
                 f"samples of shape {list(shape)} are not images, so no feature metrics; use the exact metrics"
