@@ -69,6 +69,9 @@ def _fmt_size(entry) -> str:
 def _cached(entry) -> str:
     from diffbench.models.fetch import read_lock
 
+    if str(getattr(entry, "url", "")).startswith("builtin:"):
+        return "built-in"  # shipped inside the package; sha256-checked at every load
+
     files = entry.file_names()
     d = entry.local_path()
     paths = [d / f for f in files] if entry.files else [d]

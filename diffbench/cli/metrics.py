@@ -150,7 +150,10 @@ def render_fid(result: Any) -> str:
     """Human-readable lines for a FIDResult; every line names n."""
     ref = Path(result.ref).name if result.ref else "reference"
     n = result.n if result.n is not None else "unknown"
-    lines = [f"FID {_fmt(result.fid)}  (n={n}, extractor {result.extractor_id}, ref {ref})"]
+    # FID is the Fréchet distance in Inception features only; any other feature space is named as such
+    inception = str(result.extractor_id or "").startswith("inception")
+    name = "FID" if inception else f"FD ({str(result.extractor_id).split('-')[0].split('@')[0]} features)"
+    lines = [f"{name} {_fmt(result.fid)}  (n={n}, extractor {result.extractor_id}, ref {ref})"]
     scored = _scored(result)
     if scored:
         lines.append(scored)

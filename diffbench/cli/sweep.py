@@ -247,7 +247,7 @@ def sweep_cmd(
     """
     from diffbench.errors import ConfigError
     from diffbench.seeds import parse_seeds
-    from diffbench.sweep import default_model
+    from diffbench.sweep import default_model, default_setup
     from diffbench.sweep.cell import prepare
     from diffbench.sweep.grid import check_grid, load_config, make_grid
     from diffbench.sweep.runner import run_sweep
@@ -259,21 +259,24 @@ def sweep_cmd(
     def pick(cli: Any, key: str, default: Any) -> Any:
         return cli if cli is not None else settings.get(key, default)
 
-    model = pick(model, "model", None) or default_model()
-    seeds_text = str(pick(seeds, "seeds", DEFAULT_SEEDS))
+    named = pick(model, "model", None)
+    model = named or default_model()
+    dflt = default_setup(named)
+    seeds_text = str(pick(seeds, "seeds", dflt.get("seeds", DEFAULT_SEEDS)))
     metric_list = _split(metric) if metric is not None else settings.get("metrics")
     if isinstance(metric_list, str):
         metric_list = _split(metric_list)
     ref = pick(ref, "ref", None)
     extractor = pick(extractor, "extractor", None)
     ref, extractor = _reference_and_space(model, ref, extractor)
-    blocks = int(pick(blocks, "blocks", 1))
+    blocks = int(pick(blocks, "blocks", dflt.get("blocks", 1) if seeds is None else 1))
     store_path = Path(pick(store, "store", DEFAULT_STORE))
-    out = pick(out, "out", None)
+    out = pick(out, "out", dflt.get("out"))
     class_ = pick(class_, "class", None)
     batch = int(pick(batch, "batch", 64))
     device = str(pick(device, "device", "auto"))
-    axes = dict(cfg.axes) if cfg else {}
+    axes = {k: v for k, v in dflt.get("axes", {}).items() if not (cfg and (k in cfg.axes or k in cfg.fixed))}
+    axes.update(dict(cfg.axes) if cfg else {})
     axes.update(sampler)
     fixed = {k: v for k, v in (cfg.fixed if cfg else {}).items() if k not in axes}
     if inception_weights is not None and not inception_weights.exists():

@@ -22,7 +22,9 @@ __all__ = [
     "METRICS",
     "default_metrics",
     "DEFAULT_MODEL",
+    "DEFAULT_GRID",
     "default_model",
+    "default_setup",
 ]
 
 _WHERE = {
@@ -46,9 +48,22 @@ _WHERE = {
 DEFAULT_MODEL = "digits-edm"
 
 
+# README's main command (`diffbench sweep` with no MODEL): three solvers at NFE 3-35 on the trained digits
+# model, 2 paired seed blocks of 297 (the held-out split's size, so the FD floor in benchmarks/README.md
+# compares like with like), tables and plots written to diffbench-sweep/. Heun reaches only odd NFE (2N - 1).
+DEFAULT_GRID: dict[str, list[Any]] = {"solver": ["euler", "heun", "dpmpp-2m"], "nfe": [3, 5, 9, 15, 35]}
+DEFAULT_RUN: dict[str, Any] = {"seeds": "0-593", "blocks": 2, "out": "diffbench-sweep"}
+
+
 def default_model() -> str:
     """The model `diffbench sweep` uses without a MODEL argument."""
     return DEFAULT_MODEL
+
+
+def default_setup(model: str | None) -> dict[str, Any]:
+    """With no MODEL named: the default grid (solver and NFE axes), seeds, blocks and output folder; the
+    user's own values win over each. With a MODEL named: nothing (the command's plain defaults)."""
+    return {} if model is not None else {**DEFAULT_RUN, "axes": dict(DEFAULT_GRID)}
 
 
 def __getattr__(name: str) -> Any:
