@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from diffbench.cli.app import app
+from diffbench.cli.options import BY_KEY
 from diffbench.io_json import dumps_json
 
 
@@ -25,7 +26,8 @@ def solvers_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JS
     table = Table("name", "order", "NFE rule", "stochastic", "options", "paper", title="solvers")
     for r in rows:
         stoch = "yes" if r["stochastic"] else ("with churn" if r["churn"] else "no")
-        table.add_row(r["name"], str(r["order"]), r["nfe_rule"], stoch, ", ".join(r["options"]), r["paper"])
+        flags = ", ".join(BY_KEY[k].flag if k in BY_KEY else k for k in r["options"])  # as typed on the CLI
+        table.add_row(r["name"], str(r["order"]), r["nfe_rule"], stoch, flags, r["paper"])
     Console().print(table)
 
 
@@ -64,5 +66,5 @@ def schedules_cmd(
     table = Table("name", "default sigma range", "options", "source", title="schedules")
     for r in rows:
         rng = "from file" if r["sigma_min"] is None else f"{r['sigma_min']:.6g} .. {r['sigma_max']:.6g}"
-        table.add_row(r["name"], rng, ", ".join(r["options"]), r["paper"])
+        table.add_row(r["name"], rng, ", ".join(BY_KEY[k].flag if k in BY_KEY else k for k in r["options"]), r["paper"])
     Console().print(table)

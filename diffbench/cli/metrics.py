@@ -206,7 +206,14 @@ def fid_cmd(
     kid: Annotated[bool, typer.Option("--kid", help="Also KID (needs reference features).")] = False,
     pr: Annotated[bool, typer.Option("--pr", help="Also precision/recall (needs reference features).")] = False,
     isc: Annotated[bool, typer.Option("--is", help="Also the Inception Score.")] = False,
-    extractor: ExtractorOpt = "inception-v3-compat",
+    extractor: Annotated[
+        str | None,
+        typer.Option(
+            "--extractor",
+            help="Feature extractor: a registered name or module:factory. Default: the space the reference "
+            "statistics were computed in (built-in digits: digits), else inception-v3-compat.",
+        ),
+    ] = None,
     inception_weights: WeightsOpt = None,
     batch: BatchOpt = 100,
     device: DeviceOpt = "auto",
@@ -228,7 +235,8 @@ def fid_cmd(
     from diffbench.metrics.extractors import check_extractor_name
     from diffbench.metrics.fid import fid
 
-    check_extractor_name(extractor)
+    if extractor is not None:
+        check_extractor_name(extractor)
     if model is None and sampler:
         from diffbench.cli.options import BY_KEY
 
@@ -246,6 +254,10 @@ def fid_cmd(
 
         spec = SamplerSpec.make(**sampler)
     ref = _reference(ref, model)
+    if extractor is None:
+        from diffbench.cli.sweep import _reference_and_space
+
+        extractor = _reference_and_space(model or "", ref, None)[1] or "inception-v3-compat"
     dev = _device(device)
     bar, update = _progress("samples" if model is not None else "features")
     if bar is not None:
