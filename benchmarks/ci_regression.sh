@@ -6,7 +6,7 @@
 # The tolerance (TOL) and how it was chosen: benchmarks/README.md, "CI regression benchmark".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOL=${TOL:-10%}
+TOL=${TOL:-5%}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 diffbench sweep digits-edm --solver euler,heun,dpmpp-2m --nfe 5,9,15 --seeds 0-399 --blocks 2 \

@@ -20,7 +20,7 @@ def test_readme_has_the_two_setup_commands():
     assert 'pip install -e ".[test]" && python -m pytest' in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && python -m pytest' in ci
-    assert "diffbench sample gmm --solver heun --schedule edm --nfe 35 --seeds 0-63 --out samples/" in text
+    assert "pip install -e . && diffbench sweep\n" in text
 
 
 def test_readme_examples_run(tmp_path, monkeypatch, cli):
@@ -31,9 +31,32 @@ def test_readme_examples_run(tmp_path, monkeypatch, cli):
     write_random_inception_weights(tmp_path / "inception.pth")
     lines = example_lines()
     assert len(lines) >= 5
-    main_cmd = next(ln for ln in README.read_text().splitlines() if "&& diffbench sample" in ln)
-    lines.insert(0, "diffbench " + main_cmd.split("&& diffbench ", 1)[1])
     for line in lines:
         code, _, err = cli(*shlex.split(line)[1:])
         assert code == 0, f"{line}: {err}"
-    assert len(list((tmp_path / "samples").glob("*.png"))) == 64 and (tmp_path / "grid.png").exists()
+
+
+def test_main_command_runs_and_shows_what_the_readme_says(tmp_path):
+    """`diffbench sweep` with no arguments, through the installed console script, as a new user runs it."""
+    import json
+    import subprocess
+    import sys
+
+    main_cmd = next(ln for ln in README.read_text().splitlines() if "pip install -e . && diffbench" in ln)
+    args = shlex.split(main_cmd.split("&& diffbench ", 1)[1])
+    exe = str(Path(sys.executable).parent / "diffbench")
+    done = subprocess.run([exe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "diffbench-sweep"
+    assert (out / "fd.png").stat().st_size > 10_000 and (out / "fd.md").exists() and (out / "fd.tex").exists()
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    fd = {(c["solver"], c["nfe"]): c["results"]["fd"]["value"] for c in cells}
+    assert len(fd) == 15
+    for nfe in (9, 15, 35):  # Heun beats Euler at equal NFE >= 10-ish (README; the literature)
+        assert fd["heun", nfe] < fd["euler", nfe]
+    for nfe in (3, 5, 9):  # the multistep solver beats both at low NFE
+        assert fd["dpmpp-2m", nfe] < min(fd["heun", nfe], fd["euler", nfe])
+    # the README's table shows these very numbers
+    text = README.read_text()
+    for key in (("heun", 35), ("dpmpp-2m", 9), ("euler", 3)):
+        assert f"{fd[key]:.4f}" in text, key

@@ -236,13 +236,13 @@ def verify_cmd(
                 continue  # an uncached entry is not a problem when verifying everything
             # a corrupt file always fails; a missing or partial one only when it was asked for by name
             bad += st.status == "mismatch" or (bool(names) and st.status in ("partial", "missing"))
-            shown += 1
+            shown += not str(entry.url).startswith("builtin:")  # shipped files are checked, never "cached"
             typer.echo(f"{st.status:<9} {st.entry}/{st.file}  {st.detail}".rstrip())
     if bad:
         raise ModelLoadError(f"{bad} file(s) failed verification")
-    if not shown:
+    if not shown and not names:
         typer.echo(
-            f"nothing to verify: no registry file is cached in {cache_dir() / 'checkpoints'} "
+            f"no downloaded file to verify: no registry file is cached in {cache_dir() / 'checkpoints'} "
             "(download with `diffbench checkpoints fetch NAME`)"
         )
 
