@@ -63,7 +63,7 @@ def one_error_line(code, err):
 
 def test_fid_of_the_reference_images_is_zero_and_json(tmp_path, cli, ref):
     code, out, _ = cli("fid", tmp_path / "refimgs.npz", "--ref", ref, *EXT)
-    assert code == 0 and out.startswith("FID 0.0000") and "n=200" in out
+    assert code == 0 and out.startswith("FD (proj features) 0.0000") and "n=200" in out
     code, out, _ = cli(
         "fid",
         tmp_path / "refimgs.npz",
