@@ -262,47 +262,29 @@ def fid_cmd(
     bar, update = _progress("samples" if model is not None else "features")
     if bar is not None:
         bar.start()
+    common = dict(  # the scoring options, the same whether images come from files or straight from a sampler
+        ref=ref,
+        extractor=extractor,
+        weights_path=inception_weights,
+        device=dev,
+        batch=batch,
+        blocks=blocks,
+        shown=show.value,
+        kid=kid,
+        precision_recall=pr,
+        inception_score=isc,
+        allow_small_n=allow_small_n,
+        cache=cache,
+        progress=update,
+    )
     try:
         if model is not None:  # sampled and scored by the sweep's cell runner: one code path for both
             from diffbench.seeds import parse_seeds
             from diffbench.sweep.cell import fid_of_spec
 
-            result = fid_of_spec(
-                model,
-                spec=spec,
-                seeds=parse_seeds(seeds),
-                ref=ref,
-                extractor=extractor,
-                weights_path=inception_weights,
-                device=dev,
-                batch=batch,
-                blocks=blocks,
-                shown=show.value,
-                class_label=class_,
-                kid=kid,
-                precision_recall=pr,
-                inception_score=isc,
-                allow_small_n=allow_small_n,
-                cache=cache,
-                progress=update,
-            )
+            result = fid_of_spec(model, spec=spec, seeds=parse_seeds(seeds), class_label=class_, **common)
         else:
-            result = fid(
-                samples,
-                ref=ref,
-                extractor=extractor,
-                weights_path=inception_weights,
-                device=dev,
-                batch=batch,
-                blocks=blocks,
-                shown=show.value,
-                kid=kid,
-                precision_recall=pr,
-                inception_score=isc,
-                allow_small_n=allow_small_n,
-                cache=cache,
-                progress=update,
-            )
+            result = fid(samples, **common)
     finally:
         if bar is not None:
             bar.stop()
