@@ -79,6 +79,24 @@ def _class_indices(class_labels: Any, n: int, label_dim: int) -> torch.Tensor | 
     return idx
 
 
+def plan_spec(model: Any, spec: SamplerSpec) -> Plan:
+    """The budget plan of a sampler spec on a model (sigma grid, steps, NFE), without moving the model."""
+    return plan(
+        model,
+        solver=spec.solver,
+        schedule=spec.schedule,
+        nfe=spec.nfe,
+        steps=spec.steps,
+        endpoint=spec.endpoint,
+        denoise_to_zero=spec.denoise_to_zero,
+        nfe_policy=spec.nfe_policy,
+        sigma_min=spec.sigma_min,
+        sigma_max=spec.sigma_max,
+        schedule_options=spec.schedule_options(),
+        solver_options=spec.solver_options(),
+    )
+
+
 class Sampler:
     """A planned run of one spec on one denoiser: `run(seeds)` samples one batch (used by iter_batches)."""
 
@@ -89,20 +107,7 @@ class Sampler:
             denoiser = denoiser.to(self.device).eval()
         self.denoiser, self.spec = denoiser, spec
         self.info = get_solver(spec.solver)
-        self.plan = plan(
-            denoiser,
-            solver=spec.solver,
-            schedule=spec.schedule,
-            nfe=spec.nfe,
-            steps=spec.steps,
-            endpoint=spec.endpoint,
-            denoise_to_zero=spec.denoise_to_zero,
-            nfe_policy=spec.nfe_policy,
-            sigma_min=spec.sigma_min,
-            sigma_max=spec.sigma_max,
-            schedule_options=spec.schedule_options(),
-            solver_options=spec.solver_options(),
-        )
+        self.plan = plan_spec(denoiser, spec)
         self.options = spec.solver_options()
         if self.info.ode_axes:
             self.options["ode"] = TimeParam.make(

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from diffbench.errors import BudgetError, ConfigError, UnknownNameError
-from diffbench.sampling.plan import Plan, plan
+from diffbench.sampling.plan import Plan
+from diffbench.sampling.run import plan_spec
 from diffbench.sampling.solvers import get_solver
 from diffbench.sampling.spec import SamplerSpec
 
@@ -57,24 +58,6 @@ class Grid:
     @property
     def skipped(self) -> list[Cell]:
         return [c for c in self.cells if c.skipped is not None]
-
-
-def plan_spec(model: Any, spec: SamplerSpec) -> Plan:
-    """The plan `Sampler` would make for this spec on this model, without moving the model."""
-    return plan(
-        model,
-        solver=spec.solver,
-        schedule=spec.schedule,
-        nfe=spec.nfe,
-        steps=spec.steps,
-        endpoint=spec.endpoint,
-        denoise_to_zero=spec.denoise_to_zero,
-        nfe_policy=spec.nfe_policy,
-        sigma_min=spec.sigma_min,
-        sigma_max=spec.sigma_max,
-        schedule_options=spec.schedule_options(),
-        solver_options=spec.solver_options(),
-    )
 
 
 def _show(value: Any) -> str:
