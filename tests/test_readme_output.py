@@ -39,8 +39,13 @@ def transcripts() -> list[tuple[str, list[str]]]:
     return out
 
 
+TIMING = re.compile(r"\bin [\d.]+ s\b|\([\d.]+ img/s\)|\bin [\d.]+ min\b")  # wall-clock figures differ per machine
+
+
 def comparable(lines: list[str]) -> list[str]:
-    return [ln.strip() for ln in lines if ln.strip() and "━" not in ln and not re.search(r"\d+:\d\d:\d\d", ln)]
+    """Lines to compare: no progress bars or elapsed clocks, no elided lines ("..."), timings blanked."""
+    kept = [ln.strip() for ln in lines if ln.strip() and "━" not in ln and not re.search(r"\d+:\d\d:\d\d", ln)]
+    return [TIMING.sub("<time>", ln) for ln in kept if ln not in ("...", "…")]
 
 
 def same_line(shown: str, got: str) -> bool:
@@ -71,6 +76,10 @@ def test_transcript_parser_and_comparison():
     assert not same_line("FID 874.3839  (n=16)", "FID 880.1  (n=16)")
     assert not same_line("wrote 16 images to a.npz", "wrote 17 images to a.npz")
     assert not same_line("precision 0.9000, recall 0.2000", "recall 0.9000, precision 0.2000")
+    # timings are blanked, results are not; an elided "..." line is not compared
+    shown, got = comparable(["done in 3.3 s (178.5 img/s): fd 381.7", "..."]), comparable(["done in 9.9 s (55.0 img/s): fd 381.7"])
+    assert shown == got == ["done <time> <time>: fd 381.7"]
+    assert not same_line(comparable(["done in 3.3 s (178.5 img/s): fd 381.7"])[0], comparable(["done in 3.3 s (1 img/s): fd 390.2"])[0])
 
 
 @pytest.mark.slow

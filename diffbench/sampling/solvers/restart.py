@@ -100,7 +100,15 @@ def restart(
             f"restart_tmin) and at most sigma_max {positive[0]:.4g}"
         )
     n = len(sigmas) - 1
-    x = heun(denoiser, x, sigmas[: j + 1], noise=None, callback=callback)
+
+    def report(offset: int) -> Callback:  # the main-grid steps, numbered on the whole grid
+        def call(info: StepInfo) -> None:
+            if callback is not None:
+                callback(StepInfo(info.i + offset, n, info.sigma, info.sigma_next, info.x, info.denoised))
+
+        return call
+
+    x = heun(denoiser, x, sigmas[: j + 1], noise=None, callback=report(0))
     inner = edm_grid(restart_n, s_lo, restart_tmax)
     inner[-1] = s_lo  # land exactly on the main grid's sigma
     churn = {"churn_per_step": restart_gamma, "S_min": S_min, "S_max": S_max, "S_noise": S_noise}
@@ -110,12 +118,7 @@ def restart(
         start = n + k * restart_n  # after the main steps' draws; one for the jump, then one per inner step
         x = x + math.sqrt(restart_tmax**2 - s_lo**2) * S_noise * noise.step(start, x)
         x = heun(denoiser, x, inner, noise=_Offset(noise, start + 1), **churn)
-
-    def shifted(info: StepInfo) -> None:
-        if callback is not None:
-            callback(StepInfo(info.i + j, n, info.sigma, info.sigma_next, info.x, info.denoised))
-
-    return heun(denoiser, x, sigmas[j:], noise=None, callback=shifted) if j < n else x
+    return heun(denoiser, x, sigmas[j:], noise=None, callback=report(j)) if j < n else x
 
 
 def check_restart(n: int, k: int, tmin: float, tmax: float, gamma: float) -> None:

@@ -1,0 +1,113 @@
+"""The per-step report every solver gives (`callback(StepInfo)`), checked against the run it describes.
+
+`Sampler.run` builds its non-finite check (whose message names the step and its sigmas) and the public
+`on_step` hook on this report, so each field is part of the interface (solvers/__init__.py): one report per
+grid interval, in order, with i, n, the interval's two sigmas, the state after the step, and a denoised
+output the network produced during that step. The checks below hold for every registered solver, on the
+grid the planner would give, with a zero-length step inside (round_sigma of a discrete model), and with
+the stochastic options switched on.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffbench
+from diffbench.sampling.noise import NoiseSource
+from diffbench.sampling.schedules import edm_grid
+from diffbench.sampling.solvers import StepInfo, all_solvers, get_solver
+
+MODEL = diffbench.load("gmm:shape=2x3x3")
+SHAPE = tuple(MODEL.sample_shape)
+STEPS = 14  # long enough for restart's default t_min/t_max and every multistep warm-up
+STOCHASTIC = {  # options that make each stochastic path draw noise
+    "euler": {"S_churn": 10.0},
+    "heun": {"S_churn": 10.0},
+    "ddim": {"eta": 1.0},
+    "euler-ancestral": {"eta": 1.0},
+    "dpmpp-2m-sde": {"eta": 1.0},
+    "restart": {"restart_gamma": 0.05},
+}
+
+
+class Recorder:
+    """D(x; sigma) of the mixture, keeping every (input, output) pair in call order."""
+
+    def __init__(self):
+        self.calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
+
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        s = float(sigma)
+        out = MODEL(x, torch.full((x.shape[0],), s, dtype=torch.float64))
+        self.calls.append((x.clone(), s, out.clone()))
+        return out
+
+
+def grid(zero_length: bool = False) -> torch.Tensor:
+    g = edm_grid(STEPS, 0.002, 80.0)
+    if zero_length:  # sigma_6 twice: step 6 has length 0, as round_sigma of a discrete model can make it
+        g = torch.cat([g[:7], g[6:7], g[7:]])
+    return torch.cat([g, g.new_zeros(1)])
+
+
+def run(name: str, sigmas: torch.Tensor, **options):
+    info = get_solver(name)
+    rec, reports, calls_at = Recorder(), [], []
+
+    def callback(step: StepInfo) -> None:
+        reports.append(step)
+        calls_at.append(len(rec.calls))  # the denoiser calls made up to this report
+
+    x0 = NoiseSource([5, 9]).latents(SHAPE).double() * float(sigmas[0])
+    noise = NoiseSource([5, 9])
+    noise.latents(SHAPE)
+    out = info.fn(rec, x0, sigmas, noise=noise, callback=callback, **options)
+    return out, reports, calls_at, rec
+
+
+CASES = [(s.name, {}) for s in all_solvers()] + [(k, v) for k, v in STOCHASTIC.items()]
+
+
+@pytest.mark.parametrize("zero_length", [False, True], ids=["grid", "zero-length-step"])
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}{'-noisy' if o else ''}" for n, o in CASES])
+def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, options, zero_length):
+    sigmas = grid(zero_length)
+    n = len(sigmas) - 1
+    out, reports, calls_at, rec = run(name, sigmas, **options)
+    assert [r.i for r in reports] == list(range(n))
+    assert all(r.n == n for r in reports)
+    assert [r.sigma for r in reports] == [float(s) for s in sigmas[:-1]]
+    assert [r.sigma_next for r in reports] == [float(s) for s in sigmas[1:]]
+    assert all(isinstance(r.sigma, float) and isinstance(r.sigma_next, float) for r in reports)
+    assert torch.equal(reports[-1].x, out), "the last report's state is the result"
+    previous = 0
+    for r, upto in zip(reports, calls_at):
+        assert r.x.shape == out.shape and r.denoised.shape == out.shape
+        made = [d for _, _, d in rec.calls[previous:upto]]
+        if made:  # a step that evaluated the network reports one of its outputs
+            assert any(torch.equal(r.denoised, d) for d in made), f"step {r.i}: denoised is not this step's output"
+        else:  # a step that reuses an earlier evaluation (e.g. FSAL) reports an output the network made
+            assert any(torch.equal(r.denoised, d) for _, _, d in rec.calls[:upto]), f"step {r.i}"
+        previous = upto
+
+
+@pytest.mark.parametrize("name", [s.name for s in all_solvers()])
+def test_each_report_is_the_state_the_next_step_starts_from(name):
+    """Without churn, the state reported after step i is where step i+1 first evaluates D, at sigma_{i+1}
+    (restart: except after its restart point, where the next evaluation is of the re-noised state; UniPC:
+    its corrector's evaluation at sigma_{i+1} belongs to step i, and the report is the corrected state)."""
+    out, reports, calls_at, rec = run(name, grid())
+    skipped = []
+    for r, upto in zip(reports[:-1], calls_at[:-1]):
+        if name == "unipc":  # UniC evaluates D at the predicted state inside step i; the report is the corrected x
+            x_pred, s_pred, _ = rec.calls[upto - 1]
+            assert s_pred == r.sigma_next and not torch.equal(x_pred, r.x), f"step {r.i}: no corrector evaluation"
+            continue
+        x_next, s_next, _ = rec.calls[upto]
+        if name == "restart" and s_next != r.sigma_next:
+            skipped.append(r.i)
+            continue
+        assert s_next == r.sigma_next, f"step {r.i + 1} first evaluates at sigma {s_next}, not {r.sigma_next}"
+        assert torch.equal(x_next, r.x), f"step {r.i}: the next step does not start from the reported x"
+    assert len(skipped) <= 1
