@@ -81,6 +81,8 @@ def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, option
     assert [r.sigma_next for r in reports] == [float(s) for s in sigmas[1:]]
     assert all(isinstance(r.sigma, float) and isinstance(r.sigma_next, float) for r in reports)
     assert torch.equal(reports[-1].x, out), "the last report's state is the result"
+    # every planned evaluation is spent, a zero-length step's too (the plan counts it)
+    assert len(rec.calls) == get_solver(name).nfe(n, endpoint="edm", options=options)
     previous = 0
     for r, upto in zip(reports, calls_at):
         assert r.x.shape == out.shape and r.denoised.shape == out.shape

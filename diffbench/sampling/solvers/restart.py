@@ -91,13 +91,12 @@ def restart(
     """Heun down the grid; at the point nearest t_min, K times: noise up to t_max, then N_Restart - 1 Heun
     steps back down (with churn restart_gamma on inner steps inside [S_min, S_max]) (Xu et al. 2023, Alg. 1)."""
     check_restart(restart_n, restart_k, restart_tmin, restart_tmax, restart_gamma)
-    positive = [float(s) for s in sigmas if s > 0]
     j = restart_point(sigmas, restart_tmin)
-    s_lo = positive[j]
-    if restart_k > 0 and not s_lo < restart_tmax <= positive[0]:
+    s_lo, s_max = float(sigmas[j]), float(sigmas[0])  # the grid is descending: positive sigmas come first
+    if restart_k > 0 and not s_lo < restart_tmax <= s_max:
         raise ConfigError(
             f"restart_tmax {restart_tmax} must lie above the restart point {s_lo:.4g} (the grid sigma nearest "
-            f"restart_tmin) and at most sigma_max {positive[0]:.4g}"
+            f"restart_tmin) and at most sigma_max {s_max:.4g}"
         )
     n = len(sigmas) - 1
 

@@ -1,0 +1,268 @@
+"""The solver and schedule registries' contract, at its edges: defaults as published, every refusal's
+boundary and its message, registration through the decorator, round_sigma, and the sigma-grid file format.
+
+Written against what mutation testing (benchmarks/mutation.sh) showed the other tests left open: a changed
+default, a `<` turned into `<=` at a refusal's boundary, or a message lost would otherwise pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import diffbench
+from diffbench.errors import ConfigError
+from diffbench.sampling import schedules as S
+from diffbench.sampling.schedules import edm_grid
+from diffbench.sampling.solvers import SOLVERS, all_solvers, get_solver, round_sigma, solver
+from diffbench.sampling.solvers.restart import check_restart, restart_nfe, restart_point
+
+MODEL = diffbench.load("gmm:shape=2x3x3")
+SHAPE = tuple(MODEL.sample_shape)
+
+
+def D(x, sigma):
+    return MODEL(x, torch.full((x.shape[0],), float(sigma), dtype=torch.float64))
+
+
+# Each solver's defaults, with their sources: a changed default changes what `--solver NAME` reproduces.
+PUBLISHED_DEFAULTS = {
+    # EDM Alg. 2 with churn off (Karras et al. 2022, Table 5: S_tmin 0, S_tmax inf, S_noise 1 when S_churn = 0)
+    "euler": {"S_churn": 0.0, "S_min": 0.0, "S_max": math.inf, "S_noise": 1.0, "churn_per_step": None},
+    "heun": {"alpha": 1.0, "S_churn": 0.0, "S_min": 0.0, "S_max": math.inf, "S_noise": 1.0, "churn_per_step": None},
+    "euler-ancestral": {"eta": 1.0, "S_noise": 1.0},  # eta = 1: DDPM ancestral (Song et al. 2021a, Eq. 16)
+    "ddim": {"eta": 0.0},  # deterministic DDIM (Song et al. 2021a)
+    "dpm-solver-2": {},
+    "dpm-solver-3": {},
+    "dpmpp-2s": {},
+    # lower_order_final 15: diffusers' DPMSolverMultistepScheduler; the published 3M (REFERENCE §4)
+    "dpmpp-2m": {"lower_order_final": 15, "analytic_first_step": False},
+    "dpmpp-3m": {"lower_order_final": 15, "analytic_first_step": False, "variant": "published"},
+    "dpm-solver-3m": {"lower_order_final": 15, "analytic_first_step": False, "variant": "published"},
+    "dpmpp-2m-sde": {"eta": 1.0, "S_noise": 1.0, "lower_order_final": 15},
+    "unipc": {"order": 3, "variant": "bh2", "prediction": "data", "lower_order_final": 15, "analytic_first_step": False},
+    "ipndm": {"order": 4, "lower_order_final": "never", "analytic_first_step": False},  # Zhang & Chen 2023
+    "deis": {"order": 3, "lower_order_final": "never", "analytic_first_step": False},
+    "lms": {"order": 4, "lower_order_final": "never", "analytic_first_step": False},
+    # Xu et al. 2023: N_Restart 3, K 2, [t_min, t_max] = [0.06, 0.30]; churn window [0.01, 1] of its inner steps
+    "restart": {
+        "restart_n": 3,
+        "restart_k": 2,
+        "restart_tmin": 0.06,
+        "restart_tmax": 0.30,
+        "restart_gamma": 0.0,
+        "S_min": 0.01,
+        "S_max": 1.0,
+        "S_noise": 1.0,
+    },
+}
+
+
+def test_every_solver_has_its_published_defaults():
+    assert sorted(PUBLISHED_DEFAULTS) == sorted(s.name for s in all_solvers()), "a solver was added or removed: list its defaults here"
+    for name, want in PUBLISHED_DEFAULTS.items():
+        assert get_solver(name).defaults() == want, name
+        described = get_solver(name).describe()["defaults"]
+        assert described == {k: ("inf" if v == math.inf else v) for k, v in want.items()}, name
+
+
+def test_the_defaults_are_what_runs():
+    """The function's own defaults run when no option is given: the same samples as passing them."""
+    for name in ("euler-ancestral", "dpmpp-2m-sde", "restart", "dpmpp-2m", "unipc"):
+        opts = {k: v for k, v in PUBLISHED_DEFAULTS[name].items() if v is not None}
+        a = diffbench.sample(MODEL, seeds=[1, 2], solver=name, nfe=43 if name == "restart" else 12, device="cpu")
+        b = diffbench.sample(
+            MODEL, seeds=[1, 2], solver=name, nfe=43 if name == "restart" else 12, device="cpu", **opts
+        )
+        assert torch.equal(a.images, b.images), name
+
+
+def test_describe_lists_conventions_only_where_a_solver_has_them():
+    assert "conventions" not in get_solver("heun").describe()
+    assert get_solver("restart").describe()["conventions"]["restart_point"]
+
+
+# --- stochastic solvers without a noise source: one line naming the solver -------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,options,message",
+    [
+        ("euler-ancestral", {"eta": 1.0}, "euler-ancestral with eta > 0 needs a noise source"),
+        ("ddim", {"eta": 0.5}, "ddim with eta > 0 needs a noise source"),
+        ("dpmpp-2m-sde", {"eta": 1.0}, "dpmpp-2m-sde with eta > 0 needs a noise source"),
+        ("restart", {}, "restart needs a noise source"),
+    ],
+)
+def test_a_stochastic_step_without_noise_names_the_solver(name, options, message):
+    sigmas = torch.cat([edm_grid(12, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    x = torch.ones(1, *SHAPE, dtype=torch.float64) * 80
+    with pytest.raises(ConfigError) as exc:
+        get_solver(name).fn(D, x, sigmas, noise=None, **options)
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("name", ["euler-ancestral", "ddim", "dpmpp-2m-sde"])
+def test_a_negative_eta_is_refused_with_its_value(name):
+    sigmas = torch.cat([edm_grid(4, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    with pytest.raises(ConfigError) as exc:
+        get_solver(name).fn(D, torch.zeros(1, *SHAPE, dtype=torch.float64), sigmas, noise=None, eta=-0.25)
+    assert str(exc.value) == "eta must be >= 0, got -0.25"
+
+
+@pytest.mark.parametrize("name", ["euler-ancestral", "ddim", "dpmpp-2m-sde"])
+def test_eta_zero_needs_no_noise_source(name):
+    """eta = 0 is deterministic: no noise is drawn, so none is needed (the refusal is for eta > 0 only)."""
+    sigmas = torch.cat([edm_grid(6, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    x = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80
+    out = get_solver(name).fn(D, x, sigmas, noise=None, eta=0.0)
+    assert torch.isfinite(out).all()
+
+
+# --- restart's parameters: each boundary of the refusals ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n,k,tmin,tmax,gamma",
+    [
+        (2, 0, 0.06, 0.30, 0.0),  # N_Restart = 2: one Heun step per restart, the smallest allowed
+        (3, 2, 0.06, 0.30, math.sqrt(2) - 1),  # gamma at its bound sqrt(2) - 1 (EDM Alg. 2's churn bound)
+        (3, 2, 1e-9, 1e-8, 0.0),
+    ],
+)
+def test_restart_parameters_at_their_bounds_are_accepted(n, k, tmin, tmax, gamma):
+    check_restart(n, k, tmin, tmax, gamma)
+
+
+@pytest.mark.parametrize(
+    "n,k,tmin,tmax,gamma,message",
+    [
+        (1, 2, 0.06, 0.3, 0.0, "restart_n (N_Restart, grid points per restart) must be an integer >= 2, got 1"),
+        (2.5, 2, 0.06, 0.3, 0.0, "restart_n (N_Restart, grid points per restart) must be an integer >= 2, got 2.5"),
+        (3, -1, 0.06, 0.3, 0.0, "restart_k (K, the number of restarts) must be an integer >= 0, got -1"),
+        (3, 1.5, 0.06, 0.3, 0.0, "restart_k (K, the number of restarts) must be an integer >= 0, got 1.5"),
+        (3, 2, 0.0, 0.3, 0.0, "restart needs 0 < restart_tmin < restart_tmax (finite), got 0.0 and 0.3"),
+        (3, 2, 0.3, 0.3, 0.0, "restart needs 0 < restart_tmin < restart_tmax (finite), got 0.3 and 0.3"),
+        (3, 2, 0.06, math.inf, 0.0, "restart needs 0 < restart_tmin < restart_tmax (finite), got 0.06 and inf"),
+        (3, 2, math.nan, 0.3, 0.0, "restart needs 0 < restart_tmin < restart_tmax (finite), got nan and 0.3"),
+        (3, 2, 0.06, 0.3, 0.5, "restart_gamma must be in [0, sqrt(2) - 1], got 0.5"),
+        (3, 2, 0.06, 0.3, math.sqrt(2) - 1 + 1e-9, "restart_gamma must be in [0, sqrt(2) - 1], got 0.41421356"),
+        (3, 2, 0.06, 0.3, -0.01, "restart_gamma must be in [0, sqrt(2) - 1], got -0.01"),
+        (3, 2, 0.06, 0.3, math.nan, "restart_gamma must be in [0, sqrt(2) - 1], got nan"),
+    ],
+)
+def test_restart_parameters_past_their_bounds_are_refused(n, k, tmin, tmax, gamma, message):
+    with pytest.raises(ConfigError) as exc:
+        check_restart(n, k, tmin, tmax, gamma)
+    assert str(exc.value).startswith(message)
+
+
+def restart_run(**options):
+    sigmas = torch.cat([edm_grid(12, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    from diffbench.sampling.noise import NoiseSource
+
+    noise = NoiseSource([0])
+    x = noise.latents(SHAPE).double() * 80
+    return sigmas, get_solver("restart").fn(D, x, sigmas, noise=noise, **options)
+
+
+def test_restart_tmax_must_lie_strictly_above_the_restart_point_and_at_most_sigma_max():
+    sigmas = edm_grid(12, 0.002, 80.0)
+    j = restart_point(sigmas, 0.06)
+    s_lo = float(sigmas[j])
+    with pytest.raises(ConfigError) as exc:
+        restart_run(restart_tmax=s_lo)  # equal to the restart point: an empty restart interval
+    assert str(exc.value) == (
+        f"restart_tmax {s_lo} must lie above the restart point {s_lo:.4g} (the grid sigma nearest "
+        f"restart_tmin) and at most sigma_max 80"
+    )
+    restart_run(restart_tmax=80.0)  # t_max = sigma_max is allowed
+    with pytest.raises(ConfigError, match="at most sigma_max 80"):
+        restart_run(restart_tmax=80.5)
+    restart_run(restart_k=0, restart_tmax=s_lo)  # no restarts: t_max is not used, so not checked
+    with pytest.raises(ConfigError, match="must lie above the restart point"):
+        restart_run(restart_k=1, restart_tmax=s_lo)
+
+
+def test_restart_k_zero_is_heun_on_the_main_grid():
+    sigmas, out = restart_run(restart_k=0)
+    from diffbench.sampling.noise import NoiseSource
+
+    noise = NoiseSource([0])
+    x = noise.latents(SHAPE).double() * 80
+    assert torch.equal(out, get_solver("heun").fn(D, x, sigmas, noise=None))
+
+
+def test_restart_point_is_the_positive_grid_sigma_nearest_tmin_after_the_first():
+    g = torch.tensor([80.0, 10.0, 1.0, 0.1, 0.0], dtype=torch.float64)
+    assert restart_point(g, 0.12) == 3
+    assert restart_point(g, 0.03) == 3  # the final 0 is not a restart point, however near t_min
+    assert restart_point(g, 100.0) == 1  # never the first sigma (there would be no step before it)
+    assert restart_point(torch.tensor([80.0, 0.0], dtype=torch.float64), 0.06) == 0
+    assert restart_point(torch.tensor([2.0, 1.0], dtype=torch.float64), 1.5) == 1  # a tie: the first after sigma_max
+
+
+def test_restart_nfe_counts_its_options():
+    assert restart_nfe({}) == 2 * 2 * (3 - 1)
+    assert restart_nfe({"restart_n": 4, "restart_k": 3}) == 2 * 3 * 3
+    assert restart_nfe({"restart_n": 6}) == 2 * 2 * 5
+    assert restart_nfe({"restart_k": 0}) == 0
+
+
+# --- registration and round_sigma -------------------------------------------------------------------------
+
+
+def test_the_decorator_registers_the_function_under_its_name():
+    def my_solver(denoiser, x, sigmas, *, noise=None, callback=None, gain: float = 2.0):
+        return x
+
+    try:
+        assert solver("test-only-solver", order=1, stochastic=False, paper="none", options=("gain",))(my_solver) is (
+            my_solver
+        )
+        info = get_solver("test-only-solver")
+        assert info.name == "test-only-solver" and info.fn is my_solver and info.paper == "none"
+        assert info.defaults() == {"gain": 2.0} and SOLVERS["test-only-solver"] is info
+    finally:
+        SOLVERS.pop("test-only-solver", None)
+
+
+def test_round_sigma_uses_the_denoisers_own():
+    class Discrete:
+        def round_sigma(self, sigma):
+            return torch.round(sigma * 4) / 4
+
+    assert round_sigma(Discrete(), 0.37) == 0.25
+    assert isinstance(round_sigma(Discrete(), 0.37), float)
+    assert round_sigma(object(), 0.37) == 0.37
+
+
+# --- schedules ---------------------------------------------------------------------------------------------
+
+
+def test_vp_default_range_function_is_song_sde_at_eps_and_1():
+    lo, hi = S._vp_default_range()  # called here, not only at import (the registry holds its import-time value)
+    assert (lo, hi) == S.SCHEDULES["vp"].default_range
+    assert math.isclose(lo, math.sqrt(math.expm1(0.5 * 19.9e-6 + 0.1e-3)), rel_tol=1e-12)
+    assert math.isclose(hi, math.sqrt(math.expm1(0.5 * 19.9 + 0.1)), rel_tol=1e-12)
+
+
+def test_file_grid_is_float64_whatever_the_file_holds(tmp_path):
+    path = tmp_path / "g.npy"
+    np.save(path, np.array([14.5, 3.3, 0.7], dtype=np.float32))
+    g = S.file_grid(path)
+    assert g.dtype == torch.float64
+    assert g.tolist() == [float(np.float32(v)) for v in (14.5, 3.3, 0.7)]
+
+
+def test_file_grid_largest_first_sigma(tmp_path):
+    path = tmp_path / "g.txt"
+    path.write_text(f"{S.FILE_MAX_SIGMA!r}\n1.0\n")
+    assert float(S.file_grid(path)[0]) == S.FILE_MAX_SIGMA  # at the bound: accepted
+    path.write_text("2e6\n1.0\n")
+    with pytest.raises(ConfigError) as exc:
+        S.file_grid(path)
+    assert f"starts at 2e+06, above the largest sigma diffbench accepts ({S.FILE_MAX_SIGMA:g})" in str(exc.value)
