@@ -113,3 +113,26 @@ def test_each_report_is_the_state_the_next_step_starts_from(name):
         assert s_next == r.sigma_next, f"step {r.i + 1} first evaluates at sigma {s_next}, not {r.sigma_next}"
         assert torch.equal(x_next, r.x), f"step {r.i}: the next step does not start from the reported x"
     assert len(skipped) <= 1
+
+
+class Spy(NoiseSource):
+    """A noise source that records which increments a solver asks for."""
+
+    def __init__(self, seeds):
+        super().__init__(seeds)
+        self.asked: list[tuple[int, float, float]] = []
+
+    def increment(self, i, sigma, sigma_next, like):
+        self.asked.append((i, float(sigma), float(sigma_next)))
+        return super().increment(i, sigma, sigma_next, like)
+
+
+@pytest.mark.parametrize("name", ["euler-ancestral", "ddim", "dpmpp-2m-sde"])
+def test_each_stochastic_step_asks_for_the_increment_of_its_own_interval(name):
+    """Brownian noise (`--noise brownian`) answers with W(sigma_next) - W(sigma): the interval must be the step's."""
+    sigmas = grid()
+    noise = Spy([5, 9])
+    x = noise.latents(SHAPE).double() * float(sigmas[0])
+    get_solver(name).fn(Recorder(), x, sigmas, noise=noise, **STOCHASTIC[name])
+    stochastic_steps = [i for i in range(len(sigmas) - 1) if float(sigmas[i + 1]) > 0]  # no noise on the step to 0
+    assert noise.asked == [(i, float(sigmas[i]), float(sigmas[i + 1])) for i in stochastic_steps]

@@ -266,3 +266,15 @@ def test_file_grid_largest_first_sigma(tmp_path):
     with pytest.raises(ConfigError) as exc:
         S.file_grid(path)
     assert f"starts at 2e+06, above the largest sigma diffbench accepts ({S.FILE_MAX_SIGMA:g})" in str(exc.value)
+
+
+@pytest.mark.parametrize("sigma,sigma_next,eta", [(2.0, 1.0, 1.0), (3.0, 1.0, 0.5), (1.5, 0.5, 1.0), (80.0, 1.0, 2.0)])
+def test_ancestral_step_split_at_any_sigma(sigma, sigma_next, eta):
+    """sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)), sigma_down = sqrt(s'^2 - sigma_up^2) (Song et al.
+    2021a, Eq. 16), written out here; sigma_next = 1 included (a value the code must not special-case)."""
+    from diffbench.sampling.solvers.ancestral import ancestral_step
+
+    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    down, got_up = ancestral_step(sigma, sigma_next, eta)
+    assert got_up == pytest.approx(up, rel=1e-15) and down == pytest.approx(math.sqrt(sigma_next**2 - up**2), rel=1e-15)
+    assert ancestral_step(sigma, 0.0, eta) == (0.0, 0.0) and ancestral_step(sigma, sigma_next, 0.0) == (sigma_next, 0.0)
