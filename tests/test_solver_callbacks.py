@@ -44,11 +44,14 @@ class Recorder:
         return out
 
 
-def grid(zero_length: bool = False) -> torch.Tensor:
+def grid(zero_at: int | None = None, final_zero: bool = True) -> torch.Tensor:
+    """EDM's grid of STEPS sigmas (and a final 0); zero_at=k repeats sigma_k, so step k has length 0, as
+    round_sigma of a discrete model can make it (k < 0 counts from the end of the positive sigmas)."""
     g = edm_grid(STEPS, 0.002, 80.0)
-    if zero_length:  # sigma_6 twice: step 6 has length 0, as round_sigma of a discrete model can make it
-        g = torch.cat([g[:7], g[6:7], g[7:]])
-    return torch.cat([g, g.new_zeros(1)])
+    if zero_at is not None:
+        k = zero_at % len(g)
+        g = torch.cat([g[: k + 1], g[k : k + 1], g[k + 1 :]])
+    return torch.cat([g, g.new_zeros(1)]) if final_zero else g
 
 
 def run(name: str, sigmas: torch.Tensor, **options):
@@ -69,10 +72,19 @@ def run(name: str, sigmas: torch.Tensor, **options):
 CASES = [(s.name, {}) for s in all_solvers()] + [(k, v) for k, v in STOCHASTIC.items()]
 
 
-@pytest.mark.parametrize("zero_length", [False, True], ids=["grid", "zero-length-step"])
+GRIDS = {  # (zero-length step at, final 0)
+    "grid": (None, True),
+    "zero-length-step": (6, True),
+    "zero-length-second-to-last": (-2, True),
+    "sigma-min-end": (None, False),
+    "zero-length-last": (-1, False),
+}
+
+
+@pytest.mark.parametrize("grid_kind", list(GRIDS))
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}{'-noisy' if o else ''}" for n, o in CASES])
-def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, options, zero_length):
-    sigmas = grid(zero_length)
+def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, options, grid_kind):
+    sigmas = grid(*GRIDS[grid_kind])
     n = len(sigmas) - 1
     out, reports, calls_at, rec = run(name, sigmas, **options)
     assert [r.i for r in reports] == list(range(n))
@@ -82,7 +94,9 @@ def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, option
     assert all(isinstance(r.sigma, float) and isinstance(r.sigma_next, float) for r in reports)
     assert torch.equal(reports[-1].x, out), "the last report's state is the result"
     # every planned evaluation is spent, a zero-length step's too (the plan counts it)
-    assert len(rec.calls) == get_solver(name).nfe(n, endpoint="edm", options=options)
+    endpoint = "edm" if float(sigmas[-1]) == 0 else "sigma_min"
+    # n intervals either way: edm is n - 1 steps to sigma > 0 and one to 0, sigma_min n steps to sigma > 0
+    assert len(rec.calls) == get_solver(name).nfe(n, endpoint=endpoint, options=options)
     previous = 0
     for r, upto in zip(reports, calls_at):
         assert r.x.shape == out.shape and r.denoised.shape == out.shape
