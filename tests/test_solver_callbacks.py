@@ -150,3 +150,20 @@ def test_each_stochastic_step_asks_for_the_increment_of_its_own_interval(name):
     get_solver(name).fn(Recorder(), x, sigmas, noise=noise, **STOCHASTIC[name])
     stochastic_steps = [i for i in range(len(sigmas) - 1) if float(sigmas[i + 1]) > 0]  # no noise on the step to 0
     assert noise.asked == [(i, float(sigmas[i]), float(sigmas[i + 1])) for i in stochastic_steps]
+
+
+@pytest.mark.parametrize("sigma_t,scaling", [("vp", "vp"), ("linear", "vp"), ("ve", "none")])
+@pytest.mark.parametrize("name", ["euler", "heun"])
+def test_reports_are_in_edm_space_on_any_ode_axes(name, sigma_t, scaling):
+    """On EDM's general ODE (sigma(t), s(t)) the solver's state is s(t) x; its reports are x itself, the input
+    its next evaluation of D takes (Karras et al. 2022, Alg. 1: D(x_i / s(t_i); sigma(t_i)))."""
+    from diffbench.sampling.ode import TimeParam
+
+    sigmas = grid()
+    ode = TimeParam.make(sigma_t, scaling, sigma_min=0.002, sigma_max=80.0)
+    out, reports, calls_at, rec = run(name, sigmas, ode=ode)
+    assert torch.equal(reports[-1].x, out)
+    for r, upto in zip(reports[:-1], calls_at[:-1]):
+        x_next, s_next, _ = rec.calls[upto]
+        assert s_next == pytest.approx(r.sigma_next, rel=1e-12)
+        torch.testing.assert_close(x_next, r.x, rtol=1e-12, atol=1e-12)

@@ -72,6 +72,14 @@ class TimeParam:
             return 0.5 / math.sqrt(t)
         return 1.0
 
+    def scaled(self, x, t: float):
+        """x (EDM space, the denoiser's input) as the ODE's state s(t) x; x itself when s = 1."""
+        return x if self.scaling == "none" else x * self.s(t)
+
+    def unscaled(self, x, t: float):
+        """The ODE's state back in EDM space, x / s(t); x itself when s = 1."""
+        return x if self.scaling == "none" else x / self.s(t)
+
     def s(self, t: float) -> float:
         if self.scaling == "vp":  # EDM Table 1: 1/sqrt(1 + sigma(t)^2)
             return 1 / math.sqrt(1 + self.sigma(t) ** 2)

@@ -103,14 +103,14 @@ def euler(
     t = _times(sigmas, ode)
     gammas = churn_gammas(sigmas, S_churn=S_churn, S_min=S_min, S_max=S_max, churn_per_step=churn_per_step)
     n = len(sigmas) - 1
-    x = x if ode.scaling == "none" else x * ode.s(t[0])
+    x = ode.scaled(x, t[0])  # the ODE state s(t) x; reports and the result are in EDM space
     for i in range(n):
         x_hat, t_hat = _churn(denoiser, x, t[i], gammas[i], i, ode, noise, S_noise, float(sigmas[i + 1]))
         d, denoised = _slope(denoiser, x_hat, t_hat, ode)
         x = torch.add(x_hat, d, alpha=t[i + 1] - t_hat)
         if callback is not None:
-            callback(StepInfo(i, n, float(sigmas[i]), float(sigmas[i + 1]), x, denoised))
-    return x if ode.scaling == "none" else x / ode.s(t[-1])
+            callback(StepInfo(i, n, float(sigmas[i]), float(sigmas[i + 1]), ode.unscaled(x, t[i + 1]), denoised))
+    return ode.unscaled(x, t[-1])
 
 
 @solver(
@@ -145,7 +145,7 @@ def heun(
     t = _times(sigmas, ode)
     gammas = churn_gammas(sigmas, S_churn=S_churn, S_min=S_min, S_max=S_max, churn_per_step=churn_per_step)
     n = len(sigmas) - 1
-    x = x if ode.scaling == "none" else x * ode.s(t[0])
+    x = ode.scaled(x, t[0])  # the ODE state s(t) x; reports and the result are in EDM space
     for i in range(n):
         x_hat, t_hat = _churn(denoiser, x, t[i], gammas[i], i, ode, noise, S_noise, float(sigmas[i + 1]))
         h = t[i + 1] - t_hat
@@ -162,5 +162,5 @@ def heun(
                 slope = d.mul_(1 - 1 / (2 * alpha)).add_(d_prime, alpha=1 / (2 * alpha))
             x = torch.add(x_hat, slope, alpha=h)
         if callback is not None:
-            callback(StepInfo(i, n, float(sigmas[i]), float(sigmas[i + 1]), x, denoised))
-    return x if ode.scaling == "none" else x / ode.s(t[-1])
+            callback(StepInfo(i, n, float(sigmas[i]), float(sigmas[i + 1]), ode.unscaled(x, t[i + 1]), denoised))
+    return ode.unscaled(x, t[-1])
