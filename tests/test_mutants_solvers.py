@@ -116,6 +116,13 @@ def run(solver: str, **kw):
     return out, Streams(SEEDS)
 
 
+def axes_tol(sigma_t: str) -> float:
+    """On the VP time axis, t = sigma^-1(sigma) and the large first steps (sigma 152 -> 25 in t) cancel large
+    terms: two roundings of the same formulas (code and test) then differ by up to ~5e-8 at some step counts.
+    A changed coefficient moves the result by more than 1e-3 (test_alpha_and_axes_change_the_result)."""
+    return 1e-7 if sigma_t == "vp" else 1e-10
+
+
 AXES = [
     ("linear", "none", "edm"),
     ("vp", "vp", "vp"),
@@ -133,17 +140,15 @@ def test_heun_alpha_and_ode_axes_follow_edm_algorithm_1(alpha, sigma_t, scaling,
     out, st = run("heun", schedule=schedule, steps=7, alpha=alpha, sigma_t=sigma_t, scaling=scaling, endpoint=endpoint)
     ax = Axes(sigma_t, scaling, out.plan.sigma_min, out.plan.sigma_max)
     want = edm_algorithm(out.sigmas, st.latents, st, ax, heun=True, alpha=alpha)
-    assert_close(out.images, want)
+    assert_close(out.images, want, tol=axes_tol(sigma_t))
 
 
 @pytest.mark.parametrize("endpoint", ("edm", "sigma_min"))
 @pytest.mark.parametrize("sigma_t,scaling,schedule", AXES[1::2])
 def test_euler_ode_axes_follow_edm_algorithm_1(sigma_t, scaling, schedule, endpoint):
-    # 17 steps: with fewer, Euler's first steps on the VP axes (sigma 152 -> 25) cancel large terms, and the
-    # rounding of two equal formulas (code and test) differs by 1e-8 after 5 or 9 steps, by 1e-15 here
-    out, st = run("euler", schedule=schedule, steps=17, sigma_t=sigma_t, scaling=scaling, endpoint=endpoint)
+    out, st = run("euler", schedule=schedule, steps=9, sigma_t=sigma_t, scaling=scaling, endpoint=endpoint)
     ax = Axes(sigma_t, scaling, out.plan.sigma_min, out.plan.sigma_max)
-    assert_close(out.images, edm_algorithm(out.sigmas, st.latents, st, ax, heun=False))
+    assert_close(out.images, edm_algorithm(out.sigmas, st.latents, st, ax, heun=False), tol=axes_tol(sigma_t))
 
 
 def test_alpha_and_axes_change_the_result():
