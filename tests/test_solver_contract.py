@@ -43,7 +43,13 @@ PUBLISHED_DEFAULTS = {
     "dpmpp-3m": {"lower_order_final": 15, "analytic_first_step": False, "variant": "published"},
     "dpm-solver-3m": {"lower_order_final": 15, "analytic_first_step": False, "variant": "published"},
     "dpmpp-2m-sde": {"eta": 1.0, "S_noise": 1.0, "lower_order_final": 15},
-    "unipc": {"order": 3, "variant": "bh2", "prediction": "data", "lower_order_final": 15, "analytic_first_step": False},
+    "unipc": {
+        "order": 3,
+        "variant": "bh2",
+        "prediction": "data",
+        "lower_order_final": 15,
+        "analytic_first_step": False,
+    },
     "ipndm": {"order": 4, "lower_order_final": "never", "analytic_first_step": False},  # Zhang & Chen 2023
     "deis": {"order": 3, "lower_order_final": "never", "analytic_first_step": False},
     "lms": {"order": 4, "lower_order_final": "never", "analytic_first_step": False},
@@ -62,7 +68,9 @@ PUBLISHED_DEFAULTS = {
 
 
 def test_every_solver_has_its_published_defaults():
-    assert sorted(PUBLISHED_DEFAULTS) == sorted(s.name for s in all_solvers()), "a solver was added or removed: list its defaults here"
+    assert sorted(PUBLISHED_DEFAULTS) == sorted(s.name for s in all_solvers()), (
+        "a solver was added or removed: list its defaults here"
+    )
     for name, want in PUBLISHED_DEFAULTS.items():
         assert get_solver(name).defaults() == want, name
         described = get_solver(name).describe()["defaults"]
@@ -278,3 +286,77 @@ def test_ancestral_step_split_at_any_sigma(sigma, sigma_next, eta):
     down, got_up = ancestral_step(sigma, sigma_next, eta)
     assert got_up == pytest.approx(up, rel=1e-15) and down == pytest.approx(math.sqrt(sigma_next**2 - up**2), rel=1e-15)
     assert ancestral_step(sigma, 0.0, eta) == (0.0, 0.0) and ancestral_step(sigma, sigma_next, 0.0) == (sigma_next, 0.0)
+
+
+# --- option checks of the multistep family ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,orders", [("unipc", (1, 2, 3)), ("deis", (1, 2, 3)), ("lms", (1, 2, 3, 4)), ("ipndm", (1, 2, 3, 4))]
+)
+def test_each_supported_order_runs_and_others_are_refused_by_name(name, orders):
+    sigmas = torch.cat([edm_grid(8, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    x = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80
+    outs = [get_solver(name).fn(D, x, sigmas, order=o) for o in orders]
+    for a, b in zip(outs, outs[1:]):  # every order is a different method
+        assert not torch.allclose(a, b, rtol=1e-9, atol=1e-9)
+    for bad in (0, max(orders) + 1):
+        with pytest.raises(ConfigError) as exc:
+            get_solver(name).fn(D, x, sigmas, order=bad)
+        assert str(exc.value) == f"{name} supports order {', '.join(map(str, orders))}; got {bad}"
+
+
+@pytest.mark.parametrize(
+    "option,value,kind", [("variant", "bh3", "unipc variant"), ("prediction", "v", "unipc prediction")]
+)
+def test_unipc_names_an_unknown_variant_or_prediction(option, value, kind):
+    from diffbench.errors import UnknownNameError
+
+    sigmas = torch.cat([edm_grid(4, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    with pytest.raises(UnknownNameError) as exc:
+        get_solver("unipc").fn(D, torch.zeros(1, *SHAPE, dtype=torch.float64), sigmas, **{option: value})
+    assert (exc.value.kind, exc.value.name) == (kind, value)
+    assert exc.value.valid == sorted({"variant": ("bh1", "bh2"), "prediction": ("data", "noise")}[option])
+
+
+def test_vp_time_is_the_inverse_of_the_vp_sigma():
+    """t(sigma) of the Song et al. VP SDE (beta_d 19.9, beta_min 0.1), EDM Table 1, against sigma(t) there."""
+    t = np.array([1e-3, 0.01, 0.3, 0.77, 1.0])
+    sigma = np.sqrt(np.expm1(0.5 * 19.9 * t**2 + 0.1 * t))  # sigma(t) = sqrt(e^(beta_d t^2/2 + beta_min t) - 1)
+    np.testing.assert_allclose(S.vp_time(sigma), t, rtol=1e-12)
+    assert math.isclose(float(S.vp_time(0.5, beta_d=10.0, beta_min=1.0)), (math.sqrt(1 + 20 * math.log(1.25)) - 1) / 10)
+
+
+# --- DPM-Solver-3 (singlestep) written out from Lu et al. 2022, Alg. 2, in lambda = -log sigma -----------------
+
+
+def dpm_solver_3_written_out(x, sigmas, r1=1 / 3, r2=2 / 3):
+    """DPM-Solver-3 with alpha = 1 (EDM space), eps = (x - D)/sigma; lambda = -log sigma (Lu et al. 2022, Alg. 2)."""
+
+    def eps(x, sig):
+        return (x - D(x, sig)) / sig
+
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        if s_next == 0:
+            x = D(x, s)
+            continue
+        lam, lam_next = -math.log(s), -math.log(s_next)
+        h = lam_next - lam
+        sig1, sig2 = math.exp(-(lam + r1 * h)), math.exp(-(lam + r2 * h))
+        e = eps(x, s)
+        u1 = x - sig1 * (math.exp(r1 * h) - 1) * e
+        d1 = eps(u1, sig1) - e
+        u2 = x - sig2 * (math.exp(r2 * h) - 1) * e - sig2 * r2 / r1 * ((math.exp(r2 * h) - 1) / (r2 * h) - 1) * d1
+        d2 = eps(u2, sig2) - e
+        x = x - s_next * (math.exp(h) - 1) * e - s_next / r2 * ((math.exp(h) - 1) / h - 1) * d2
+    return x
+
+
+def test_dpm_solver_3_is_algorithm_2_with_r1_one_third_and_r2_two_thirds():
+    sigmas = torch.cat([edm_grid(6, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    x = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 80
+    got = get_solver("dpm-solver-3").fn(D, x, sigmas)
+    torch.testing.assert_close(got, dpm_solver_3_written_out(x, sigmas), rtol=1e-10, atol=1e-10)
+    other = dpm_solver_3_written_out(x, sigmas, r1=1 / 4)  # r1 matters at this budget (else no check of it)
+    assert float((other - got).abs().max()) > 1e-6

@@ -18,6 +18,7 @@ import torch
 from diffbench.errors import ConfigError, UnknownNameError
 
 VP_EPSILON_S = 1e-3  # EDM ablation sampler: VP t runs from 1 to epsilon_s (EDM Appendix D.1)
+SONG_BETA_D, SONG_BETA_MIN = 19.9, 0.1  # Song et al. 2021 VP SDE: beta(t) = 0.1 + 19.9 t (EDM Table 1)
 
 
 def vp_beta_from_range(sigma_min: float, sigma_max: float, epsilon_s: float = VP_EPSILON_S) -> tuple[float, float]:
@@ -33,9 +34,18 @@ def vp_sigma(t, beta_d: float, beta_min: float):
     return ((0.5 * beta_d * t**2 + beta_min * t).exp() - 1).sqrt()
 
 
+def vp_time(sigma, beta_d: float = SONG_BETA_D, beta_min: float = SONG_BETA_MIN):
+    """t(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(1 + sigma^2)) - beta_min) / beta_d, the inverse of vp_sigma
+    (EDM Table 1); a float or a numpy array of sigmas."""
+    return (np.sqrt(beta_min**2 + 2 * beta_d * np.log1p(np.square(sigma))) - beta_min) / beta_d
+
+
 def _vp_default_range() -> tuple[float, float]:
-    beta_d, beta_min = 19.9, 0.1  # Song et al. 2021 VP SDE defaults
-    return float(vp_sigma(VP_EPSILON_S, beta_d, beta_min)), float(vp_sigma(1.0, beta_d, beta_min))
+    """sigma(t) of the Song et al. 2021 VP SDE at t = epsilon_s and t = 1."""
+    return (
+        float(vp_sigma(VP_EPSILON_S, SONG_BETA_D, SONG_BETA_MIN)),
+        float(vp_sigma(1.0, SONG_BETA_D, SONG_BETA_MIN)),
+    )
 
 
 def _steps(n: int) -> torch.Tensor:
@@ -102,16 +112,11 @@ def logsnr_grid(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     return torch.exp(-lam / 2)
 
 
-def _vp_t(sigma: float, beta_d: float = 19.9, beta_min: float = 0.1) -> float:
-    """t(sigma) of the VP SDE (EDM Table 1)."""
-    return (math.sqrt(beta_min**2 + 2 * beta_d * math.log1p(sigma * sigma)) - beta_min) / beta_d
-
-
 def time_uniform_grid(n: int, sigma_min: float, sigma_max: float, *, rho: float = 1.0) -> torch.Tensor:
     """Uniform in t^(1/rho), t the VP SDE time (beta_d 19.9, beta_min 0.1); rho = 1 is DPM-Solver's
     'time_uniform' (Lu et al. 2022, App. D.1), rho = 2 its 'time_quadratic'."""
-    a, b = _vp_t(sigma_max) ** (1 / rho), _vp_t(sigma_min) ** (1 / rho)
-    return vp_sigma((a + _steps(n) * (b - a)) ** rho, 19.9, 0.1)
+    a, b = float(vp_time(sigma_max)) ** (1 / rho), float(vp_time(sigma_min)) ** (1 / rho)
+    return vp_sigma((a + _steps(n) * (b - a)) ** rho, SONG_BETA_D, SONG_BETA_MIN)
 
 
 def time_quadratic_grid(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from diffbench.sampling.noise import NoiseSource
+from diffbench.sampling.schedules import vp_time
 from diffbench.sampling.solvers import Callback, StepInfo, order_at, push_history, solver
 from diffbench.sampling.solvers.exponential import afs_nfe, check_lower_order_final, check_order, first_denoised
 
@@ -50,11 +51,6 @@ def lagrange_integrals(
                 basis *= (u - uk) / (uj - uk)
         out.append(float((w * basis).sum()))
     return out
-
-
-def vp_time(sigma: np.ndarray, beta_d: float = 19.9, beta_min: float = 0.1) -> np.ndarray:
-    """t(sigma) of the VP SDE: (sqrt(beta_min^2 + 2 beta_d ln(1 + sigma^2)) - beta_min) / beta_d (EDM Table 1)."""
-    return (np.sqrt(beta_min**2 + 2 * beta_d * np.log1p(np.square(sigma))) - beta_min) / beta_d
 
 
 def _multistep(
