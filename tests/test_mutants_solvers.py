@@ -188,11 +188,19 @@ def test_churn_with_ode_axes_follows_edm_algorithm():
     assert_close(out.images, edm_algorithm(out.sigmas, st.latents, st, ax, heun=True, alpha=0.7, **kw))
 
 
-def test_churn_per_step_is_gamma():
-    out, st = run("heun", steps=8, churn_per_step=0.2, S_min=0.1, S_max=5.0)
+@pytest.mark.parametrize("solver", ("heun", "euler"))
+def test_churn_per_step_is_gamma(solver):
+    out, st = run(solver, steps=8, churn_per_step=0.2, S_min=0.1, S_max=5.0)
     n = len(out.sigmas) - 1  # churn_per_step = gamma: S_churn = gamma N in EDM's form
     want = edm_algorithm(
-        out.sigmas, st.latents, st, Axes("linear", "none", 0.002, 80), heun=True, S_churn=0.2 * n, S_min=0.1, S_max=5.0
+        out.sigmas,
+        st.latents,
+        st,
+        Axes("linear", "none", 0.002, 80),
+        heun=solver == "heun",
+        S_churn=0.2 * n,
+        S_min=0.1,
+        S_max=5.0,
     )
     assert_close(out.images, want)
 

@@ -77,9 +77,14 @@ def test_transcript_parser_and_comparison():
     assert not same_line("wrote 16 images to a.npz", "wrote 17 images to a.npz")
     assert not same_line("precision 0.9000, recall 0.2000", "recall 0.9000, precision 0.2000")
     # timings are blanked, results are not; an elided "..." line is not compared
-    shown, got = comparable(["done in 3.3 s (178.5 img/s): fd 381.7", "..."]), comparable(["done in 9.9 s (55.0 img/s): fd 381.7"])
+    shown, got = (
+        comparable(["done in 3.3 s (178.5 img/s): fd 381.7", "..."]),
+        comparable(["done in 9.9 s (55.0 img/s): fd 381.7"]),
+    )
     assert shown == got == ["done <time> <time>: fd 381.7"]
-    assert not same_line(comparable(["done in 3.3 s (178.5 img/s): fd 381.7"])[0], comparable(["done in 3.3 s (1 img/s): fd 390.2"])[0])
+    assert not same_line(
+        comparable(["done in 3.3 s (178.5 img/s): fd 381.7"])[0], comparable(["done in 3.3 s (1 img/s): fd 390.2"])[0]
+    )
 
 
 @pytest.mark.slow

@@ -69,7 +69,9 @@ def run(name: str, sigmas: torch.Tensor, **options):
     return out, reports, calls_at, rec
 
 
-CASES = [(s.name, {}) for s in all_solvers()] + [(k, v) for k, v in STOCHASTIC.items()]
+AFS = [(s.name, {"analytic_first_step": True}) for s in all_solvers() if "analytic_first_step" in s.options]
+OTHERS = [("unipc", {"prediction": "noise"}), ("unipc", {"variant": "bh1"}), ("dpmpp-3m", {"variant": "taylor"})]
+CASES = [(s.name, {}) for s in all_solvers()] + [(k, v) for k, v in STOCHASTIC.items()] + AFS + OTHERS
 
 
 GRIDS = {  # (zero-length step at, final 0)
@@ -78,11 +80,13 @@ GRIDS = {  # (zero-length step at, final 0)
     "zero-length-second-to-last": (-2, True),
     "sigma-min-end": (None, False),
     "zero-length-last": (-1, False),
+    "zero-length-before-final": (-1, True),
+    "zero-length-early": (1, True),  # during the multistep warm-up: the history is shorter than the step index
 }
 
 
 @pytest.mark.parametrize("grid_kind", list(GRIDS))
-@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}{'-noisy' if o else ''}" for n, o in CASES])
+@pytest.mark.parametrize("name,options", CASES, ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in CASES])
 def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, options, grid_kind):
     sigmas = grid(*GRIDS[grid_kind])
     n = len(sigmas) - 1
@@ -93,6 +97,14 @@ def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, option
     assert [r.sigma_next for r in reports] == [float(s) for s in sigmas[1:]]
     assert all(isinstance(r.sigma, float) and isinstance(r.sigma_next, float) for r in reports)
     assert torch.equal(reports[-1].x, out), "the last report's state is the result"
+    if float(sigmas[-1]) == 0:  # the step to sigma = 0 is x = D(x; sigma_last) (`diffbench solvers --json`)
+        x_eval, _, d_eval = rec.calls[-1]
+        want = d_eval
+        if name == "unipc" and options.get("prediction") == "noise":
+            # x - sigma eps with eps = (x_pred - D)/sigma from UniC's evaluation at the predicted point: the
+            # sigma' -> 0 limit of UniP-1 in noise prediction, x' = x - (sigma - sigma') eps
+            want = reports[-2].x - (x_eval - d_eval)
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
     # every planned evaluation is spent, a zero-length step's too (the plan counts it)
     endpoint = "edm" if float(sigmas[-1]) == 0 else "sigma_min"
     # n intervals either way: edm is n - 1 steps to sigma > 0 and one to 0, sigma_min n steps to sigma > 0
@@ -103,6 +115,8 @@ def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, option
         made = [d for _, _, d in rec.calls[previous:upto]]
         if made:  # a step that evaluated the network reports one of its outputs
             assert any(torch.equal(r.denoised, d) for d in made), f"step {r.i}: denoised is not this step's output"
+        elif options.get("analytic_first_step") and r.i == 0:  # AFS: D at sigma_max from the data's moments
+            assert torch.isfinite(r.denoised).all()
         else:  # a step that reuses an earlier evaluation (e.g. FSAL) reports an output the network made
             assert any(torch.equal(r.denoised, d) for _, _, d in rec.calls[:upto]), f"step {r.i}"
         previous = upto

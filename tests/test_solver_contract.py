@@ -77,15 +77,33 @@ def test_every_solver_has_its_published_defaults():
         assert described == {k: ("inf" if v == math.inf else v) for k, v in want.items()}, name
 
 
-def test_the_defaults_are_what_runs():
-    """The function's own defaults run when no option is given: the same samples as passing them."""
-    for name in ("euler-ancestral", "dpmpp-2m-sde", "restart", "dpmpp-2m", "unipc"):
-        opts = {k: v for k, v in PUBLISHED_DEFAULTS[name].items() if v is not None}
-        a = diffbench.sample(MODEL, seeds=[1, 2], solver=name, nfe=43 if name == "restart" else 12, device="cpu")
-        b = diffbench.sample(
-            MODEL, seeds=[1, 2], solver=name, nfe=43 if name == "restart" else 12, device="cpu", **opts
-        )
-        assert torch.equal(a.images, b.images), name
+# options that make each default observable (churn on, restarts reaching sigma > S_max) without changing it
+ACTIVATE = {
+    "euler": {"S_churn": 10.0},
+    "heun": {"S_churn": 10.0},
+    "restart": {"restart_gamma": 0.1, "restart_tmax": 1.5},
+    "ddim": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_DEFAULTS))
+def test_the_defaults_are_what_runs(name):
+    """The function's own defaults run when no option is given: the same samples as passing them, on a
+    15-step sigma_min grid, where lower_order_final = 15 (diffusers) is the threshold itself."""
+    from diffbench.sampling.noise import NoiseSource
+
+    info = get_solver(name)
+    sigmas = edm_grid(16, 0.002, 80.0)  # 15 steps, ending at sigma_min
+
+    def run(**options):
+        noise = NoiseSource([1, 2])
+        x = noise.latents(SHAPE).double() * 80
+        return info.fn(D, x, sigmas, noise=noise, **ACTIVATE.get(name, {}), **options)
+
+    explicit = {k: v for k, v in PUBLISHED_DEFAULTS[name].items() if k not in ACTIVATE.get(name, {})}
+    assert torch.equal(run(), run(**explicit))
+    if explicit.get("lower_order_final") == 15:  # the threshold matters here: 15 steps are not fewer than 15
+        assert not torch.equal(run(), run(lower_order_final=16))
 
 
 def test_describe_lists_conventions_only_where_a_solver_has_them():
@@ -360,3 +378,110 @@ def test_dpm_solver_3_is_algorithm_2_with_r1_one_third_and_r2_two_thirds():
     torch.testing.assert_close(got, dpm_solver_3_written_out(x, sigmas), rtol=1e-10, atol=1e-10)
     other = dpm_solver_3_written_out(x, sigmas, r1=1 / 4)  # r1 matters at this budget (else no check of it)
     assert float((other - got).abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize("name", [s.name for s in all_solvers() if "lower_order_final" in s.options])
+def test_lower_order_final_is_honoured(name):
+    """'always' lowers the last steps' order, 'never' does not, N lowers them only when the run has fewer than
+    N steps (REFERENCE §4); 10 steps ending at sigma_min, where the last steps are real steps."""
+    info = get_solver(name)
+    sigmas = edm_grid(11, 0.002, 80.0)
+    x = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 80
+    opts = {"eta": 0.0} if info.stochastic else {}
+
+    def run(lof):
+        return info.fn(D, x, sigmas, noise=None, lower_order_final=lof, **opts)
+
+    always, never = run("always"), run("never")
+    assert not torch.allclose(always, never, rtol=1e-9, atol=1e-9)
+    assert torch.equal(run(11), always) and torch.equal(run(10), never)  # 10 steps: fewer than 11, not than 10
+    assert torch.equal(run("11"), always)  # the CLI's string form of N
+    with pytest.raises(ConfigError) as exc:
+        run(0)
+    assert str(exc.value) == "lower_order_final must be 'always', 'never' or a step count N > 0, got 0"
+
+
+# --- EDM churn (Karras et al. 2022, Alg. 2) ---------------------------------------------------------------
+
+
+def test_churn_gammas_follow_algorithm_2_line_4():
+    from diffbench.sampling.solvers.edm import churn_gammas
+
+    sigmas = torch.tensor([10.0, 5.0, 2.0, 1.0, 0.5, 0.0], dtype=torch.float64)
+    assert churn_gammas(sigmas) == [0.0] * 5  # no churn unless asked
+    g = min(2.0 / 5, math.sqrt(2) - 1)  # gamma = min(S_churn / N, sqrt 2 - 1)
+    assert churn_gammas(sigmas, S_churn=2.0) == [g] * 5
+    # S_tmin <= sigma_i <= S_tmax, both ends included
+    assert churn_gammas(sigmas, S_churn=2.0, S_min=1.0, S_max=5.0) == [0.0, g, g, g, 0.0]
+    assert churn_gammas(sigmas, S_churn=100.0) == [math.sqrt(2) - 1] * 5
+    assert churn_gammas(sigmas, churn_per_step=0.1, S_churn=2.0) == [0.1] * 5  # gamma given directly
+
+
+def test_churn_lands_on_the_levels_a_discrete_model_has():
+    """sigma_hat = round_sigma(sigma (1 + gamma)) (EDM Alg. 2 line 5 with the network's round_sigma)."""
+    from diffbench.sampling.noise import NoiseSource
+
+    class Discrete:
+        def __init__(self):
+            self.sigmas = []
+
+        def round_sigma(self, sigma):
+            return torch.round(torch.as_tensor(sigma) * 8) / 8
+
+        def __call__(self, x, sigma):
+            self.sigmas.append(float(sigma))
+            return D(x, sigma)
+
+    sigmas = torch.tensor([20.0, 10.0, 5.0, 2.0, 1.0, 0.0], dtype=torch.float64)
+    net = Discrete()
+    noise = NoiseSource([0])
+    x = noise.latents(SHAPE).double() * 20
+    get_solver("euler").fn(net, x, sigmas, noise=noise, churn_per_step=0.3)
+    assert net.sigmas == [round(8 * s * 1.3) / 8 for s in (20.0, 10.0, 5.0, 2.0, 1.0)]
+
+
+@pytest.mark.parametrize("name", ["euler", "heun"])
+def test_churn_without_noise_names_it(name):
+    sigmas = torch.cat([edm_grid(4, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    with pytest.raises(ConfigError) as exc:
+        get_solver(name).fn(D, torch.ones(1, *SHAPE, dtype=torch.float64), sigmas, noise=None, S_churn=1.0)
+    assert str(exc.value) == "churn needs a noise source"
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.5, 1.0000001, 2.0])
+def test_heun_alpha_outside_0_1_is_refused(alpha):
+    sigmas = torch.cat([edm_grid(4, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    with pytest.raises(ConfigError) as exc:
+        get_solver("heun").fn(D, torch.ones(1, *SHAPE, dtype=torch.float64), sigmas, alpha=alpha)
+    assert str(exc.value) == f"alpha must be in (0, 1], got {alpha}"
+
+
+@pytest.mark.parametrize("name", ["dpmpp-3m", "dpm-solver-3m"])
+def test_an_unknown_3m_variant_is_named(name):
+    from diffbench.errors import UnknownNameError
+
+    sigmas = torch.cat([edm_grid(4, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    with pytest.raises(UnknownNameError) as exc:
+        get_solver(name).fn(D, torch.ones(1, *SHAPE, dtype=torch.float64), sigmas, variant="paper")
+    assert (exc.value.kind, exc.value.name, exc.value.valid) == (f"{name} variant", "paper", ["published", "taylor"])
+
+
+def test_steps_for_defaults_to_the_edm_endpoint():
+    heun = get_solver("heun")
+    assert heun.steps_for(35) == heun.steps_for(35, endpoint="edm") == 18  # EDM's 18 steps, 35 NFE
+    assert heun.steps_for(36, endpoint="sigma_min") == 18 and heun.steps_for(36) is None
+
+
+# --- the iDDPM grid's level selection ----------------------------------------------------------------------
+
+
+def test_iddpm_grid_includes_levels_at_the_range_ends_and_all_of_them():
+    u = S.iddpm_u()
+    lo, hi = float(u[700]), float(u[20])  # a range whose ends are levels themselves
+    inside = u[(u >= lo) & (u <= hi)]
+    assert len(inside) == 681
+    g = S.iddpm_grid(681, lo, hi)  # every level in the range, ends included
+    assert torch.equal(g, inside) and float(g[0]) == hi and float(g[-1]) == lo
+    with pytest.raises(ConfigError) as exc:
+        S.iddpm_grid(682, lo, hi)
+    assert str(exc.value) == f"the iddpm schedule has only 681 levels in [{lo}, {hi}]; 682 points were asked for"

@@ -131,7 +131,7 @@ def file_grid(path: str | Path) -> torch.Tensor:
     """A grid read from a text or .npy file: descending positive sigmas, used as given."""
     path = Path(path)
     try:
-        arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=None, ndmin=1)
+        arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read sigma grid from {path}: {exc}") from None
     sig = torch.as_tensor(np.asarray(arr, dtype=np.float64).reshape(-1))

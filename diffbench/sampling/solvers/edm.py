@@ -33,7 +33,7 @@ def churn_gammas(
         return []
     g = churn_per_step if churn_per_step is not None else S_churn / n
     g = min(max(g, 0.0), MAX_GAMMA)
-    return [g if (S_min <= float(s) <= S_max and g > 0) else 0.0 for s in sigmas[:-1]]
+    return [g if S_min <= float(s) <= S_max else 0.0 for s in sigmas[:-1]]
 
 
 def _churn(

@@ -213,7 +213,6 @@ def _multistep_update(
     else:
         phi1 = math.expm1(h)
         base = x - s_next * phi1 * m
-    sign = 1.0 if data else -s_next  # data: + phi2 D1 - w phi3 D2; noise: - s'(phi2 D1 + w phi3 D2)
     if p == 1:
         return base
     s0, m0 = hist[-1]
@@ -230,14 +229,14 @@ def _multistep_update(
     phi3 = phi2 / h - 0.5
     if data:
         return base + phi2 * d1 - d2_weight * phi3 * d2
-    return base + sign * (phi2 * d1 + d2_weight * phi3 * d2)
+    return base - s_next * (phi2 * d1 + d2_weight * phi3 * d2)
 
 
 D2_WEIGHT = {"published": 1.0, "taylor": 2.0}
 
 
 def _dpm_multistep(
-    denoiser, x, sigmas, *, order, lower_order_final, analytic_first_step, history, callback, data, d2_weight=1.0
+    denoiser, x, sigmas, *, order, lower_order_final, analytic_first_step, history, callback, data, d2_weight
 ):
     """The shared multistep loop; a zero-length step (merged sigmas) spends its evaluation and keeps x."""
     lof = check_lower_order_final(lower_order_final)
@@ -295,6 +294,7 @@ def dpmpp_2m(
         history=history,
         callback=callback,
         data=True,
+        d2_weight=D2_WEIGHT["published"],  # no second difference at order 2
     )
 
 
@@ -401,8 +401,8 @@ def dpmpp_2m_sde(
     if eta < 0:
         raise ConfigError(f"eta must be >= 0, got {eta}")
     lof = check_lower_order_final(lower_order_final)
-    hist = [(s, D) for s, _, D in history or []][-1:]
-    n_ext = len(hist)
+    prev = (history[-1][0], history[-1][2]) if history else None  # (sigma, D) of the last point before this run
+    n_ext = int(prev is not None)
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -414,16 +414,16 @@ def dpmpp_2m_sde(
             eh = eta * h
             coef = -math.expm1(-h - eh)  # 1 - e^{-(1 + eta) h}
             x = (s_next / s) * math.exp(-eh) * x + coef * D
-            if order_at(i, n, 2, lof, history=n_ext) == 2 and hist:
-                s0, D0 = hist[-1]
+            if order_at(i, n, 2, lof, history=n_ext) == 2 and prev is not None:
+                s0, D0 = prev
                 r = math.log(s0 / s) / h
                 x = x + 0.5 * coef * (D - D0) / r
             if eh > 0:
                 if noise is None:
                     raise ConfigError("dpmpp-2m-sde with eta > 0 needs a noise source")
                 x = x + s_next * math.sqrt(-math.expm1(-2 * eh)) * S_noise * noise.increment(i, s, s_next, x)
-        if s_next != s:
-            hist = push_history(hist, s, D, 1)
+        if s_next != s:  # after a zero-length step the next one starts at s again and replaces this value
+            prev = (s, D)
         if callback is not None:
             callback(StepInfo(i, n, s, s_next, x, D))
     return x

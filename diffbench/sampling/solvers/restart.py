@@ -117,7 +117,7 @@ def restart(
         start = n + k * restart_n  # after the main steps' draws; one for the jump, then one per inner step
         x = x + math.sqrt(restart_tmax**2 - s_lo**2) * S_noise * noise.step(start, x)
         x = heun(denoiser, x, inner, noise=_Offset(noise, start + 1), **churn)
-    return heun(denoiser, x, sigmas[j:], noise=None, callback=report(j)) if j < n else x
+    return heun(denoiser, x, sigmas[j:], noise=None, callback=report(j))  # a one-point grid (j = n) keeps x
 
 
 def check_restart(n: int, k: int, tmin: float, tmax: float, gamma: float) -> None:

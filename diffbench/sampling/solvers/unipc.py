@@ -46,6 +46,10 @@ def unipc_coefficients(rks: list[float], hh: float, variant: str) -> tuple[torch
     corrector_order=1,
     options=("order", "variant", "prediction", "lower_order_final", "analytic_first_step"),
     extra_nfe=afs_nfe,
+    last_step=(
+        "the step to sigma = 0 takes no new evaluation (1 NFE, spent by UniC's at the predicted point): x = D there "
+        "with prediction=data; x - sigma eps with prediction=noise (UniP-1 as sigma' -> 0)"
+    ),
 )
 def unipc(
     denoiser: Any,
