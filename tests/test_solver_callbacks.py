@@ -65,8 +65,13 @@ def run(name: str, sigmas: torch.Tensor, **options):
     x0 = NoiseSource([5, 9]).latents(SHAPE).double() * float(sigmas[0])
     noise = NoiseSource([5, 9])
     noise.latents(SHAPE)
+    states_before.clear()
+    states_before.append(x0)
     out = info.fn(rec, x0, sigmas, noise=noise, callback=callback, **options)
     return out, reports, calls_at, rec
+
+
+states_before: list[torch.Tensor] = []  # the initial state of the last run()
 
 
 AFS = [(s.name, {"analytic_first_step": True}) for s in all_solvers() if "analytic_first_step" in s.options]
@@ -115,8 +120,10 @@ def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, option
         made = [d for _, _, d in rec.calls[previous:upto]]
         if made:  # a step that evaluated the network reports one of its outputs
             assert any(torch.equal(r.denoised, d) for d in made), f"step {r.i}: denoised is not this step's output"
-        elif options.get("analytic_first_step") and r.i == 0:  # AFS: D at sigma_max from the data's moments
-            assert torch.isfinite(r.denoised).all()
+        elif options.get("analytic_first_step") and r.i == 0:
+            # AFS: eps = x / sqrt(1 + sigma^2), the exact score of unit-variance data, so D = x - sigma eps
+            x0, s0 = states_before[0], float(sigmas[0])
+            torch.testing.assert_close(r.denoised, x0 - s0 * x0 / (1 + s0 * s0) ** 0.5, rtol=1e-14, atol=1e-14)
         else:  # a step that reuses an earlier evaluation (e.g. FSAL) reports an output the network made
             assert any(torch.equal(r.denoised, d) for _, _, d in rec.calls[:upto]), f"step {r.i}"
         previous = upto
@@ -155,14 +162,16 @@ class Spy(NoiseSource):
         return super().increment(i, sigma, sigma_next, like)
 
 
-@pytest.mark.parametrize("name", ["euler-ancestral", "ddim", "dpmpp-2m-sde"])
+@pytest.mark.parametrize("name", ["euler-ancestral", "ddim", "dpmpp-2m-sde", "euler", "heun"])
 def test_each_stochastic_step_asks_for_the_increment_of_its_own_interval(name):
-    """Brownian noise (`--noise brownian`) answers with W(sigma_next) - W(sigma): the interval must be the step's."""
+    """Brownian noise (`--noise brownian`) answers with W(sigma_next) - W(sigma): the interval must be the step's
+    (EDM churn too: its noise is drawn on the interval of the step it perturbs, the step to 0 included)."""
     sigmas = grid()
     noise = Spy([5, 9])
     x = noise.latents(SHAPE).double() * float(sigmas[0])
     get_solver(name).fn(Recorder(), x, sigmas, noise=noise, **STOCHASTIC[name])
-    stochastic_steps = [i for i in range(len(sigmas) - 1) if float(sigmas[i + 1]) > 0]  # no noise on the step to 0
+    churn = name in ("euler", "heun")
+    stochastic_steps = [i for i in range(len(sigmas) - 1) if churn or float(sigmas[i + 1]) > 0]
     assert noise.asked == [(i, float(sigmas[i]), float(sigmas[i + 1])) for i in stochastic_steps]
 
 

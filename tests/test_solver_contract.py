@@ -395,10 +395,12 @@ def test_lower_order_final_is_honoured(name):
     always, never = run("always"), run("never")
     assert not torch.allclose(always, never, rtol=1e-9, atol=1e-9)
     assert torch.equal(run(11), always) and torch.equal(run(10), never)  # 10 steps: fewer than 11, not than 10
-    assert torch.equal(run("11"), always)  # the CLI's string form of N
-    with pytest.raises(ConfigError) as exc:
-        run(0)
-    assert str(exc.value) == "lower_order_final must be 'always', 'never' or a step count N > 0, got 0"
+    assert torch.equal(run("11"), always) and torch.equal(run("1"), never)  # the CLI's string form of N
+    assert torch.equal(run(1), never)  # N = 1: fewer than 1 step never happens
+    for bad in (0, "0", -3, "x", True, 2.5):
+        with pytest.raises(ConfigError) as exc:
+            run(bad)
+        assert str(exc.value) == f"lower_order_final must be 'always', 'never' or a step count N > 0, got {bad!r}"
 
 
 # --- EDM churn (Karras et al. 2022, Alg. 2) ---------------------------------------------------------------
@@ -417,7 +419,8 @@ def test_churn_gammas_follow_algorithm_2_line_4():
     assert churn_gammas(sigmas, churn_per_step=0.1, S_churn=2.0) == [0.1] * 5  # gamma given directly
 
 
-def test_churn_lands_on_the_levels_a_discrete_model_has():
+@pytest.mark.parametrize("name", ["euler", "heun"])
+def test_churn_lands_on_the_levels_a_discrete_model_has(name):
     """sigma_hat = round_sigma(sigma (1 + gamma)) (EDM Alg. 2 line 5 with the network's round_sigma)."""
     from diffbench.sampling.noise import NoiseSource
 
@@ -436,8 +439,11 @@ def test_churn_lands_on_the_levels_a_discrete_model_has():
     net = Discrete()
     noise = NoiseSource([0])
     x = noise.latents(SHAPE).double() * 20
-    get_solver("euler").fn(net, x, sigmas, noise=noise, churn_per_step=0.3)
-    assert net.sigmas == [round(8 * s * 1.3) / 8 for s in (20.0, 10.0, 5.0, 2.0, 1.0)]
+    get_solver(name).fn(net, x, sigmas, noise=noise, churn_per_step=0.3)
+    hats = [round(8 * s * 1.3) / 8 for s in (20.0, 10.0, 5.0, 2.0, 1.0)]
+    if name == "heun":  # each step to sigma > 0 then evaluates again at its end
+        hats = [v for h, s_next in zip(hats, (10.0, 5.0, 2.0, 1.0, None)) for v in (h, s_next) if v is not None]
+    assert net.sigmas == hats
 
 
 @pytest.mark.parametrize("name", ["euler", "heun"])
@@ -485,3 +491,43 @@ def test_iddpm_grid_includes_levels_at_the_range_ends_and_all_of_them():
     with pytest.raises(ConfigError) as exc:
         S.iddpm_grid(682, lo, hi)
     assert str(exc.value) == f"the iddpm schedule has only 681 levels in [{lo}, {hi}]; 682 points were asked for"
+
+
+def test_a_solver_whose_steps_evaluate_nothing_is_refused():
+    def free(denoiser, x, sigmas, *, noise=None, callback=None):
+        return x
+
+    with pytest.raises(ValueError) as exc:
+        solver("test-only-free", order=1, stochastic=False, paper="none", evals_per_step=0)(free)
+    assert str(exc.value) == "solver 'test-only-free': evals_per_step must be >= 1, got 0"
+    assert "test-only-free" not in SOLVERS
+    try:  # one evaluation per step is enough
+        solver("test-only-free", order=1, stochastic=False, paper="none", evals_per_step=1)(free)
+        assert get_solver("test-only-free").steps_for(7) == 7
+    finally:
+        SOLVERS.pop("test-only-free", None)
+
+
+@pytest.mark.parametrize("name", ["heun", "euler", "dpmpp-2m", "dpm-solver-3", "restart"])
+def test_steps_for_inverts_nfe_at_every_budget(name):
+    """steps_for(nfe) is the step count whose nfe() is exactly nfe, None where no step count spends it."""
+    info = get_solver(name)
+    for endpoint in ("edm", "sigma_min"):
+        spent = {info.nfe(k, endpoint=endpoint): k for k in range(info.min_steps, 60)}
+        for nfe in range(1, 60):
+            assert info.steps_for(nfe, endpoint=endpoint) == spent.get(nfe), (endpoint, nfe)
+
+
+def test_order_at_defaults_lower_the_final_steps_and_count_no_history():
+    from diffbench.sampling.solvers import order_at
+
+    assert [order_at(j, 6, 3) for j in range(6)] == [1, 2, 3, 3, 2, 1]
+    assert [order_at(j, 6, 3, "never") for j in range(6)] == [1, 2, 3, 3, 3, 3]
+
+
+def test_an_unknown_schedule_is_named_as_a_schedule():
+    from diffbench.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError) as exc:
+        S.get_schedule("karras")
+    assert (exc.value.kind, exc.value.name) == ("schedule", "karras") and "file:PATH" in exc.value.valid

@@ -9,6 +9,7 @@ NFE rule: `evals_per_step` network calls on a step to sigma > 0, `evals_final` o
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,14 +111,13 @@ class SolverInfo:
         denoise_to_zero: bool = False,
         options: dict[str, Any] | None = None,
     ) -> int | None:
-        """The step count that spends exactly `nfe` evaluations, or None when none does."""
-        for steps in range(self.min_steps, nfe + 2 + max(0, -self.extra_nfe(options or {}))):
+        """The step count that spends exactly `nfe` evaluations, or None when none does (NFE grows with the
+        step count: every step to sigma > 0 evaluates at least once)."""
+        for steps in itertools.count(self.min_steps):
             got = self.nfe(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero, options=options)
-            if got == nfe:
-                return steps
-            if got > nfe:
-                return None
-        return None
+            if got >= nfe:
+                return steps if got == nfe else None
+        raise AssertionError("unreachable")
 
     def describe(self) -> dict[str, Any]:
         """The registry entry as plain data (`diffbench solvers --json`).
@@ -156,9 +156,11 @@ SOLVERS: dict[str, SolverInfo] = {}
 
 
 def register_solver(info: SolverInfo) -> SolverInfo:
-    """Add a solver; a duplicate name is refused."""
+    """Add a solver; a duplicate name, or a step that makes no network evaluation, is refused."""
     if info.name in SOLVERS:
         raise ValueError(f"solver '{info.name}' is already registered")
+    if info.evals_per_step < 1:  # the NFE must grow with the step count (steps_for relies on it)
+        raise ValueError(f"solver '{info.name}': evals_per_step must be >= 1, got {info.evals_per_step}")
     SOLVERS[info.name] = info
     return info
 

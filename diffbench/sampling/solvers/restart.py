@@ -107,7 +107,7 @@ def restart(
 
         return call
 
-    x = heun(denoiser, x, sigmas[: j + 1], noise=None, callback=report(0))
+    x = heun(denoiser, x, sigmas[: j + 1], callback=report(0))  # the main grid: no churn, no noise
     inner = edm_grid(restart_n, s_lo, restart_tmax)
     inner[-1] = s_lo  # land exactly on the main grid's sigma
     churn = {"churn_per_step": restart_gamma, "S_min": S_min, "S_max": S_max, "S_noise": S_noise}
@@ -117,7 +117,7 @@ def restart(
         start = n + k * restart_n  # after the main steps' draws; one for the jump, then one per inner step
         x = x + math.sqrt(restart_tmax**2 - s_lo**2) * S_noise * noise.step(start, x)
         x = heun(denoiser, x, inner, noise=_Offset(noise, start + 1), **churn)
-    return heun(denoiser, x, sigmas[j:], noise=None, callback=report(j))  # a one-point grid (j = n) keeps x
+    return heun(denoiser, x, sigmas[j:], callback=report(j))  # a one-point grid (j = n) keeps x
 
 
 def check_restart(n: int, k: int, tmin: float, tmax: float, gamma: float) -> None:
