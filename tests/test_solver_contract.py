@@ -531,3 +531,20 @@ def test_an_unknown_schedule_is_named_as_a_schedule():
     with pytest.raises(UnknownNameError) as exc:
         S.get_schedule("karras")
     assert (exc.value.kind, exc.value.name) == ("schedule", "karras") and "file:PATH" in exc.value.valid
+
+
+def test_an_unknown_solver_is_named_with_the_registered_ones():
+    from diffbench.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError) as exc:
+        get_solver("dpmpp-2n")
+    assert (exc.value.kind, exc.value.name) == ("solver", "dpmpp-2n")
+    assert exc.value.valid == sorted(s.name for s in all_solvers())
+
+
+def test_nfe_and_intervals_default_to_the_edm_endpoint_without_a_final_denoise():
+    from diffbench.sampling.solvers import intervals
+
+    assert intervals(18, endpoint="edm") == (17, 1) and intervals(18, endpoint="sigma_min") == (18, 0)
+    assert intervals(18, endpoint="sigma_min", denoise_to_zero=True) == (18, 1)
+    assert get_solver("heun").nfe(18) == 35 == get_solver("heun").nfe(18, endpoint="edm")  # EDM's 18 steps
