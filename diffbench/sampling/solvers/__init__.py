@@ -9,7 +9,6 @@ NFE rule: `evals_per_step` network calls on a step to sigma > 0, `evals_final` o
 from __future__ import annotations
 
 import inspect
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,11 +112,10 @@ class SolverInfo:
     ) -> int | None:
         """The step count that spends exactly `nfe` evaluations, or None when none does (NFE grows with the
         step count: every step to sigma > 0 evaluates at least once)."""
-        for steps in itertools.count(self.min_steps):
-            got = self.nfe(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero, options=options)
-            if got >= nfe:
-                return steps if got == nfe else None
-        raise AssertionError("unreachable")
+        steps = self.min_steps
+        while (got := self.nfe(steps, endpoint=endpoint, denoise_to_zero=denoise_to_zero, options=options)) < nfe:
+            steps += 1
+        return steps if got == nfe else None
 
     def describe(self) -> dict[str, Any]:
         """The registry entry as plain data (`diffbench solvers --json`).
