@@ -149,7 +149,7 @@ def test_reference_solution_of_a_single_gaussian_is_closed_form():
         means=torch.full((1, 4), mu, dtype=torch.float64),
         covs=torch.full((1, 4), s0**2, dtype=torch.float64),
     )
-    x0 = torch.randn(2, 4, dtype=torch.float64) * 80
+    x0 = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80
     got = reference_solution(g, x0, sigma_from=80.0, sigma_to=0.002)
     want = mu + (x0 - mu) * math.sqrt((s0**2 + 0.002**2) / (s0**2 + 80.0**2))
     assert torch.allclose(got, want, rtol=1e-8, atol=1e-9)
