@@ -70,3 +70,26 @@ def test_a_run_split_with_its_history_ends_where_the_whole_run_ends(name, extra,
     torch.testing.assert_close(rest, whole, rtol=1e-12, atol=1e-12)
     # and without the history the second half is a different (cold-started) run
     assert not torch.allclose(cold, whole, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("prediction", ["data", "noise"])
+def test_unipc_history_enters_as_its_model_output_and_counts_as_warm_up(prediction):
+    """UniPC's history is (sigma, x, D) turned into its model output: D (data prediction) or
+    eps = (x - D)/sigma (noise prediction, Zhao et al. 2023). Two histories with the same model output give the
+    same run; a one-point history makes the first step second order (a different run from a cold start)."""
+    info = get_solver("unipc")
+    sigmas = torch.cat([edm_grid(8, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
+    opts = {"order": 2, "lower_order_final": "never", "prediction": prediction}
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, *SHAPE, dtype=torch.float64, generator=gen) * 80
+    x_h = torch.randn(2, *SHAPE, dtype=torch.float64, generator=gen) * 90
+    d_h = MODEL(x_h, torch.full((2,), 90.0, dtype=torch.float64))
+    shift = torch.full_like(x_h, 3.0)
+    same = (x_h + shift, d_h + shift) if prediction == "noise" else (x_h + shift, d_h)  # same eps / same D
+    a = info.fn(Recorder(), x, sigmas, noise=None, history=[(90.0, x_h, d_h)], **opts)
+    b = info.fn(Recorder(), x, sigmas, noise=None, history=[(90.0, *same)], **opts)
+    cold = info.fn(Recorder(), x, sigmas, noise=None, **opts)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(a, cold, rtol=1e-9, atol=1e-9)
+    other = (x_h, d_h + shift)  # a different model output (D and eps both change)
+    assert not torch.allclose(a, info.fn(Recorder(), x, sigmas, noise=None, history=[(90.0, *other)], **opts))
