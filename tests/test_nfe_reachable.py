@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_nfe import CONVENTIONS, Counting  # the independent row counter and the three conventions
 
 import diffbench
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.solvers import all_solvers, get_solver
 
-CONVENTIONS = [("edm", False), ("sigma_min", False), ("sigma_min", True)]
 FIRST = 3  # budgets per solver and convention
 
 # options that make each solver take its noisy path where it has one (noise must be drawn and counted too)
 NOISY = {"euler": {"S_churn": 10.0}, "heun": {"S_churn": 10.0}, "ddim": {"eta": 1.0}}
-
-
-class Counting:
-    """A duck-typed Denoiser counting its own rows; D shrinks x towards 0 (a Gaussian's posterior mean)."""
-
-    sigma_min, sigma_max, img_channels, img_resolution, label_dim = 0.0, float("inf"), 2, 1, 0
-    sample_shape = (2,)
-
-    def __init__(self):
-        self.rows = 0
-
-    def round_sigma(self, sigma):
-        return torch.as_tensor(sigma)
-
-    def __call__(self, x, sigma, class_labels=None):
-        self.rows += x.shape[0]
-        return 0.25 * x / (0.25 + sigma.reshape(-1, 1) ** 2)
 
 
 def first_budgets(name: str, endpoint: str, dtz: bool, options: dict) -> list[int]:
