@@ -36,6 +36,7 @@ class Recorder:
 
     def __init__(self):
         self.calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
+        self.start: torch.Tensor | None = None  # the state the run began from (set by run())
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         s = float(sigma)
@@ -65,13 +66,9 @@ def run(name: str, sigmas: torch.Tensor, **options):
     x0 = NoiseSource([5, 9]).latents(SHAPE).double() * float(sigmas[0])
     noise = NoiseSource([5, 9])
     noise.latents(SHAPE)
-    states_before.clear()
-    states_before.append(x0)
+    rec.start = x0
     out = info.fn(rec, x0, sigmas, noise=noise, callback=callback, **options)
     return out, reports, calls_at, rec
-
-
-states_before: list[torch.Tensor] = []  # the initial state of the last run()
 
 
 AFS = [(s.name, {"analytic_first_step": True}) for s in all_solvers() if "analytic_first_step" in s.options]
@@ -122,7 +119,7 @@ def test_one_report_per_interval_with_its_sigmas_state_and_denoised(name, option
             assert any(torch.equal(r.denoised, d) for d in made), f"step {r.i}: denoised is not this step's output"
         elif options.get("analytic_first_step") and r.i == 0:
             # AFS: eps = x / sqrt(1 + sigma^2), the exact score of unit-variance data, so D = x - sigma eps
-            x0, s0 = states_before[0], float(sigmas[0])
+            x0, s0 = rec.start, float(sigmas[0])
             torch.testing.assert_close(r.denoised, x0 - s0 * x0 / (1 + s0 * s0) ** 0.5, rtol=1e-14, atol=1e-14)
         else:  # a step that reuses an earlier evaluation (e.g. FSAL) reports an output the network made
             assert any(torch.equal(r.denoised, d) for _, _, d in rec.calls[:upto]), f"step {r.i}"

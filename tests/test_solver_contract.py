@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import diffbench
-from diffbench.errors import ConfigError
+from diffbench.errors import ConfigError, UnknownNameError
 from diffbench.sampling import schedules as S
+from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.schedules import edm_grid
 from diffbench.sampling.solvers import SOLVERS, all_solvers, get_solver, round_sigma, solver
 from diffbench.sampling.solvers.restart import check_restart, restart_nfe, restart_point
@@ -82,7 +83,6 @@ ACTIVATE = {
     "euler": {"S_churn": 10.0},
     "heun": {"S_churn": 10.0},
     "restart": {"restart_gamma": 0.1, "restart_tmax": 1.5},
-    "ddim": {},
 }
 
 
@@ -90,8 +90,6 @@ ACTIVATE = {
 def test_the_defaults_are_what_runs(name):
     """The function's own defaults run when no option is given: the same samples as passing them, on a
     15-step sigma_min grid, where lower_order_final = 15 (diffusers) is the threshold itself."""
-    from diffbench.sampling.noise import NoiseSource
-
     info = get_solver(name)
     sigmas = edm_grid(16, 0.002, 80.0)  # 15 steps, ending at sigma_min
 
@@ -188,8 +186,6 @@ def test_restart_parameters_past_their_bounds_are_refused(n, k, tmin, tmax, gamm
 
 def restart_run(**options):
     sigmas = torch.cat([edm_grid(12, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
-    from diffbench.sampling.noise import NoiseSource
-
     noise = NoiseSource([0])
     x = noise.latents(SHAPE).double() * 80
     return sigmas, get_solver("restart").fn(D, x, sigmas, noise=noise, **options)
@@ -215,8 +211,6 @@ def test_restart_tmax_must_lie_strictly_above_the_restart_point_and_at_most_sigm
 
 def test_restart_k_zero_is_heun_on_the_main_grid():
     sigmas, out = restart_run(restart_k=0)
-    from diffbench.sampling.noise import NoiseSource
-
     noise = NoiseSource([0])
     x = noise.latents(SHAPE).double() * 80
     assert torch.equal(out, get_solver("heun").fn(D, x, sigmas, noise=None))
@@ -328,8 +322,6 @@ def test_each_supported_order_runs_and_others_are_refused_by_name(name, orders):
     "option,value,kind", [("variant", "bh3", "unipc variant"), ("prediction", "v", "unipc prediction")]
 )
 def test_unipc_names_an_unknown_variant_or_prediction(option, value, kind):
-    from diffbench.errors import UnknownNameError
-
     sigmas = torch.cat([edm_grid(4, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
     with pytest.raises(UnknownNameError) as exc:
         get_solver("unipc").fn(D, torch.zeros(1, *SHAPE, dtype=torch.float64), sigmas, **{option: value})
@@ -422,7 +414,6 @@ def test_churn_gammas_follow_algorithm_2_line_4():
 @pytest.mark.parametrize("name", ["euler", "heun"])
 def test_churn_lands_on_the_levels_a_discrete_model_has(name):
     """sigma_hat = round_sigma(sigma (1 + gamma)) (EDM Alg. 2 line 5 with the network's round_sigma)."""
-    from diffbench.sampling.noise import NoiseSource
 
     class Discrete:
         def __init__(self):
@@ -464,8 +455,6 @@ def test_heun_alpha_outside_0_1_is_refused(alpha):
 
 @pytest.mark.parametrize("name", ["dpmpp-3m", "dpm-solver-3m"])
 def test_an_unknown_3m_variant_is_named(name):
-    from diffbench.errors import UnknownNameError
-
     sigmas = torch.cat([edm_grid(4, 0.002, 80.0), torch.zeros(1, dtype=torch.float64)])
     with pytest.raises(UnknownNameError) as exc:
         get_solver(name).fn(D, torch.ones(1, *SHAPE, dtype=torch.float64), sigmas, variant="paper")
@@ -526,16 +515,12 @@ def test_order_at_defaults_lower_the_final_steps_and_count_no_history():
 
 
 def test_an_unknown_schedule_is_named_as_a_schedule():
-    from diffbench.errors import UnknownNameError
-
     with pytest.raises(UnknownNameError) as exc:
         S.get_schedule("karras")
     assert (exc.value.kind, exc.value.name) == ("schedule", "karras") and "file:PATH" in exc.value.valid
 
 
 def test_an_unknown_solver_is_named_with_the_registered_ones():
-    from diffbench.errors import UnknownNameError
-
     with pytest.raises(UnknownNameError) as exc:
         get_solver("dpmpp-2n")
     assert (exc.value.kind, exc.value.name) == ("solver", "dpmpp-2n")

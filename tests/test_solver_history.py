@@ -13,6 +13,7 @@ import inspect
 
 import pytest
 import torch
+from test_solver_callbacks import Recorder  # D of the same mixture, recording (x, sigma, D) per call
 
 import diffbench
 from diffbench.sampling.noise import NoiseSource
@@ -24,18 +25,8 @@ SHAPE = tuple(MODEL.sample_shape)
 WITH_HISTORY = [s.name for s in all_solvers() if "history" in inspect.signature(s.fn).parameters]
 # UniPC's step k starts from the model output at its predicted point (UniC's evaluation), which a history of
 # (sigma, x, D) cannot carry: a restarted half evaluates at the corrected state instead, so its split is not
-# exact by construction; its history is checked through the order tests (tests/test_solvers_fast.py)
+# exact by construction; its history is checked by test_unipc_history_enters_as_its_model_output_... below
 SPLIT_EXACT = [n for n in WITH_HISTORY if n != "unipc"]
-
-
-class Recorder:
-    def __init__(self):
-        self.calls: list[tuple[float, torch.Tensor, torch.Tensor]] = []
-
-    def __call__(self, x, sigma):
-        out = MODEL(x, torch.full((x.shape[0],), float(sigma), dtype=torch.float64))
-        self.calls.append((float(sigma), x.clone(), out.clone()))
-        return out
 
 
 def test_the_multistep_solvers_take_a_history():
@@ -62,7 +53,7 @@ def test_a_run_split_with_its_history_ends_where_the_whole_run_ends(name, extra,
 
     # the points before the split, as the whole run evaluated them: (sigma_j, x at that evaluation, D)
     first_eval = {}
-    for s, x, d in whole_rec.calls:
+    for x, s, d in whole_rec.calls:
         first_eval.setdefault(s, (s, x, d))
     history = [first_eval[float(sigmas[j])] for j in range(split)]  # all of them: the solver keeps what it needs
     rest = info.fn(Recorder(), states[split - 1], sigmas[split:], noise=None, history=history, **opts)
