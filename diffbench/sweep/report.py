@@ -1,8 +1,9 @@
-"""Tables from store rows (no rich here): rows = sampler configuration, columns = NFE; Markdown, CSV, JSON, LaTeX.
+"""Tables from store rows (no rich here): rows = series (sampler configurations), columns = any swept axis
+(NFE by default); Markdown, CSV, JSON, LaTeX.
 
 Paired differences: every cell of a sweep uses the same seeds, so block k of cell A and block k of cell B
 share their latents; the t-interval of the B per-block differences (Student 1908) is far tighter than
-either cell's own interval.
+either cell's own interval. Only cells that spent the same counted NFE are paired.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,11 @@ from typing import Any
 from diffbench.errors import ConfigError
 
 FORMATS = ("md", "csv", "json", "tex")
+NFE = "nfe"  # the default x axis: the requested budget (the NFE actually spent is shown beside it)
+# spec keywords of axes drawn on a log x axis (budgets and sigmas); every other axis is linear or categorical
+LOG_AXES = ("nfe", "steps", "sigma_min", "sigma_max", "S_min", "S_max")
+# spec keywords never offered as axes: how a cell is labelled or stored, not a sampler setting
+_NOT_AXES = ("nfe_requested",)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class Entry:
     note: str | None = None  # skipped / not applicable
     best: bool = False
     cell_id: str | None = None
+    footnote: int | None = None  # number of the table's footnote that explains this cell
 
     @property
     def half_width(self) -> float | None:
@@ -42,21 +49,92 @@ class Entry:
         return (self.ci_high - self.ci_low) / 2
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What a table reads from one metric result of a cell (the one place the result dict is read)."""
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    better: str | None
+    blocks: int | None  # seed blocks behind the interval
+    n: int | None  # samples per block
+    extractor: str | None  # feature space id, for feature metrics
+    note: str | None
+
+
+def reading(result: Mapping[str, Any]) -> Reading:
+    """A metric result as stored by the cell runner -> Reading."""
+    blocks = result.get("blocks")
+    return Reading(
+        value=result.get("value"),
+        ci_low=result.get("ci_low"),
+        ci_high=result.get("ci_high"),
+        better=result.get("better"),
+        blocks=len(blocks) if blocks else None,
+        n=result.get("n") if blocks else None,
+        extractor=result.get("extractor"),
+        note=result.get("note"),
+    )
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The metric of held-out real data at the table's n: what a perfect sampler would score."""
+
+    value: float
+    n: int
+    draws: int  # random subsets of the held-out split averaged (1 when n is the whole split)
+    of: int  # size of the held-out split
+    what: str  # 'held-out real digits'
+
+    def caption(self, metric: str) -> str:
+        draws = f", mean over {self.draws} random subsets of the {self.of}" if self.draws > 1 else ""
+        return (
+            f"floor {metric} = {self.value:.4g}: {self.n} {self.what} (never trained on) against the same "
+            f"reference statistics{draws}; real data scores this at n={self.n}, so values near or below it "
+            "cannot be told apart from real data by this metric"
+        )
+
+
 @dataclass
 class Table:
-    """A metric's table: `rows[config][nfe] -> Entry`, with the conventions every row was run under."""
+    """A metric's table: `entries[row][column] -> Entry`, rows the series, columns the values of axis `x`."""
 
     metric: str
     better: str
-    nfes: list[int]
+    columns: list[Any]
     configs: list[str]
-    entries: dict[str, dict[int, Entry]]
-    conventions: dict[str, str] = field(default_factory=dict)  # config -> 'endpoint edm' etc.
+    entries: dict[str, dict[Any, Entry]]
+    conventions: dict[str, str] = field(default_factory=dict)  # row -> 'endpoint edm' etc.
     blocks: int | None = None
     n: int | None = None
+    x: str = NFE  # the axis of the columns, as shown (flag name)
+    footnotes: list[str] = field(default_factory=list)  # footnote k is footnotes[k - 1]
+    model: str | None = None
+    extractor: str | None = None
+    x_log: bool = True  # the x axis is a budget or a sigma (plots use a log x axis)
+    floor: Floor | None = None
+    floor_skipped: str | None = None  # why no floor was computed, when one was asked for
 
-    def entry(self, config: str, nfe: int) -> Entry | None:
-        return self.entries.get(config, {}).get(nfe)
+    @property
+    def nfes(self) -> list[Any]:
+        """The columns (NFE values for the default layout)."""
+        return self.columns
+
+    def entry(self, config: str, column: Any) -> Entry | None:
+        return self.entries.get(config, {}).get(column)
+
+    def header(self, column: Any) -> str:
+        """'NFE 5', 'churn 10', 'schedule vp'."""
+        return f"{'NFE' if self.x == NFE else self.x} {show(column)}"
+
+
+def show(value: Any) -> str:
+    """An axis value as labels show it: 10.0 -> '10'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def metrics_in(cells: Sequence[dict[str, Any]]) -> list[str]:
@@ -80,91 +158,318 @@ def _convention(cell: dict[str, Any]) -> str:
     return text
 
 
-def table(cells: Sequence[dict[str, Any]], metric: str) -> Table:
-    """The table of one metric over done and skipped cells; best per NFE column marked."""
-    nfes: list[int] = []
+def cell_note(cell: Mapping[str, Any]) -> str | None:
+    """A note recorded with a cell (in its store row or its provenance), e.g. that a cap makes two values equal."""
+    for where in (cell, cell.get("provenance") or {}, cell.get("identity") or {}):
+        note = where.get("note") if isinstance(where, Mapping) else None
+        if isinstance(note, str) and note.strip():
+            return note.strip()
+    return None
+
+
+# ---- axes ----------------------------------------------------------------------------------------------------
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def cell_axes(cell: Mapping[str, Any], names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The sampler options a cell was given, keyed by shown name (flag name): its identity's spec (a skipped
+    cell's options), else its provenance's; `nfe` is the requested budget. Options left at their defaults
+    are absent, so a solver's own defaults (its order, its schedule's sigma range) never read as an axis."""
+    names = names or {}
+    ident = cell.get("identity") or {}
+    given = ident.get("spec") or ident.get("options") or (cell.get("provenance") or {}).get("spec") or {}
+    out: dict[str, Any] = {}
+    for k, v in given.items():
+        if v is None or k in _NOT_AXES or k == NFE or isinstance(v, dict | list):
+            continue
+        out[names.get(k, k)] = _norm(v)
+    nfe = cell.get("nfe_requested") if cell.get("nfe_requested") is not None else cell.get("nfe")
+    if nfe is not None:
+        out[NFE] = int(nfe)
+    for k in ("solver", "schedule"):
+        if cell.get(k) is not None:
+            out[names.get(k, k)] = cell[k]
+    return out
+
+
+def _neutral(names: Mapping[str, str]) -> dict[str, Any]:
+    """Shown name -> the value a solver without that option behaves as (churn 0): such a cell sits there."""
+    try:
+        from diffbench.sweep.grid import NEUTRAL
+    except ImportError:  # pragma: no cover - a grid without neutral values
+        return {}
+    return {names.get(k, k): _norm(v) for k, v in NEUTRAL.items()}
+
+
+def all_axes(cells: Sequence[Mapping[str, Any]], names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """cell_axes of every cell, with options a solver does not take set to their neutral value where other
+    cells vary them (dpmpp-2m beside heun churn=0,40 sits at churn 0)."""
+    per = [cell_axes(c, names) for c in cells]
+    neutral = _neutral(names or {})
+    keys = {k for p in per for k in p}
+    for p in per:
+        for k, v in neutral.items():
+            if k in keys and k not in p:
+                p[k] = v
+    return per
+
+
+def varying_axes(cells: Sequence[Mapping[str, Any]], names: Mapping[str, str] | None = None) -> dict[str, list[Any]]:
+    """Shown axis name -> its distinct values, for every setting with more than one value across the cells
+    (NFE first, then solver, schedule and the rest in first-seen order)."""
+    values: dict[str, list[Any]] = {}
+    for p in all_axes(cells, names):
+        for k, v in p.items():
+            vs = values.setdefault(k, [])
+            if v not in vs:
+                vs.append(v)
+    out = {k: v for k, v in values.items() if len(v) > 1}
+    order = sorted(out, key=lambda k: {NFE: 0, "solver": 1, "schedule": 2}.get(k, 3))
+    return {k: out[k] for k in order}
+
+
+def _resolve(name: str, axes: Mapping[str, Any], names: Mapping[str, str], flag: str) -> str:
+    """A user's axis name (flag name, spec keyword, - or _) -> the shown name; an error lists the axes."""
+    want = name.strip()
+    spec_to_shown = dict(names)
+    candidates = {want, want.lower(), want.replace("_", "-"), want.replace("-", "_"), want.lower().lstrip("-")}
+    for c in list(candidates):
+        if c in spec_to_shown:
+            candidates.add(spec_to_shown[c])
+    for c in candidates:
+        if c in axes:
+            return c
+    vary = ", ".join(axes) or "none (every cell has the same settings)"
+    raise ConfigError(f"{flag} {want}: not an axis that varies across these cells; axes that vary: {vary}")
+
+
+def layout(
+    cells: Sequence[Mapping[str, Any]],
+    *,
+    x: str | None = None,
+    series: Sequence[str] | None = None,
+    names: Mapping[str, str] | None = None,
+) -> tuple[str, list[str] | None]:
+    """Check --x and --series against the axes that vary across the cells; returns (x, series) as shown names
+    (series None: the default rows). An axis that does not vary, or appears twice, is one error line."""
+    names = names or {}
+    axes = varying_axes(cells, names)
+    return check_layout(axes, x=x, series=series, names=names)
+
+
+def check_layout(
+    axes: Mapping[str, Any],
+    *,
+    x: str | None = None,
+    series: Sequence[str] | None = None,
+    names: Mapping[str, str] | None = None,
+) -> tuple[str, list[str] | None]:
+    """layout() over a mapping of the varying axes (shown name -> values), e.g. a grid's before it runs."""
+    names = names or {}
+    xs = NFE if x is None else _resolve(x, axes, names, "--x")
+    if series is None:
+        return xs, None
+    out: list[str] = []
+    for s in series:
+        k = _resolve(s, axes, names, "--series")
+        if k == xs:
+            raise ConfigError(f"--series {s}: {k} is already the x axis (--x {xs})")
+        if k in out:
+            raise ConfigError(f"--series names {k} twice")
+        out.append(k)
+    rest = [k for k in axes if k != xs and k not in out]
+    if rest:
+        raise ConfigError(
+            f"--series {','.join(series)} leaves {', '.join(rest)} varying within a line; add "
+            f"{'it' if len(rest) == 1 else 'them'} (--series {','.join([*out, *rest])})"
+        )
+    return xs, out
+
+
+def _row_label(p: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """'heun edm churn=10 NFE 5': solver and schedule by value, NFE as 'NFE n', others as name=value."""
+    parts = []
+    for k in keys:
+        if k not in p:
+            continue
+        v = p[k]
+        parts.append(show(v) if k in ("solver", "schedule") else (f"NFE {v}" if k == NFE else f"{k}={show(v)}"))
+    return " ".join(parts)
+
+
+def _sortable(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+# ---- the table -------------------------------------------------------------------------------------------
+
+
+def table(
+    cells: Sequence[dict[str, Any]],
+    metric: str,
+    *,
+    x: str | None = None,
+    series: Sequence[str] | None = None,
+    names: Mapping[str, str] | None = None,
+) -> Table:
+    """The table of one metric over done and skipped cells: columns the values of axis `x` (NFE by default),
+    rows the combinations of the `series` axes (default: the sweep's configuration labels, or with another x
+    every other varying axis); best per column marked; cell notes as numbered footnotes."""
+    names = names or {}
+    legacy = x is None and series is None
+    xs, rows_by = layout(cells, x=x, series=series, names=names) if not legacy else (NFE, None)
+    per = all_axes(cells, names)
+    vary = varying_axes(cells, names)
+    if rows_by is None and xs != NFE:  # every other varying axis, labelled as the sweep labels its rows
+        rows_by = ["solver", "schedule", *[k for k in vary if k not in (NFE, "solver", "schedule")]]
+        rows_by = [k for k in rows_by if k != xs] + ([NFE] if NFE in vary else [])
+    columns: list[Any] = []
     configs: list[str] = []
-    entries: dict[str, dict[int, Entry]] = {}
+    entries: dict[str, dict[Any, Entry]] = {}
+    placed: dict[tuple[str, Any], int] = {}
     conventions: dict[str, str] = {}
-    better, blocks, n = "lower", None, None
-    for c in cells:
+    footnotes: list[str] = []
+    better, blocks, n, model, extractor = "lower", None, None, None, None
+    without_x = 0
+    for i, (c, p) in enumerate(zip(cells, per)):
         nfe = c.get("nfe_requested") if c.get("nfe_requested") is not None else c.get("nfe")
         if nfe is None:
             continue
-        cfg = c["config"]
-        if cfg not in configs:
-            configs.append(cfg)
-        if nfe not in nfes:
-            nfes.append(nfe)
-        conventions.setdefault(cfg, _convention(c))
+        col = p.get(xs)
+        if col is None:
+            without_x += 1
+            continue
+        cfg = c["config"] if rows_by is None else _row_label(p, rows_by)
+        if rows_by is not None and (cfg, col) in placed:
+            other = per[placed[cfg, col]]
+            differ = [k for k in vary if other.get(k) != p.get(k)]
+            if differ:
+                raise ConfigError(
+                    f"cells differ in {', '.join(differ)}, which neither --x nor --series lays out; "
+                    f"add {'it' if len(differ) == 1 else 'them'} to --series"
+                )
+        note = cell_note(c)
+        mark = None
+        if note is not None:
+            if note not in footnotes:
+                footnotes.append(note)
+            mark = footnotes.index(note) + 1
         if c["status"] == "skipped":
-            e = Entry(None, note=f"skipped: {c.get('skip_reason')}", nfe_requested=nfe, cell_id=c["id"])
+            e = Entry(None, note=f"skipped: {c.get('skip_reason')}", nfe_requested=nfe, cell_id=c["id"], footnote=mark)
         else:
             r = (c.get("results") or {}).get(metric)
             if r is None:
                 continue
-            better = r.get("better", better)
-            if r.get("blocks"):
-                blocks, n = len(r["blocks"]), r.get("n")
+            rd = reading(r)
+            better = rd.better or better
+            if rd.blocks:
+                blocks, n = rd.blocks, rd.n
+            extractor = rd.extractor or extractor
+            model = model or (c.get("provenance") or {}).get("model_name")
             e = Entry(
-                r.get("value"),
-                r.get("ci_low"),
-                r.get("ci_high"),
+                rd.value,
+                rd.ci_low,
+                rd.ci_high,
                 nfe_spent=c.get("nfe"),
                 nfe_requested=nfe,
-                note=r.get("note"),
+                note=rd.note,
                 cell_id=c["id"],
+                footnote=mark,
             )
-        entries.setdefault(cfg, {})[nfe] = e
-    nfes.sort()
-    for nfe in nfes:
-        col = [(cfg, entries[cfg][nfe]) for cfg in configs if nfe in entries.get(cfg, {})]
-        vals = [(cfg, e.value) for cfg, e in col if e.value is not None]
+        if cfg not in configs:
+            configs.append(cfg)
+        if col not in columns:
+            columns.append(col)
+        conventions.setdefault(cfg, _convention(c))
+        entries.setdefault(cfg, {})[col] = e
+        placed[cfg, col] = i
+    if _sortable(columns):
+        columns.sort()
+    for col in columns:
+        vals = [(cfg, entries[cfg][col].value) for cfg in configs if col in entries.get(cfg, {})]
+        vals = [(cfg, v) for cfg, v in vals if v is not None]
         if vals:
             pick = min if better == "lower" else max
             best = pick(v for _, v in vals)
             for cfg, v in vals:
                 if v == best:
-                    e = entries[cfg][nfe]
-                    entries[cfg][nfe] = Entry(**{**e.__dict__, "best": True})
-    return Table(metric, better, nfes, configs, entries, conventions, blocks, n)
+                    e = entries[cfg][col]
+                    entries[cfg][col] = Entry(**{**e.__dict__, "best": True})
+    if without_x:
+        footnotes.append(f"{without_x} cell(s) have no {xs} setting (the option does not apply) and are not shown")
+    spec_key = {v: k for k, v in names.items()}.get(xs, xs)
+    return Table(
+        metric,
+        better,
+        columns,
+        configs,
+        entries,
+        conventions,
+        blocks,
+        n,
+        x=xs,
+        footnotes=footnotes,
+        model=model,
+        extractor=extractor,
+        x_log=spec_key in LOG_AXES,
+    )
 
 
 def fmt_value(e: Entry | None, *, digits: int = 4, interval: bool = True) -> str:
-    """'1.2345 ±0.0100 (nfe 19)'; '—' for skipped or not applicable cells."""
+    """'1.2345 ±0.0100 (nfe 19) [1]'; '—' for skipped or not applicable cells; [k] names a footnote."""
     if e is None:
         return ""
+    mark = f" [{e.footnote}]" if e.footnote is not None else ""
     if e.value is None:
-        return "—"
+        return "—" + mark
     text = f"{e.value:.{digits}g}" if abs(e.value) < 1e-3 and e.value != 0 else f"{e.value:.{digits}f}"
     hw = e.half_width
     if interval and hw is not None and math.isfinite(hw):
         text += f" ±{hw:.2g}"
     if e.nfe_spent is not None and e.nfe_requested is not None and e.nfe_spent != e.nfe_requested:
         text += f" (nfe {e.nfe_spent})"
-    return text
+    return text + mark
 
 
 def _caption(t: Table) -> str:
     arrow = "lower is better" if t.better == "lower" else "higher is better"
     extra = f"; ± is the 95% t-interval over {t.blocks} seed blocks of n={t.n}" if t.blocks and t.blocks > 1 else ""
-    return f"{t.metric} by NFE ({arrow}; best per column marked{extra})"
+    by = "NFE" if t.x == NFE else t.x
+    return f"{t.metric} by {by} ({arrow}; best per column marked{extra})"
+
+
+def notes_below(t: Table) -> list[str]:
+    """The lines printed under a table: numbered footnotes, then the floor (or why there is none)."""
+    lines = [f"[{k}] {text}" for k, text in enumerate(t.footnotes, 1)]
+    if t.floor is not None:
+        lines.append(t.floor.caption(t.metric))
+    elif t.floor_skipped:
+        lines.append(f"no floor: {t.floor_skipped}")
+    return lines
 
 
 def _columns(t: Table) -> list[str]:
-    return ["config", "convention", *[f"NFE {n}" for n in t.nfes]]
+    return ["config", "convention", *[t.header(c) for c in t.columns]]
 
 
 def to_markdown(t: Table, paired: Sequence[str] = ()) -> str:
-    """A GitHub Markdown table, the best value per column in bold; paired differences listed below it."""
+    """A GitHub Markdown table, the best value per column in bold; footnotes and paired differences below it."""
     lines = [f"**{_caption(t)}**", "", "| " + " | ".join(_columns(t)) + " |", "|" + "---|" * len(_columns(t))]
     for cfg in t.configs:
         cells = []
-        for nfe in t.nfes:
-            e = t.entry(cfg, nfe)
+        for col in t.columns:
+            e = t.entry(cfg, col)
             s = fmt_value(e)
             cells.append(f"**{s}**" if e is not None and e.best else s)
         lines.append("| " + " | ".join([cfg, t.conventions.get(cfg, ""), *cells]) + " |")
+    below = notes_below(t)
+    if below:
+        lines += ["", *below]
     if paired:
         lines += ["", "Paired differences against the best of each column (same seeds, per-block differences):", ""]
         lines += [f"- {p}" for p in paired]
@@ -172,46 +477,63 @@ def to_markdown(t: Table, paired: Sequence[str] = ()) -> str:
 
 
 def to_csv(t: Table) -> str:
-    """Long form, one row per cell: config, nfe, nfe_spent, value, ci_low, ci_high, best, note."""
+    """Long form, one row per cell: config, nfe, nfe_spent, value, ci_low, ci_high, best, note (and the x
+    axis's value in a column of its own when it is not NFE)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["metric", "config", "convention", "nfe", "nfe_spent", "value", "ci_low", "ci_high", "best", "note"])
+    extra = [] if t.x == NFE else [t.x]
+    w.writerow(
+        ["metric", "config", "convention", *extra, "nfe", "nfe_spent", "value", "ci_low", "ci_high", "best", "note"]
+    )
     for cfg in t.configs:
-        for nfe in t.nfes:
-            e = t.entry(cfg, nfe)
+        for col in t.columns:
+            e = t.entry(cfg, col)
             if e is None:
                 continue
+            note = "; ".join(s for s in (e.note, t.footnotes[e.footnote - 1] if e.footnote is not None else None) if s)
             w.writerow(
                 [
                     t.metric,
                     cfg,
                     t.conventions.get(cfg, ""),
-                    nfe,
+                    *([show(col)] if extra else []),
+                    "" if e.nfe_requested is None else e.nfe_requested,
                     "" if e.nfe_spent is None else e.nfe_spent,
                     "" if e.value is None else repr(e.value),
                     "" if e.ci_low is None else repr(e.ci_low),
                     "" if e.ci_high is None else repr(e.ci_high),
                     int(e.best),
-                    e.note or "",
+                    note,
                 ]
             )
     return buf.getvalue()
 
 
 def to_json(t: Table) -> str:
-    """{metric, better, nfes, rows: [{config, convention, cells: {nfe: {...}}}]}."""
+    """{metric, better, x, nfes (the columns), rows: [{config, convention, cells: {column: {...}}}], footnotes}."""
     rows = []
     for cfg in t.configs:
         cells = {}
-        for nfe in t.nfes:
-            e = t.entry(cfg, nfe)
+        for col in t.columns:
+            e = t.entry(cfg, col)
             if e is not None:
-                cells[str(nfe)] = {k: v for k, v in e.__dict__.items()}
+                cells[show(col)] = {k: v for k, v in e.__dict__.items()}
         rows.append({"config": cfg, "convention": t.conventions.get(cfg, ""), "cells": cells})
-    return json.dumps(
-        {"metric": t.metric, "better": t.better, "nfes": t.nfes, "blocks": t.blocks, "n": t.n, "rows": rows},
-        indent=1,
-    )
+    data: dict[str, Any] = {
+        "metric": t.metric,
+        "better": t.better,
+        "nfes": t.columns,
+        "blocks": t.blocks,
+        "n": t.n,
+        "rows": rows,
+    }
+    if t.x != NFE:
+        data["x"] = t.x
+    if t.footnotes:
+        data["footnotes"] = t.footnotes
+    if t.floor is not None:
+        data["floor"] = {**t.floor.__dict__, "caption": t.floor.caption(t.metric)}
+    return json.dumps(data, indent=1, default=str)
 
 
 def _tex(s: str) -> str:
@@ -221,49 +543,127 @@ def _tex(s: str) -> str:
 
 
 def to_latex(t: Table) -> str:
-    """A booktabs tabular; the best value per column in \\textbf."""
-    cols = "l" + "r" * len(t.nfes)
+    """A booktabs tabular; the best value per column in \\textbf; footnotes as comments below it."""
+    cols = "l" + "r" * len(t.columns)
     out = [
         "% " + _caption(t),
         f"\\begin{{tabular}}{{{cols}}}",
         "\\toprule",
-        " & ".join(["config", *[f"NFE {n}" for n in t.nfes]]) + " \\\\",
+        " & ".join(["config", *[_tex(t.header(c)) for c in t.columns]]) + " \\\\",
         "\\midrule",
     ]
     for cfg in t.configs:
         cells = []
-        for nfe in t.nfes:
-            e = t.entry(cfg, nfe)
+        for col in t.columns:
+            e = t.entry(cfg, col)
             s = _tex(fmt_value(e)).replace("±", "$\\pm$").replace("—", "--")
             cells.append(f"\\textbf{{{s}}}" if e is not None and e.best else s)
         out.append(" & ".join([_tex(cfg), *cells]) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
+    out += ["% " + line for line in notes_below(t)]
     return "\n".join(out) + "\n"
 
 
 RENDER = {"md": to_markdown, "csv": to_csv, "json": to_json, "tex": to_latex}
 
 
-def write_reports(cells: Sequence[dict[str, Any]], out: str | os.PathLike, *, plot: bool = True) -> list[Path]:
-    """Every table format for every metric (and the plots) into a folder; returns the files written."""
+class Written(list):  # type: ignore[type-arg]
+    """The files a report wrote, and what it skipped (one line each: what and why)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[str] = []
+
+
+def write_reports(
+    cells: Sequence[dict[str, Any]],
+    out: str | os.PathLike,
+    *,
+    plot: bool = True,
+    x: str | None = None,
+    series: Sequence[str] | None = None,
+    names: Mapping[str, str] | None = None,
+    floor: bool = False,
+) -> Written:
+    """Every table format for every metric (and the plots) into a folder; returns the files written.
+
+    The tables are written first; a plot (or a floor) that cannot be made is listed in `.skipped` with its
+    reason, never an error at the end."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = Written()
     metrics = metrics_in(cells)
     if not metrics:
         raise ConfigError("no finished cells to report")
+    layout(cells, x=x, series=series, names=names)  # a bad axis fails before any file is written
     for m in metrics:
-        t = table(cells, m)
+        t = table(cells, m, x=x, series=series, names=names)
+        if floor:
+            add_floor(t, cells)
         stem = m.replace("/", "_")
         for fmt, fn in RENDER.items():
             p = folder / f"{stem}.{fmt}"
-            p.write_text(to_markdown(t, paired_rows(cells, m)) if fmt == "md" else fn(t))
+            p.write_text(to_markdown(t, paired_rows(cells, m, table_=t)) if fmt == "md" else fn(t))
             written.append(p)
         if plot:
-            from diffbench.sweep.plot import plot_table
+            try:
+                from diffbench.sweep.plot import plot_table
 
-            written += plot_table(t, folder / stem)
+                written += plot_table(t, folder / stem)
+            except Exception as exc:  # the tables are written; a plot is never worth failing the run for
+                written.skipped.append(f"plot of {m}: {exc}")
     return written
+
+
+# ---- the floor -------------------------------------------------------------------------------------------
+
+HELDOUT_DRAWS = 8  # random held-out subsets averaged when the table's n is below the split's size
+
+
+def heldout_floor(cells: Sequence[Mapping[str, Any]], metric: str, n: int | None) -> tuple[Floor | None, str | None]:
+    """(floor, None) or (None, why not): the metric of n held-out real images against the reference the cells
+    were scored with, through diffbench.fid. Defined for fd in the digits feature space (the built-in digits
+    models' held-out split, as benchmarks/digits_quality.py computes the floor 13.5 at n=297)."""
+    if metric != "fd":
+        return None, f"a floor is defined for fd in the digits feature space, not for {metric}"
+    done = [c for c in cells if c.get("status") == "done" and metric in (c.get("results") or {})]
+    if not done or not n:
+        return None, "no finished cells with seed blocks to take n from"
+    prov = done[0].get("provenance") or {}
+    ex = reading(done[0]["results"][metric]).extractor or prov.get("extractor") or ""
+    if not str(ex).startswith("digits"):
+        return None, f"held-out real data is shipped only for the digits feature space (this table: {ex or '?'})"
+    if any((c.get("identity") or {}).get("class") is not None for c in done):
+        return None, "the cells sample one fixed class; the held-out split mixes every class"
+    ref = prov.get("ref")
+    if not ref or not Path(str(ref)).exists():
+        return None, f"the reference statistics the cells used ({ref}) are not on this machine"
+    import numpy as np
+    import torch
+
+    import diffbench
+    from diffbench.models.builtin import digits_data
+
+    images, _ = digits_data().split("heldout")
+    size = len(images)
+    if n > size:
+        return None, f"the held-out split has {size} images, fewer than the table's n={n}"
+    rng = np.random.default_rng(0)
+    picks = [np.arange(size)] if n == size else [rng.choice(size, n, replace=False) for _ in range(HELDOUT_DRAWS)]
+    values = [
+        diffbench.fid(torch.from_numpy(images[idx]), ref=str(ref), extractor="digits", allow_small_n=True).fid
+        for idx in picks
+    ]
+    return Floor(float(np.mean(values)), n, len(picks), size, "held-out real digits"), None
+
+
+def add_floor(t: Table, cells: Sequence[Mapping[str, Any]]) -> Table:
+    """Set t.floor (or t.floor_skipped with the reason); a floor that cannot be computed is never an error."""
+    try:
+        t.floor, t.floor_skipped = heldout_floor(cells, t.metric, t.n)
+    except Exception as exc:  # an optional line on a finished report: say why, keep the rest
+        t.floor, t.floor_skipped = None, f"could not compute it ({exc})"
+    return t
 
 
 # ---- paired differences ------------------------------------------------------------------------------------
@@ -336,26 +736,47 @@ def find_cell(cells: Sequence[dict[str, Any]], config: str, nfe: int) -> dict[st
     raise ConfigError(f"no finished cell '{config}' at NFE {nfe}")
 
 
-def paired_rows(cells: Sequence[dict[str, Any]], metric: str) -> list[str]:
-    """Per NFE column: each configuration minus the column's best, over paired seed blocks (needs blocks > 1)."""
-    t = table(cells, metric)
+def paired_rows(
+    cells: Sequence[dict[str, Any]],
+    metric: str,
+    *,
+    table_: Table | None = None,
+    x: str | None = None,
+    series: Sequence[str] | None = None,
+    names: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Per column: each row minus the best of the cells that spent the same counted NFE (under nfe_policy
+    nearest a column can hold several), over paired seed blocks (needs blocks > 1)."""
+    t = table_ if table_ is not None else table(cells, metric, x=x, series=series, names=names)
     by_id = {c["id"]: c for c in cells}
+    pick = min if t.better == "lower" else max
     lines = []
-    for nfe in t.nfes:
-        col = [(cfg, t.entry(cfg, nfe)) for cfg in t.configs]
-        col = [(cfg, e) for cfg, e in col if e is not None and e.value is not None and e.cell_id in by_id]
-        best = [(cfg, e) for cfg, e in col if e.best]
-        if len(col) < 2 or not best:
-            continue
-        bcfg, be = best[0]
-        for cfg, e in col:
-            if cfg == bcfg:
+    for col in t.columns:
+        col_entries = [(cfg, t.entry(cfg, col)) for cfg in t.configs]
+        found = [(cfg, e) for cfg, e in col_entries if e is not None and e.value is not None and e.cell_id in by_id]
+        spent = sorted({e.nfe_spent for _, e in found}, key=lambda v: (v is None, v))
+        for nfe in spent:
+            group = [(cfg, e) for cfg, e in found if e.nfe_spent == nfe]
+            if len(group) < 2:
                 continue
-            p = paired_difference(by_id[e.cell_id], by_id[be.cell_id], metric)  # type: ignore[index]
-            if not math.isfinite(p.ci_low):
-                continue
-            lines.append(
-                f"NFE {nfe}: {cfg} − {bcfg} = {p.difference:+.4g}, paired 95% interval "
-                f"[{p.ci_low:+.3g}, {p.ci_high:+.3g}] over {p.blocks} blocks: {p.verdict(cfg, bcfg)}"
-            )
+            best_value = pick(e.value for _, e in group)  # type: ignore[type-var]
+            bcfg, be = next((cfg, e) for cfg, e in group if e.value == best_value)
+            head = t.header(col)
+            if t.x == NFE and nfe is not None and nfe != col:
+                head += f" (counted {nfe})"
+            elif t.x != NFE and nfe is not None:
+                head += f" at NFE {nfe}"
+            for cfg, e in group:
+                if cfg == bcfg:
+                    continue
+                try:
+                    p = paired_difference(by_id[e.cell_id], by_id[be.cell_id], metric)  # type: ignore[index]
+                except ConfigError:  # different seeds (two sweeps in one store): not paired
+                    continue
+                if not math.isfinite(p.ci_low):
+                    continue
+                lines.append(
+                    f"{head}: {cfg} − {bcfg} = {p.difference:+.4g}, paired 95% interval "
+                    f"[{p.ci_low:+.3g}, {p.ci_high:+.3g}] over {p.blocks} blocks: {p.verdict(cfg, bcfg)}"
+                )
     return lines
