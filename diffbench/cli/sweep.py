@@ -41,7 +41,7 @@ def _console(stderr: bool = False) -> Any:
 
 
 def rich_table(t: Any) -> Any:
-    """The terminal table of a report.Table: rows configurations, columns NFE, best bold with '*'."""
+    """The terminal table of a report.Table: rows the series, columns the x axis (NFE), best bold with '*'."""
     from rich.table import Table as RichTable
 
     from diffbench.sweep.report import _caption, fmt_value
@@ -49,27 +49,47 @@ def rich_table(t: Any) -> Any:
     rt = RichTable(title=_caption(t), title_justify="left")
     rt.add_column("config")
     rt.add_column("convention", style="dim")
-    for n in t.nfes:
-        rt.add_column(f"NFE {n}", justify="right")
+    for col in t.columns:
+        rt.add_column(t.header(col), justify="right")
     for cfg in t.configs:
         cells = []
-        for nfe in t.nfes:
-            e = t.entry(cfg, nfe)
+        for col in t.columns:
+            e = t.entry(cfg, col)
             s = fmt_value(e)
             cells.append(f"[bold]{s} *[/bold]" if e is not None and e.best else s)
         rt.add_row(cfg, t.conventions.get(cfg, ""), *cells)
     return rt
 
 
-def _print_tables(cells: list[dict[str, Any]], metrics: list[str] | None = None, *, paired: bool = True) -> None:
-    from diffbench.sweep.report import metrics_in, paired_rows, table
+def _layout_options(x: str | None, series: str | None) -> dict[str, Any]:
+    """--x / --series as report.table's keywords (flag names, as the user wrote them)."""
+    return {"x": x, "series": _split(series), "names": _names()}
+
+
+def _print_tables(
+    cells: list[dict[str, Any]],
+    metrics: list[str] | None = None,
+    *,
+    paired: bool = True,
+    x: str | None = None,
+    series: str | None = None,
+    floor: bool = False,
+) -> None:
+    from rich.markup import escape
+
+    from diffbench.sweep.report import add_floor, metrics_in, notes_below, paired_rows, table
 
     con = _console()
+    lay = _checked_layout(cells, x, series)
     for m in metrics or metrics_in(cells):
-        t = table(cells, m)
+        t = table(cells, m, **lay)
+        if floor:
+            add_floor(t, cells)
         con.print(rich_table(t))
+        for line in notes_below(t):
+            con.print(f"  {escape(line)}", soft_wrap=True)
         if paired:
-            rows = paired_rows(cells, m)
+            rows = paired_rows(cells, m, table_=t)
             for r in rows:
                 con.print(f"  {r}")
     skipped = [c for c in cells if c["status"] == "skipped"]
@@ -78,6 +98,49 @@ def _print_tables(cells: list[dict[str, Any]], metrics: list[str] | None = None,
         for c in skipped:
             reason = flag_message(str(c.get("skip_reason")))
             con.print(f"  {c['config']} at NFE {c.get('nfe_requested')}: {reason}", soft_wrap=True, markup=False)
+
+
+def _checked_layout(cells: list[dict[str, Any]], x: str | None, series: str | None) -> dict[str, Any]:
+    """The layout for the end of a sweep: when the cells (a store that holds other sweeps too) do not fit
+    --x/--series, say why on stderr and fall back to the NFE layout rather than fail after the work is done."""
+    from diffbench.errors import ConfigError
+    from diffbench.sweep.report import layout
+
+    lay = _layout_options(x, series)
+    if x is None and series is None:
+        return lay
+    try:
+        layout(cells, **lay)
+    except ConfigError as exc:
+        _console(stderr=True).print(f"tables by NFE instead: {exc}", soft_wrap=True, markup=False)
+        return _layout_options(None, None)
+    return lay
+
+
+def _check_grid_layout(grid: Any, x: str | None, series: str | None) -> None:
+    """--x/--series against the grid's axes before any cell runs (one error line, nothing computed)."""
+    if x is None and series is None:
+        return
+    from diffbench.sweep.report import check_layout
+
+    names = _names()
+    axes = {names.get(k, k): v for k, v in grid.axes.items() if len(v) > 1}
+    check_layout(axes, **_layout_options(x, series))
+
+
+def _write_reports(cells: list[dict[str, Any]], out: Path, *, plot: bool, x: str | None, series: str | None) -> Any:
+    """write_reports with the sweep's layout; what it skipped (a plot without matplotlib) said on stderr."""
+    from diffbench.sweep.report import write_reports
+
+    written = write_reports(cells, out, plot=plot, **_checked_layout(cells, x, series))
+    err = _console(stderr=True)
+    for line in written.skipped:
+        err.print(f"skipped {line}", soft_wrap=True, markup=False)
+    return written
+
+
+X_HELP = "Axis of the table columns and the plot's x: nfe (default) or any option that varies across the cells."
+SERIES_HELP = "Comma list of axes for the table rows / plot lines (default: every other axis that varies)."
 
 
 class _Display:
@@ -237,6 +300,8 @@ def sweep_cmd(
     ] = False,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="With --out: also the PNG/SVG plots.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the grid's rows as JSON instead of tables.")] = False,
+    x: Annotated[str | None, typer.Option("--x", help=X_HELP)] = None,
+    series: Annotated[str | None, typer.Option("--series", help=SERIES_HELP)] = None,
     *,
     sampler: dict[str, list[Any]],
 ) -> None:
@@ -308,6 +373,7 @@ def sweep_cmd(
         )
         grid = make_grid(bench.model, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
         check_grid(grid)
+        _check_grid_layout(grid, x, series)
         if save_images is not None:
             bench.save_images = _image_saver(save_images)
         err.print(
@@ -318,16 +384,14 @@ def sweep_cmd(
         with _Display(grid, len(seed_list)) as display:
             rows = run_sweep(bench, grid, st, on_event=display, checkpoint_every=checkpoint_every)
         if out is not None:
-            from diffbench.sweep.report import write_reports
-
             out = Path(out)
-            written = write_reports(st.export()["cells"], out, plot=plot)
+            written = _write_reports(st.export()["cells"], out, plot=plot, x=x, series=series)
             st.export_json(out / "results.json")
             err.print(f"wrote {len(written) + 1} files to {out}")
     if as_json:
         typer.echo(json.dumps(rows, indent=1, default=str))
     else:
-        _print_tables(rows, list(bench.metrics))
+        _print_tables(rows, list(bench.metrics), x=x, series=series)
 
 
 def _reference_and_space(model: str, ref: Any, extractor: str | None) -> tuple[Any, str | None]:
@@ -386,13 +450,25 @@ def report_cmd(
         str | None, typer.Option("--format", help="Print this format (md, csv, json, tex) instead of rich tables.")
     ] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="With --out: also the PNG/SVG plots.")] = True,
+    x: Annotated[str | None, typer.Option("--x", help=X_HELP)] = None,
+    series: Annotated[str | None, typer.Option("--series", help=SERIES_HELP)] = None,
+    floor: Annotated[
+        bool,
+        typer.Option(
+            "--floor/--no-floor",
+            help="Also the floor: fd of held-out real digits at the table's n against the same reference "
+            "(built-in digits models), under the tables and as a line in the plots.",
+        ),
+    ] = False,
 ) -> None:
-    """Tables, plots and paired differences regenerated from a store alone.
+    """Tables, plots and paired differences regenerated from a store alone, over any swept axis.
 
-    Example: diffbench report diffbench-sweep.db --out results/
+    Examples: diffbench report diffbench-sweep.db --out results/;
+    diffbench report sweep.db --x churn --series solver,nfe;
+    diffbench report diffbench-sweep.db --floor
     """
     from diffbench.errors import ConfigError, UnknownNameError
-    from diffbench.sweep.report import FORMATS, RENDER, metrics_in, table, write_reports
+    from diffbench.sweep.report import FORMATS, RENDER, add_floor, layout, metrics_in, table, write_reports
     from diffbench.sweep.store import load_cells
 
     cells = load_cells(store, what="results store")
@@ -405,8 +481,10 @@ def report_cmd(
             raise UnknownNameError(f"metric in {store}", m, have)
     if fmt is not None and fmt not in FORMATS:
         raise UnknownNameError("report format", fmt, FORMATS)
+    lay = _layout_options(x, series)
+    layout(cells, **lay)  # a bad --x/--series is one error line before anything is written
     if out is not None:
-        written = write_reports(cells, out, plot=plot)
+        written = write_reports(cells, out, plot=plot, floor=floor, **lay)
         data = {"format": "diffbench-sweep", "cells": cells}
         if store.suffix != ".json":
             from diffbench.sweep.store import open_store
@@ -414,12 +492,16 @@ def report_cmd(
             with open_store(store, write=False) as s:
                 data = s.export()
         (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-        _console(stderr=True).print(f"wrote {len(written) + 1} files to {out}")
+        err = _console(stderr=True)
+        for line in written.skipped:
+            err.print(f"skipped {line}", soft_wrap=True, markup=False)
+        err.print(f"wrote {len(written) + 1} files to {out}")
     if fmt is not None:
         for m in metrics:
-            typer.echo(RENDER[fmt](table(cells, m)), nl=False)
+            t = table(cells, m, **lay)
+            typer.echo(RENDER[fmt](add_floor(t, cells) if floor else t), nl=False)
     else:
-        _print_tables(cells, metrics)
+        _print_tables(cells, metrics, floor=floor, x=x, series=series)
 
 
 @app.command("compare")
