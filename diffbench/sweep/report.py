@@ -228,9 +228,13 @@ def varying_axes(cells: Sequence[Mapping[str, Any]], names: Mapping[str, str] | 
             vs = values.setdefault(k, [])
             if v not in vs:
                 vs.append(v)
-    out = {k: v for k, v in values.items() if len(v) > 1}
-    order = sorted(out, key=lambda k: {NFE: 0, "solver": 1, "schedule": 2}.get(k, 3))
-    return {k: out[k] for k in order}
+    return _ordered({k: v for k, v in values.items() if len(v) > 1})
+
+
+def _ordered(axes: Mapping[str, Any]) -> dict[str, Any]:
+    """NFE first, then solver and schedule, then the rest in their order."""
+    order = sorted(axes, key=lambda k: {NFE: 0, "solver": 1, "schedule": 2}.get(k, 3))
+    return {k: axes[k] for k in order}
 
 
 def _resolve(name: str, axes: Mapping[str, Any], names: Mapping[str, str], flag: str) -> str:
@@ -271,6 +275,7 @@ def check_layout(
 ) -> tuple[str, list[str] | None]:
     """layout() over a mapping of the varying axes (shown name -> values), e.g. a grid's before it runs."""
     names = names or {}
+    axes = _ordered(axes)
     xs = NFE if x is None else _resolve(x, axes, names, "--x")
     if series is None:
         return xs, None
