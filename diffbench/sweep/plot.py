@@ -62,7 +62,7 @@ def _numeric(values: list[Any]) -> bool:
 def figure(t: Table) -> Any:
     """The matplotlib Figure of a table (not saved): one line per row, x the table's columns."""
     plt = _pyplot()
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFormatter, NullLocator
 
     numeric = _numeric(t.columns)
     positions = {c: (c if numeric else i) for i, c in enumerate(t.columns)}
@@ -93,6 +93,8 @@ def figure(t: Table) -> Any:
         bottom = min(positive) / 1.3
     elif ys_all and min(ys_all) >= 0:
         bottom = 0.0 if min(lows) < 0 else None
+    if t.floor is not None and bottom is not None and t.floor.value > 0:
+        bottom = min(bottom, t.floor.value / 1.3 if log_y else 0.0)
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     for cfg, pts in lines:
         xs, ys, err = zip(*pts)
@@ -112,11 +114,12 @@ def figure(t: Table) -> Any:
     if bottom is not None:
         top = max(y + e for _, pts in lines for (_, y, e) in pts)
         ax.set_ylim(bottom, top * (1.3 if log_y else 1.05))
+    if log_y:  # plain numbers (200, 30), not 2×10²; minor ticks labelled only over a short range
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     if t.floor is not None:
-        ax.axhline(t.floor.value, color="0.3", linestyle="--", linewidth=1, label=f"floor {t.floor.value:.3g}")
-        lo, hi = ax.get_ylim()
-        if t.floor.value < lo:
-            ax.set_ylim(t.floor.value / 1.3 if log_y else t.floor.value, hi)
+        label = f"floor {t.floor.value:.3g} (held-out real data)"
+        ax.axhline(t.floor.value, color="0.3", linestyle="--", linewidth=1, label=label)
     ax.set_xlabel(x_label(t))
     better = "lower is better" if t.better == "lower" else "higher is better"
     ax.set_ylabel(f"{metric_name(t)}, {better}", fontsize=9)
