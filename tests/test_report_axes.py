@@ -219,3 +219,13 @@ def test_floor_is_the_held_out_digits_at_the_tables_n():
     assert "not for sw" in heldout_floor(churn_grid(), "sw", 10)[1]
     t = add_floor(table(churn_grid(), "sw"), churn_grid())
     assert t.floor is None and "no floor: a floor is defined for fd" in to_markdown(t)
+
+
+def test_a_series_may_name_a_setting_every_cell_shares_but_x_may_not():
+    heun = [c for c in churn_grid() if c["solver"] == "heun"]
+    t = table(heun, "sw", x="churn", series=["solver", "nfe"], names=NAMES)
+    assert t.configs == ["heun NFE 5", "heun NFE 9"] and t.columns == [0, 10]
+    with pytest.raises(
+        ConfigError, match="--x solver: not an axis that varies across these cells; axes that vary: nfe, churn"
+    ):
+        table(heun, "sw", x="solver", names=NAMES)

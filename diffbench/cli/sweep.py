@@ -125,7 +125,8 @@ def _check_grid_layout(grid: Any, x: str | None, series: str | None) -> None:
 
     names = _names()
     axes = {names.get(k, k): v for k, v in grid.axes.items() if len(v) > 1}
-    check_layout(axes, **_layout_options(x, series))
+    constant = [names.get(k, k) for k, v in grid.axes.items() if len(v) == 1] + ["solver", "schedule", "nfe"]
+    check_layout(axes, constant=constant, **_layout_options(x, series))
 
 
 def _write_reports(cells: list[dict[str, Any]], out: Path, *, plot: bool, x: str | None, series: str | None) -> Any:

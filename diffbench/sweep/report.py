@@ -237,16 +237,18 @@ def _ordered(axes: Mapping[str, Any]) -> dict[str, Any]:
     return {k: axes[k] for k in order}
 
 
-def _resolve(name: str, axes: Mapping[str, Any], names: Mapping[str, str], flag: str) -> str:
-    """A user's axis name (flag name, spec keyword, - or _) -> the shown name; an error lists the axes."""
+def _resolve(
+    name: str, axes: Mapping[str, Any], names: Mapping[str, str], flag: str, *, constant: Sequence[str] = ()
+) -> str:
+    """A user's axis name (flag name, spec keyword, - or _) -> the shown name; an error lists the axes that
+    vary. `constant`: settings every cell shares, accepted as a label (a series of one solver reads 'heun')."""
     want = name.strip()
-    spec_to_shown = dict(names)
     candidates = {want, want.lower(), want.replace("_", "-"), want.replace("-", "_"), want.lower().lstrip("-")}
     for c in list(candidates):
-        if c in spec_to_shown:
-            candidates.add(spec_to_shown[c])
-    for c in candidates:
-        if c in axes:
+        if c in names:
+            candidates.add(names[c])
+    for c in sorted(candidates):
+        if c in axes or c in constant:
             return c
     vary = ", ".join(axes) or "none (every cell has the same settings)"
     raise ConfigError(f"{flag} {want}: not an axis that varies across these cells; axes that vary: {vary}")
@@ -260,10 +262,12 @@ def layout(
     names: Mapping[str, str] | None = None,
 ) -> tuple[str, list[str] | None]:
     """Check --x and --series against the axes that vary across the cells; returns (x, series) as shown names
-    (series None: the default rows). An axis that does not vary, or appears twice, is one error line."""
+    (series None: the default rows). An x that does not vary, an axis named twice or a varying axis left out
+    is one error line; a series may also name a setting every cell shares (it only labels the lines)."""
     names = names or {}
     axes = varying_axes(cells, names)
-    return check_layout(axes, x=x, series=series, names=names)
+    constant = sorted({k for p in all_axes(cells, names) for k in p} - set(axes))
+    return check_layout(axes, x=x, series=series, names=names, constant=constant)
 
 
 def check_layout(
@@ -272,8 +276,10 @@ def check_layout(
     x: str | None = None,
     series: Sequence[str] | None = None,
     names: Mapping[str, str] | None = None,
+    constant: Sequence[str] = (),
 ) -> tuple[str, list[str] | None]:
-    """layout() over a mapping of the varying axes (shown name -> values), e.g. a grid's before it runs."""
+    """layout() over a mapping of the varying axes (shown name -> values), e.g. a grid's before it runs;
+    `constant` names the settings that do not vary."""
     names = names or {}
     axes = _ordered(axes)
     xs = NFE if x is None else _resolve(x, axes, names, "--x")
@@ -281,7 +287,7 @@ def check_layout(
         return xs, None
     out: list[str] = []
     for s in series:
-        k = _resolve(s, axes, names, "--series")
+        k = _resolve(s, axes, names, "--series", constant=constant)
         if k == xs:
             raise ConfigError(f"--series {s}: {k} is already the x axis (--x {xs})")
         if k in out:
