@@ -59,10 +59,21 @@ def _numeric(values: list[Any]) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
+def _plain_minor_log_formatter() -> Any:
+    """matplotlib's choice of which minor log ticks to label (only over a short range), written as 0.6, 40."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):  # type: ignore[misc]
+        def __call__(self, x: float, pos: Any = None) -> str:
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    return Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+
+
 def figure(t: Table) -> Any:
     """The matplotlib Figure of a table (not saved): one line per row, x the table's columns."""
     plt = _pyplot()
-    from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFormatter, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     numeric = _numeric(t.columns)
     positions = {c: (c if numeric else i) for i, c in enumerate(t.columns)}
@@ -116,7 +127,7 @@ def figure(t: Table) -> Any:
         ax.set_ylim(bottom, top * (1.3 if log_y else 1.05))
     if log_y:  # plain numbers (200, 30), not 2×10²; minor ticks labelled only over a short range
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.yaxis.set_minor_formatter(_plain_minor_log_formatter())
     if t.floor is not None:
         label = f"floor {t.floor.value:.3g} (held-out real data)"
         ax.axhline(t.floor.value, color="0.3", linestyle="--", linewidth=1, label=label)
@@ -124,7 +135,7 @@ def figure(t: Table) -> Any:
     better = "lower is better" if t.better == "lower" else "higher is better"
     ax.set_ylabel(f"{metric_name(t)}, {better}", fontsize=9)
     title = f"{t.model + ': ' if t.model else ''}{t.metric} vs {'NFE' if t.x == NFE else t.x}"
-    detail = f"n = {t.n} per seed block" if t.n else ""
+    detail = (f"n = {t.n} per seed block" if t.blocks and t.blocks > 1 else f"n = {t.n}") if t.n else ""
     if t.blocks and t.blocks > 1:
         detail += f"; bars: 95% t-interval over {t.blocks} blocks"
     ax.set_title(title + (f"\n{detail}" if detail else ""), fontsize=9)
