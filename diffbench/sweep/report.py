@@ -402,8 +402,8 @@ def table(
     if _sortable(columns):
         columns.sort()
     for col in columns:
-        vals = [(cfg, entries[cfg][col].value) for cfg in configs if col in entries.get(cfg, {})]
-        vals = [(cfg, v) for cfg, v in vals if v is not None]
+        found = [(cfg, entries[cfg][col].value) for cfg in configs if col in entries.get(cfg, {})]
+        vals = [(cfg, v) for cfg, v in found if v is not None]
         if vals:
             pick = min if better == "lower" else max
             best = pick(v for _, v in vals)
