@@ -91,3 +91,22 @@ def test_sweep_refuses_a_bad_axis_before_any_cell_runs(tmp_path):
 
     if store.exists():  # the store may be created; no cell was computed into it
         assert sqlite3.connect(store).execute("SELECT count(*) FROM cells").fetchone()[0] == 0
+
+
+def test_report_without_matplotlib_writes_the_tables_and_says_what_it_skipped(swept, tmp_path):
+    tmp, _ = swept
+    fake = tmp_path / "no_mpl" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    exe = shutil.which("diffbench") or str(Path(sys.executable).parent / "diffbench")
+    env = {**os.environ, "DIFFBENCH_HOME": str(tmp / "home")}
+    env["PYTHONPATH"] = os.pathsep.join([str(fake.parent), env.get("PYTHONPATH", "")])
+    out = tmp_path / "rep"
+    p = subprocess.run(
+        [exe, "report", tmp / "s.db", "--out", out, "--x", "churn", "--series", "solver,nfe"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert "skipped plot of sw: plots need matplotlib" in p.stderr and "wrote 5 files" in p.stderr
+    assert sorted(f.name for f in out.iterdir()) == ["results.json", "sw.csv", "sw.json", "sw.md", "sw.tex"]
+    assert "sw by churn" in p.stdout
