@@ -147,6 +147,10 @@ def test_cell_notes_are_numbered_footnotes_under_the_table():
     md = to_markdown(t)
     assert "1.0000 ±0.5 [1]" in md and "1.0000 ±0.5 [2]" in md
     assert f"\n[1] {same}\n[2] another note\n" in md
+    from diffbench.sweep.report import cell_note
+
+    assert cell_note({"note": " a "}) == "a" and cell_note({"provenance": {"notes": ["b", "c"]}}) == "b; c"
+    assert cell_note({"provenance": {}}) is None
     assert same in to_csv(t) and json.loads(to_json(t))["footnotes"][0] == same and f"% [1] {same}" in to_latex(t)
 
 

@@ -161,7 +161,9 @@ def _convention(cell: dict[str, Any]) -> str:
 def cell_note(cell: Mapping[str, Any]) -> str | None:
     """A note recorded with a cell (in its store row or its provenance), e.g. that a cap makes two values equal."""
     for where in (cell, cell.get("provenance") or {}, cell.get("identity") or {}):
-        note = where.get("note") if isinstance(where, Mapping) else None
+        note = where.get("note", where.get("notes")) if isinstance(where, Mapping) else None
+        if isinstance(note, list | tuple):
+            note = "; ".join(str(n).strip() for n in note if str(n).strip())
         if isinstance(note, str) and note.strip():
             return note.strip()
     return None
