@@ -484,7 +484,8 @@ def to_markdown(t: Table, paired: Sequence[str] = ()) -> str:
     if below:
         lines += ["", *below]
     if paired:
-        lines += ["", "Paired differences against the best of each column (same seeds, per-block differences):", ""]
+        head = "Paired differences against the best of each column at the same counted NFE"
+        lines += ["", f"{head} (same seeds, per-block differences):", ""]
         lines += [f"- {p}" for p in paired]
     return "\n".join(lines) + "\n"
 
