@@ -391,6 +391,7 @@ def _write_outputs(st: Any, out: Path, *, plot: bool, err: Any) -> None:
         written = write_reports(st.export()["cells"], out, plot=plot)
         _standard_json(written)
         st.export_json(out / "results.json")
+        claim_out_folder(out, st.path, [p.name for p in written if p.parent == out] + ["results.json"])
     except (OSError, DiffbenchError) as exc:
         raise DiffbenchError(
             f"writing the outputs to {out} failed ({exc}); every finished cell is kept in {st.path}: "
@@ -539,6 +540,10 @@ def compare_cmd(
         rt.add_row(r.config, str(r.nfe), r.metric, f(r.new), f(r.baseline), f(r.difference), ci, verdict)
     con = _console()
     con.print(rt)
+    if res.unmatched_new:
+        con.print(f"{len(res.unmatched_new)} cell(s) of NEW have no baseline (not compared, they pass):", markup=False)
+        for label in res.unmatched_new:
+            con.print(f"  {label}", markup=False, soft_wrap=True)
     n = len(res.regressions)
     con.print(
         f"{n} regression(s) in {len(res.rows)} comparisons" if n else f"no regression in {len(res.rows)} comparisons"

@@ -74,9 +74,14 @@ def _show(value: Any) -> str:
 
 
 def config_label(options: Mapping[str, Any], keys: Sequence[str], names: Mapping[str, str] | None = None) -> str:
-    """'heun edm churn=40': solver and schedule, then the other labelled options as name=value."""
+    """'heun edm churn=40': solver and schedule, then the other labelled options as name=value. A budget
+    policy other than exact is always labelled (its cells spend another NFE than their column says), so they
+    never share a label with the exact cells of the same configuration in one store."""
     names = names or {}
     parts = [str(options.get("solver", "heun")), str(options.get("schedule", "edm"))]
+    keys = list(keys)
+    if options.get("nfe_policy", "exact") != "exact" and "nfe_policy" not in keys:
+        keys.append("nfe_policy")
     for k in keys:
         if k in ("solver", "schedule") or k in BUDGET_KEYS or k not in options:
             continue

@@ -432,11 +432,16 @@ def load_cells(path: str | os.PathLike, *, what: str = "results") -> list[dict[s
     if not p.exists():
         raise StoreError(f"{p}: no such {what} (a results store or its JSON export)")
     if p.is_file():
-        with open(p, "rb") as f:
-            head = f.read(16)
+        try:
+            with open(p, "rb") as f:
+                head = f.read(16)
+        except OSError as exc:
+            raise StoreError(f"{p}: cannot read ({exc.strerror or exc})") from None
         if head != _MAGIC:
             try:
                 data = json.loads(p.read_text())
+            except OSError as exc:
+                raise StoreError(f"{p}: cannot read ({exc.strerror or exc})") from None
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise StoreError(f"{p}: neither a results store nor its JSON export ({exc})") from None
             if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT or "cells" not in data:
@@ -533,11 +538,24 @@ def check_out_folder(out: str | os.PathLike, store: str | os.PathLike, *, overwr
     _probe_folder(_nearest_existing(o, what), what)
 
 
-def claim_out_folder(out: str | os.PathLike, store: str | os.PathLike) -> None:
-    """Mark an output folder as holding the outputs of `store`."""
+def claim_out_folder(out: str | os.PathLike, store: str | os.PathLike, files: list[str] | None = None) -> None:
+    """Mark an output folder as holding the outputs of `store` (the files it wrote, by name). Claiming a folder
+    another store owned (a sweep run with --overwrite) first removes the files that store wrote there, and only
+    those, so tables of two stores are never mixed."""
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
-    write_json(o / OWNER_FILE, {"store": str(Path(store).resolve())})
+    marker = o / OWNER_FILE
+    mine = str(Path(store).resolve())
+    if folder_owner(o) not in (None, mine) and marker.is_file():
+        try:
+            old = json.loads(marker.read_text()).get("files") or []
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            old = []
+        for name in old:
+            if isinstance(name, str) and Path(name).name == name and name not in (OWNER_FILE, ""):
+                with contextlib.suppress(OSError):
+                    (o / name).unlink()
+    write_json(marker, {"store": mine, "files": sorted(files or [])})
 
 
 def default_out_folder(store: str | os.PathLike) -> Path:
