@@ -207,7 +207,8 @@ def make_grid(
         notes.append(
             f"{flag} does not apply to {', '.join(solvers)}: {'they' if len(solvers) > 1 else 'it'} ran once without it"
         )
-    return Grid(cells=tuple(_same_sampler_notes(cells, names)), axes=axes, not_applicable=tuple(notes))
+    lists = {k: list(v) for k, v in axes.items()}
+    return Grid(cells=tuple(_same_sampler_notes(cells, names)), axes=lists, not_applicable=tuple(notes))
 
 
 def _same_sampler_notes(cells: list[Cell], names: Mapping[str, str]) -> list[Cell]:
