@@ -313,6 +313,9 @@ def sweep_cmd(
         from diffbench.models.load import load
 
         denoiser = load(model, device="cpu", progress=fetch_bar)
+    # the whole grid (every axis value, every solver name) is checked before the metrics are prepared
+    grid = make_grid(denoiser, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
+    check_grid(grid)
     bench = prepare(
         denoiser,
         model_name=model,
@@ -327,8 +330,6 @@ def sweep_cmd(
         class_label=class_,
         allow_small_n=allow_small_n,
     )
-    grid = make_grid(bench.model, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
-    check_grid(grid)
     if save_images is not None:
         bench.save_images = _image_saver(save_images)
     err.print(
