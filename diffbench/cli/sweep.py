@@ -517,7 +517,8 @@ def compare_cmd(
     ] = None,
 ) -> None:
     """Compare cell by cell; exit 1 when a cell is worse beyond the tolerance and the paired block interval,
-    exit 2 for bad input (missing files, cells that do not match).
+    exit 2 for bad input (a missing or damaged file, a baseline cell missing from NEW or run on other seeds).
+    NEW cells without a baseline (an extended sweep) are listed and pass.
 
     Example: diffbench compare new.json baseline.json --tolerance 2%
     """
