@@ -7,12 +7,22 @@ from collections.abc import Iterable
 
 
 class DiffbenchError(Exception):
-    """An error the user can cause and fix; its message is one line, shown without a traceback."""
+    """An error the user can cause and fix; its message is one line, shown without a traceback.
+
+    Exit codes: 2 for usage errors (a malformed or out-of-range option, an unknown name, an option that does
+    not apply), as click gives for its own checks; 1 for everything else (files, networks, numbers).
+    """
 
     exit_code = 1
 
 
-class UnknownNameError(DiffbenchError, KeyError):
+class UsageError(DiffbenchError):
+    """What the command line (or a config file standing in for it) asks is malformed: exit 2, like click."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError, KeyError):
     """A name (solver, schedule, model, extractor, ...) that no registry holds."""
 
     def __init__(self, kind: str, name: str, valid: Iterable[str]):
@@ -31,7 +41,7 @@ class NonFiniteError(DiffbenchError):
     """A NaN or Inf appeared in the sampler state."""
 
 
-class ConfigError(DiffbenchError):
+class ConfigError(UsageError):
     """An option that is malformed, out of range, or does not apply to the chosen method."""
 
 
@@ -47,9 +57,29 @@ class MissingDependencyError(DiffbenchError):
     """An optional dependency needed for this feature is not installed."""
 
 
+SHORT_LIST = 200  # characters of names listed in full; a longer list shows the closest few and where to see all
+# how to see every name of a kind whose list is long
+LIST_ALL = {
+    "model": "all: 'diffbench checkpoints list' and the built-in gmm, ideal",
+    "checkpoint": "all: 'diffbench checkpoints list'",
+    "solver": "all: 'diffbench solvers'",
+    "schedule": "all: 'diffbench schedules'",
+}
+
+
 def unknown_message(kind: str, name: str, valid: Iterable[str]) -> str:
-    """One line: the unknown name, the closest valid one, and the full list."""
+    """One line: the unknown name, the closest valid ones (at most 3), and the full list only when it is short;
+    a long list is replaced by its size and the command that shows it."""
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"unknown {kind} '{name}'.{hint} Valid: {', '.join(valid)}"
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    hint = ""
+    if close:
+        hint = " Did you mean " + (f"{', '.join(map(repr, close[:-1]))} or " if len(close) > 1 else "")
+        hint += f"{close[-1]!r}?"
+    names = ", ".join(valid)
+    if len(names) <= SHORT_LIST:
+        return f"unknown {kind} '{name}'.{hint} Valid: {names}"
+    where = f"; {LIST_ALL[kind]}" if kind in LIST_ALL else ""
+    if close:
+        return f"unknown {kind} '{name}'.{hint} ({len(valid)} valid names{where})"
+    return f"unknown {kind} '{name}'. Valid: {', '.join(valid[:4])} and {len(valid) - 4} more{where}"

@@ -57,16 +57,16 @@ def test_info_shows_the_entry(capsys, home):  # noqa: F811
 
 
 @pytest.mark.parametrize(
-    "args,match",
-    [
-        (("info", "edm-cifar10-32x32-cond-pv"), "Did you mean 'edm-cifar10-32x32-cond-vp'"),
-        (("fetch", "edm-cifar10-32x32-cond-vp", "--offline"), "offline mode forbids"),
-        (("list", "--kind", "modle"), "Did you mean 'model'"),
+    "args,match,exit_code",
+    [  # an unknown name is a usage error (2); a download refused offline is not (1)
+        (("info", "edm-cifar10-32x32-cond-pv"), "Did you mean 'edm-cifar10-32x32-cond-vp'", 2),
+        (("fetch", "edm-cifar10-32x32-cond-vp", "--offline"), "offline mode forbids", 1),
+        (("list", "--kind", "modle"), "Did you mean 'model'", 2),
     ],
 )
-def test_user_errors_are_one_line(capsys, home, args, match):  # noqa: F811
+def test_user_errors_are_one_line(capsys, home, args, match, exit_code):  # noqa: F811
     code, out, err = run(capsys, *args)
-    assert code == 1 and err.startswith("error: ") and match in err
+    assert code == exit_code and err.startswith("error: ") and match in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 

@@ -1,8 +1,10 @@
 """The `diffbench` command: one Typer app per command group, combined here.
 
-Every error a user can cause ends here as one line on stderr and a non-zero exit: diffbench's own
-errors (exit 1), usage errors of typer/click (exit 2, whichever copy of click the installed typer
-carries), interrupts (exit 130). Nothing else is printed as a traceback except real bugs.
+Every error a user can cause ends here as one line on stderr and a non-zero exit: usage errors exit 2,
+whether typer/click find them (whichever copy of click the installed typer carries) or diffbench does (a
+value out of range, an unknown name, an option that does not apply: errors.UsageError); diffbench's other
+errors (files, downloads, numbers) exit 1; interrupts 130 (SIGTERM 143). Nothing else is printed as a
+traceback except real bugs.
 """
 
 from __future__ import annotations

@@ -273,8 +273,16 @@ def sweep_cmd(
         Path | None, typer.Option("--store", help=f"Results store (SQLite); default {DEFAULT_STORE}.")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Also write tables (md, csv, json, tex), plots and a JSON export here.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also write tables (md, csv, json, tex), plots and a JSON export here (without a MODEL: a folder "
+            "named after the store, diffbench-sweep/ for diffbench-sweep.db).",
+        ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an output folder that holds another store's outputs.")
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -317,7 +325,13 @@ def sweep_cmd(
     from diffbench.sweep.cell import prepare
     from diffbench.sweep.grid import check_grid, load_config, make_grid
     from diffbench.sweep.runner import run_sweep
-    from diffbench.sweep.store import Store
+    from diffbench.sweep.store import (
+        Store,
+        check_out_folder,
+        check_store_path,
+        check_writable_folder,
+        default_out_folder,
+    )
 
     cfg = load_config(config, aliases=_aliases()) if config is not None else None
     settings = dict(cfg.settings) if cfg else {}
@@ -337,7 +351,10 @@ def sweep_cmd(
     ref, extractor = _reference_and_space(model, ref, extractor)
     blocks = int(pick(blocks, "blocks", dflt.get("blocks", 1) if seeds is None else 1))
     store_path = Path(pick(store, "store", DEFAULT_STORE))
-    out = pick(out, "out", dflt.get("out"))
+    out = pick(out, "out", None)
+    out_named_after_store = out is None and dflt.get("out") is not None
+    if out_named_after_store:  # outputs belong to their store: b4.db -> b4/
+        out = default_out_folder(store_path)
     class_ = pick(class_, "class", None)
     batch = int(pick(batch, "batch", 64))
     device = str(pick(device, "device", "auto"))
@@ -348,51 +365,116 @@ def sweep_cmd(
     if inception_weights is not None and not inception_weights.exists():
         raise ConfigError(f"--inception-weights {inception_weights} does not exist")
     seed_list = parse_seeds(seeds_text)
+    # every output path is checked, and the whole grid validated, before anything is created
+    check_store_path(store_path)
+    if out is not None:
+        check_out_folder(out, store_path, overwrite=overwrite)
+    if save_images is not None:
+        check_writable_folder(save_images, f"--save-images {save_images}")
 
-    # open the store first: a locked or foreign store fails before anything is loaded
+    from diffbench.cli.checkpoints import download_progress
+
+    err = _console(stderr=True)
+    with download_progress(f"fetch {model}", console=err) as fetch_bar:
+        from diffbench.models.load import load
+
+        denoiser = load(model, device="cpu", progress=fetch_bar)
+    # the whole grid (every axis value, every solver name) is checked before the metrics are prepared
+    grid = make_grid(denoiser, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
+    check_grid(grid)
+    _check_grid_layout(grid, x, series)
+    bench = prepare(
+        denoiser,
+        model_name=model,
+        seeds=seed_list,
+        metrics=metric_list,
+        blocks=blocks,
+        batch=batch,
+        device=device,
+        ref=ref,
+        extractor=extractor,
+        weights_path=inception_weights,
+        class_label=class_,
+        allow_small_n=allow_small_n,
+    )
+    if save_images is not None:
+        bench.save_images = _image_saver(save_images)
+    err.print(
+        f"sweep: {len(grid.cells)} cells ({len(grid.skipped)} skipped) on {bench.model_name}, "
+        f"{len(seed_list)} seeds in {blocks} block(s), metrics {', '.join(bench.metrics)}; store {store_path}",
+        soft_wrap=True,
+    )
+    if out_named_after_store:
+        err.print(f"outputs go to {out}/, named after the store (--out chooses another folder)", soft_wrap=True)
     with Store(store_path) as st:
-        from diffbench.cli.checkpoints import download_progress
-
-        err = _console(stderr=True)
-        with download_progress(f"fetch {model}", console=err) as fetch_bar:
-            from diffbench.models.load import load
-
-            denoiser = load(model, device="cpu", progress=fetch_bar)
-        bench = prepare(
-            denoiser,
-            model_name=model,
-            seeds=seed_list,
-            metrics=metric_list,
-            blocks=blocks,
-            batch=batch,
-            device=device,
-            ref=ref,
-            extractor=extractor,
-            weights_path=inception_weights,
-            class_label=class_,
-            allow_small_n=allow_small_n,
-        )
-        grid = make_grid(bench.model, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
-        check_grid(grid)
-        _check_grid_layout(grid, x, series)
-        if save_images is not None:
-            bench.save_images = _image_saver(save_images)
-        err.print(
-            f"sweep: {len(grid.cells)} cells ({len(grid.skipped)} skipped) on {bench.model_name}, "
-            f"{len(seed_list)} seeds in {blocks} block(s), metrics {', '.join(bench.metrics)}; store {store_path}",
-            soft_wrap=True,
-        )
         with _Display(grid, len(seed_list)) as display:
             rows = run_sweep(bench, grid, st, on_event=display, checkpoint_every=checkpoint_every)
+        _record_notes(st, grid, rows)
+        if as_json:
+            from diffbench.sweep.store import to_json_text
+
+            typer.echo(to_json_text(rows), nl=False)
+            for line in _note_lines(grid, rows):
+                err.print(line, soft_wrap=True, markup=False)
+        else:
+            _print_tables(rows, list(bench.metrics), x=x, series=series)
+            con = _console()
+            for line in _note_lines(grid, rows, footnotes=True):
+                con.print(line, soft_wrap=True, markup=False)
         if out is not None:
-            out = Path(out)
-            written = _write_reports(st.export()["cells"], out, plot=plot, x=x, series=series)
-            st.export_json(out / "results.json")
-            err.print(f"wrote {len(written) + 1} files to {out}")
-    if as_json:
-        typer.echo(json.dumps(rows, indent=1, default=str))
-    else:
-        _print_tables(rows, list(bench.metrics), x=x, series=series)
+            _write_outputs(st, Path(out), plot=plot, err=err, x=x, series=series)
+
+
+def _record_notes(st: Any, grid: Any, rows: list[dict[str, Any]]) -> None:
+    """Each grid cell's note (e.g. the same sampler as another churn value) under `note` in its provenance."""
+    for cell, row in zip(grid.cells, rows):
+        if row.get("status") != "done":
+            continue
+        st.annotate(row["id"], cell.note)
+        prov = dict(row.get("provenance") or {})
+        prov.pop("note", None)
+        if cell.note:
+            prov["note"] = cell.note
+        row["provenance"] = prov
+
+
+def _note_lines(grid: Any, rows: list[dict[str, Any]], *, footnotes: bool = False) -> list[str]:
+    """What the tables cannot show: options that apply to some solvers only, and (unless the tables showed
+    them as footnotes) cells that are one sampler."""
+    lines = [f"not applicable: {text}" for text in grid.not_applicable]
+    noted = [] if footnotes else [(c, r) for c, r in zip(grid.cells, rows) if c.note]
+    if noted:
+        lines.append(f"{len(noted)} cell(s) are the same sampler as another:")
+        lines += [f"  {c.config} at NFE {c.nfe}: {c.note}" for c, _ in noted]
+    return lines
+
+
+def _write_outputs(st: Any, out: Path, *, plot: bool, err: Any, x: str | None, series: str | None) -> None:
+    """Tables, plots and results.json into OUT, marked as this store's; a failure here keeps the store."""
+    from diffbench.errors import DiffbenchError
+    from diffbench.sweep.store import claim_out_folder
+
+    try:
+        claim_out_folder(out, st.path)
+        written = _write_reports(st.export()["cells"], out, plot=plot, x=x, series=series)
+        _standard_json(written)
+        st.export_json(out / "results.json")
+        claim_out_folder(out, st.path, [p.name for p in written if p.parent == out] + ["results.json"])
+    except (OSError, DiffbenchError) as exc:
+        raise DiffbenchError(
+            f"writing the outputs to {out} failed ({exc}); every finished cell is kept in {st.path}: "
+            f"'diffbench report {st.path} --out DIR' writes them again"
+        ) from None
+    err.print(f"wrote {len(written) + 1} files to {out}")
+
+
+def _standard_json(paths: list[Path]) -> None:
+    """Rewrite written .json tables as standard JSON (null for NaN, "inf" / "-inf" for infinities)."""
+    from diffbench.sweep.store import write_json
+
+    for p in paths:
+        if p.suffix == ".json":
+            write_json(p, json.loads(p.read_text()))
 
 
 def _reference_and_space(model: str, ref: Any, extractor: str | None) -> tuple[Any, str | None]:
@@ -486,13 +568,16 @@ def report_cmd(
     layout(cells, **lay)  # a bad --x/--series is one error line before anything is written
     if out is not None:
         written = write_reports(cells, out, plot=plot, floor=floor, **lay)
+        _standard_json(written)
         data = {"format": "diffbench-sweep", "cells": cells}
         if store.suffix != ".json":
             from diffbench.sweep.store import open_store
 
             with open_store(store, write=False) as s:
                 data = s.export()
-        (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+        from diffbench.sweep.store import write_json
+
+        write_json(out / "results.json", data)
         err = _console(stderr=True)
         for line in written.skipped:
             err.print(f"skipped {line}", soft_wrap=True, markup=False)
@@ -517,7 +602,8 @@ def compare_cmd(
     ] = None,
 ) -> None:
     """Compare cell by cell; exit 1 when a cell is worse beyond the tolerance and the paired block interval,
-    exit 2 for bad input (missing files, cells that do not match).
+    exit 2 for bad input (a missing or damaged file, a baseline cell missing from NEW or run on other seeds).
+    NEW cells without a baseline (an extended sweep) are listed and pass.
 
     Example: diffbench compare new.json baseline.json --tolerance 2%
     """
@@ -541,6 +627,10 @@ def compare_cmd(
         rt.add_row(r.config, str(r.nfe), r.metric, f(r.new), f(r.baseline), f(r.difference), ci, verdict)
     con = _console()
     con.print(rt)
+    if res.unmatched_new:
+        con.print(f"{len(res.unmatched_new)} cell(s) of NEW have no baseline (not compared, they pass):", markup=False)
+        for label in res.unmatched_new:
+            con.print(f"  {label}", markup=False, soft_wrap=True)
     n = len(res.regressions)
     con.print(
         f"{n} regression(s) in {len(res.rows)} comparisons" if n else f"no regression in {len(res.rows)} comparisons"

@@ -3,10 +3,15 @@
 A cell regresses when its metric is worse (in that metric's direction) than the baseline's by more than the
 tolerance and, where both sides have seed blocks, the paired interval of the per-block differences lies
 entirely on the worse side (the same seeds make the blocks paired).
+
+Every baseline cell must be in NEW (matched by identity: everything that determines its numbers); a baseline
+cell whose sampler NEW ran on other seeds (or another metric set) is reported as such. NEW cells without a
+baseline (an extended sweep) are listed and pass.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -75,6 +80,7 @@ class Row:
 class Comparison:
     rows: list[Row]
     tolerance: Tolerance
+    unmatched_new: tuple[str, ...] = ()  # labels of NEW cells without a baseline (they pass)
 
     @property
     def regressions(self) -> list[Row]:
@@ -85,9 +91,60 @@ class Comparison:
         return 1 if self.regressions else 0
 
 
+def _nfe(c: dict[str, Any]) -> Any:
+    return c.get("nfe_requested") if c.get("nfe_requested") is not None else c.get("nfe")
+
+
+def _policy(c: dict[str, Any]) -> str:
+    spec = (c.get("identity") or {}).get("spec") or {}
+    return str(spec.get("nfe_policy") or "exact")
+
+
+def _config(c: dict[str, Any]) -> str:
+    """The configuration's label, naming a budget policy other than exact (older stores did not)."""
+    cfg = str(c["config"])
+    if _policy(c) != "exact" and "nfe-policy" not in cfg:
+        cfg += f" nfe-policy={_policy(c)}"
+    return cfg
+
+
 def _label(c: dict[str, Any]) -> str:
-    nfe = c.get("nfe_requested") if c.get("nfe_requested") is not None else c.get("nfe")
-    return f"'{c['config']}' at NFE {nfe}"
+    """'heun edm' at NFE 10; a cell that spent another NFE than it asked for (nfe_policy nearest/floor) says
+    so, and its policy is named, so it never shares a label with the exact cell of the same configuration."""
+    text = f"'{_config(c)}' at NFE {_nfe(c)}"
+    if c.get("nfe") is not None and c.get("nfe") != _nfe(c):
+        text += f" (spent {c.get('nfe')})"
+    return text
+
+
+_RUN_KEYS = {"seeds": "seeds", "blocks": "seed blocks", "class": "class", "metrics": "metrics"}
+
+
+def _sampler_key(c: dict[str, Any]) -> str:
+    """What a cell's identity holds apart from how the sweep was run (seeds, blocks, class, metric set)."""
+    ident = {k: v for k, v in (c.get("identity") or {}).items() if k not in (*_RUN_KEYS, "metric_options")}
+    return json.dumps(ident, sort_keys=True, default=str)
+
+
+def _run_of(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    idents = [c.get("identity") or {} for c in cells]
+    return {k: sorted({json.dumps(i.get(k), default=str) for i in idents}) for k in _RUN_KEYS}
+
+
+def _differs(new: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]) -> str:
+    """'seeds 0-59 against 0-29' for the run settings in which two sets of cells differ."""
+    rn, rb = _run_of(new), _run_of(baseline)
+    parts = []
+    for k, what in _RUN_KEYS.items():
+        if rn[k] != rb[k]:
+            show = lambda v: ", ".join(str(json.loads(x)) for x in v)  # noqa: E731
+            parts.append(f"{what} {show(rn[k])} in NEW against {show(rb[k])} in the baseline")
+    return "; ".join(parts) or "other run settings"
+
+
+def _some(labels: Sequence[str], n: int = 4) -> str:
+    more = f"; and {len(labels) - n} more" if len(labels) > n else ""
+    return "; ".join(labels[:n]) + more
 
 
 def _load(path: str | os.PathLike, what: str) -> list[dict[str, Any]]:
@@ -104,23 +161,37 @@ def compare_cells(
     tolerance: Tolerance,
     metrics: Sequence[str] | None = None,
 ) -> Comparison:
-    """Match cells by identity (what determines their numbers) and compare every shared metric."""
+    """Match cells by identity (what determines their numbers) and compare every shared metric.
+
+    A baseline cell missing from NEW is an error (CompareInputError), and one whose sampler NEW ran with other
+    seeds, blocks or metrics says so; NEW cells without a baseline are listed in `unmatched_new` and pass.
+    """
     bn = {c["id"]: c for c in new if c["status"] == "done"}
     bb = {c["id"]: c for c in baseline if c["status"] == "done"}
-    missing = [_label(c) for i, c in bb.items() if i not in bn]
-    extra = [_label(c) for i, c in bn.items() if i not in bb]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} baseline cell(s) missing from NEW: {'; '.join(missing)}")
-        if extra:
-            parts.append(f"{len(extra)} cell(s) of NEW not in the baseline: {'; '.join(extra)}")
-        raise CompareInputError("the cells do not match: " + ". ".join(parts))
     if not bb:
         raise CompareInputError("the baseline holds no finished cells")
+    missing = [c for i, c in bb.items() if i not in bn]
+    if missing:
+        by_sampler: dict[str, list[dict[str, Any]]] = {}
+        for c in bn.values():
+            by_sampler.setdefault(_sampler_key(c), []).append(c)
+        rerun = [c for c in missing if _sampler_key(c) in by_sampler]
+        gone = [c for c in missing if _sampler_key(c) not in by_sampler]
+        parts = []
+        if rerun:
+            twins = [t for c in rerun for t in by_sampler[_sampler_key(c)]]
+            parts.append(
+                f"{len(rerun)} baseline cell(s) were run differently in NEW ({_differs(twins, rerun)}), so their "
+                f"numbers are not comparable: {_some([_label(c) for c in rerun])}"
+            )
+        if gone:
+            parts.append(f"{len(gone)} baseline cell(s) missing from NEW: {_some([_label(c) for c in gone])}")
+        raise CompareInputError(". ".join(parts))
+    unmatched = tuple(_label(c) for i, c in bn.items() if i not in bb)
     rows: list[Row] = []
     for cid, b in bb.items():
         n = bn[cid]
+        config = _config(b)
         rb, rn = b.get("results") or {}, n.get("results") or {}
         names = [m for m in rb if metrics is None or m in metrics]
         absent = [m for m in names if m not in rn]
@@ -130,9 +201,9 @@ def compare_cells(
             xb, xn = rb[m], rn[m]
             better = xb.get("better", "lower")
             vb, vn = xb.get("value"), xn.get("value")
-            nfe = b.get("nfe_requested") if b.get("nfe_requested") is not None else b.get("nfe")
+            nfe = _nfe(b)
             if vb is None or vn is None:
-                rows.append(Row(b["config"], nfe, m, better, vn, vb, None, None, None, False, False, "n/a"))
+                rows.append(Row(config, nfe, m, better, vn, vb, None, None, None, False, False, "n/a"))
                 continue
             diff = vn - vb
             sign = 1.0 if better == "lower" else -1.0  # worse = positive after the sign
@@ -148,10 +219,8 @@ def compare_cells(
                     note = "worse, but within the paired block interval"
             elif worse:
                 note = "no paired blocks: tolerance only"
-            rows.append(
-                Row(b["config"], nfe, m, better, vn, vb, diff, lo, hi, sign * diff > 0, worse and outside, note)
-            )
-    return Comparison(rows, tolerance)
+            rows.append(Row(config, nfe, m, better, vn, vb, diff, lo, hi, sign * diff > 0, worse and outside, note))
+    return Comparison(rows, tolerance, unmatched)
 
 
 def compare_paths(
@@ -163,4 +232,9 @@ def compare_paths(
 ) -> Comparison:
     """compare_cells over two stores or JSON exports; bad input raises CompareInputError (exit 2)."""
     tol = tolerance if isinstance(tolerance, Tolerance) else parse_tolerance(tolerance)
-    return compare_cells(_load(new, "NEW"), _load(baseline, "BASELINE"), tolerance=tol, metrics=metrics)
+    try:
+        return compare_cells(_load(new, "NEW"), _load(baseline, "BASELINE"), tolerance=tol, metrics=metrics)
+    except CompareInputError:
+        raise
+    except (DiffbenchError, OSError, ValueError, KeyError, TypeError) as exc:  # malformed input, never "regression"
+        raise CompareInputError(f"cannot compare {new} with {baseline}: {exc}") from None

@@ -3,6 +3,10 @@
 A cell whose budget the solver cannot hit is listed as skipped with the planner's reason, never silently
 changed; under nfe_policy 'nearest' or 'floor' it runs and records the NFE actually spent. An axis value that
 is invalid in every cell it appears in is an error (a typo, a negative churn), not a skip.
+
+Crossing a solver-specific option with solvers that do not take it (`--churn 0,40 --solver heun,dpmpp-2m`)
+runs those solvers once, without it, and lists the option once as not applicable. Cells that are the same
+sampler although an axis value differs (EDM's per-step churn cap) carry a note saying so.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import itertools
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +23,13 @@ from diffbench.errors import BudgetError, ConfigError, UnknownNameError
 from diffbench.sampling.plan import Plan
 from diffbench.sampling.run import plan_spec
 from diffbench.sampling.solvers import get_solver
-from diffbench.sampling.spec import SamplerSpec
+from diffbench.sampling.spec import SOLVER_OPTIONS, SamplerSpec
 
 # options whose "off" value is what a solver without the option does anyway: dropped there, not skipped
 NEUTRAL = {"S_churn": 0.0, "churn_per_step": 0.0, "eta": 0.0}
 # options that never appear in a configuration's label (they are the table's columns)
 BUDGET_KEYS = ("nfe", "steps")
+CHURN_KEYS = ("S_churn", "churn_per_step")  # EDM's gamma_i = min(S_churn / N, sqrt2 - 1), or given per step
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class Cell:
     spec: SamplerSpec | None = None
     plan: Plan | None = field(default=None, repr=False)
     skipped: str | None = None
+    note: str | None = None  # e.g. the same sampler as another cell (a cap makes two axis values equal)
 
     @property
     def nfe_spent(self) -> int | None:
@@ -50,6 +56,7 @@ class Grid:
 
     cells: tuple[Cell, ...]
     axes: dict[str, list[Any]]
+    not_applicable: tuple[str, ...] = ()  # options crossed with solvers that do not take them, once each
 
     @property
     def runnable(self) -> list[Cell]:
@@ -67,9 +74,14 @@ def _show(value: Any) -> str:
 
 
 def config_label(options: Mapping[str, Any], keys: Sequence[str], names: Mapping[str, str] | None = None) -> str:
-    """'heun edm churn=40': solver and schedule, then the other labelled options as name=value."""
+    """'heun edm churn=40': solver and schedule, then the other labelled options as name=value. A budget
+    policy other than exact is always labelled (its cells spend another NFE than their column says), so they
+    never share a label with the exact cells of the same configuration in one store."""
     names = names or {}
     parts = [str(options.get("solver", "heun")), str(options.get("schedule", "edm"))]
+    keys = list(keys)
+    if options.get("nfe_policy", "exact") != "exact" and "nfe_policy" not in keys:
+        keys.append("nfe_policy")
     for k in keys:
         if k in ("solver", "schedule") or k in BUDGET_KEYS or k not in options:
             continue
@@ -128,6 +140,12 @@ def make_grid(
     names = names or {}
     fixed = dict(fixed or {})
     axes = {k: list(v) for k, v in axes.items()}
+    # a solver-specific option crossed with solvers that do not take it: those run once, without it
+    crossing = {
+        k
+        for k in [*axes, *fixed]
+        if k in SOLVER_OPTIONS and (len(axes.get(k, [])) > 1 or len(axes.get("solver", [])) > 1)
+    }
     for k, v in axes.items():
         if not v:
             raise ConfigError(f"axis {names.get(k, k)} has no values")
@@ -141,12 +159,28 @@ def make_grid(
     for o in overrides:
         shown += [k for k in o.get("set", {}) if k not in shown]
     cells: list[Cell] = []
+    seen: set[str] = set()
+    used = [False] * len(overrides)
+    dropped: dict[str, list[str]] = {}  # option -> solvers it was dropped for
     for values in itertools.product(*(axes[k] for k in keys)):
         point = dict(zip(keys, values))
         options = {**fixed, **point}
-        for o in overrides:
+        set_here: set[str] = set()
+        for j, o in enumerate(overrides):
             if _matches(options, o.get("where", {})):
                 options.update(o.get("set", {}))
+                set_here |= set(o.get("set", {}))
+                used[j] = True
+        solver = str(options.get("solver", "heun"))
+        taken = set(get_solver(solver).options)
+        for k in [k for k in options if k in crossing and k not in taken and k not in set_here]:
+            del options[k]
+            if solver not in dropped.setdefault(k, []):
+                dropped[k].append(solver)
+        key = repr(sorted(options.items(), key=lambda kv: kv[0]))
+        if key in seen:  # the same cell once an option that does not apply is dropped
+            continue
+        seen.add(key)
         try:
             spec, p, reason = _build(model, options)
         except ConfigError as exc:
@@ -163,7 +197,63 @@ def make_grid(
                 skipped=reason,
             )
         )
-    return Grid(cells=tuple(cells), axes=axes)
+    for j, o in enumerate(overrides):
+        if not used[j]:
+            where = ", ".join(f"{names.get(k, k)} = {_show(v)}" for k, v in o.get("where", {}).items())
+            raise ConfigError(f"cell override number {j + 1} (where {where or 'nothing'}) matches no cell of the grid")
+    notes = []
+    for k, solvers in dropped.items():
+        flag = f"--{names[k]}" if k in names else k
+        notes.append(
+            f"{flag} does not apply to {', '.join(solvers)}: {'they' if len(solvers) > 1 else 'it'} ran once without it"
+        )
+    lists = {k: list(v) for k, v in axes.items()}
+    return Grid(cells=tuple(_same_sampler_notes(cells, names)), axes=lists, not_applicable=tuple(notes))
+
+
+def _same_sampler_notes(cells: list[Cell], names: Mapping[str, str]) -> list[Cell]:
+    """Note the cells whose churn values differ but whose per-step gammas are equal: the same sampler, bit for
+    bit (EDM Alg. 2 caps gamma_i = min(S_churn / N, sqrt2 - 1); S_min / S_max may leave no step churned)."""
+    from diffbench.sampling.solvers.edm import MAX_GAMMA, churn_gammas
+
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    gammas_of: dict[int, list[float]] = {}
+    for i, c in enumerate(cells):
+        if c.spec is None or c.plan is None or not any(k in c.options for k in CHURN_KEYS):
+            continue
+        info = get_solver(c.spec.solver)
+        if "S_churn" not in info.options:
+            continue
+        opts = {**info.defaults(), **c.spec.solver_options()}
+        g = churn_gammas(
+            c.plan.sigmas,
+            S_churn=float(opts.get("S_churn") or 0.0),
+            S_min=float(opts.get("S_min") or 0.0),
+            S_max=float(opts["S_max"]) if opts.get("S_max") is not None else float("inf"),
+            churn_per_step=opts.get("churn_per_step"),
+        )
+        gammas_of[i] = g
+        rest = repr(sorted((k, v) for k, v in c.options.items() if k not in CHURN_KEYS))
+        key = (rest, tuple(float(s) for s in c.plan.sigmas), tuple(g))
+        groups.setdefault(key, []).append(i)
+    out = list(cells)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        for i in members:
+            others = [cells[j] for j in members if j != i]
+            g = gammas_of[i]
+            n = len(g)
+            if any(abs(x - MAX_GAMMA) < 1e-15 for x in g):
+                why = f"EDM caps each step's gamma = min(S_churn/N, sqrt2-1) at sqrt2-1 (N = {n} steps)"
+            else:
+                why = "every step gets the same gamma (S_min / S_max leave the same steps churned)"
+            same = ", ".join(
+                " ".join(f"{names.get(k, k)}={_show(o.options[k])}" for k in CHURN_KEYS if k in o.options) or o.config
+                for o in others
+            )
+            out[i] = replace(cells[i], note=f"same sampler as {same}: {why}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 A running cell's accumulators are checkpointed in the same transaction as its count of finished seeds, so a
 killed sweep resumes from its last finished batch. A sweep holds an exclusive lock (flock on STORE.lock,
 released by the OS when the process dies) so two sweeps never write one store. A file of another schema,
-or not a store at all, is refused and never modified.
+or not a store at all, is refused and never modified; a damaged one (truncated, malformed) is one line.
+
+Exports are standard JSON (NaN as null, infinities as "inf" / "-inf", as every --json output) and name the
+store they came from; `check_store_path` and `check_out_folder` check output paths before a sweep starts.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from diffbench.errors import DiffbenchError
+from diffbench.errors import DiffbenchError, OutputExistsError
+from diffbench.io_json import plain_json
 
 SCHEMA_VERSION = 1
 EXPORT_FORMAT = "diffbench-sweep"
@@ -79,6 +83,10 @@ _JSON = ("identity", "results", "provenance")
 
 class StoreError(DiffbenchError):
     """A store that cannot be used: not a store, another schema, locked by a running sweep."""
+
+
+def _damaged(path: Path, exc: BaseException) -> StoreError:
+    return StoreError(f"{path}: not a readable results store, damaged or truncated ({exc})")
 
 
 def _now() -> str:
@@ -155,15 +163,36 @@ class Store:
             if not self.path.is_file():
                 raise StoreError(f"{self.path}: no such results store")
             _check_file(self.path)
-            self.con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            version = _schema_of(self.con, self.path)
-            self._check_version(version)
+            try:
+                self.con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+                version = _schema_of(self.con, self.path)
+                self._check_version(version)
+                self.cells()  # every row readable, or one line now rather than a traceback later
+            except sqlite3.DatabaseError as exc:
+                self.close()
+                raise _damaged(self.path, exc) from None
+            except BaseException:
+                self.close()
+                raise
             return
-        if self.path.exists():
+        existed = self.path.exists()
+        if existed:
             _check_file(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _Lock(self.path)
+        lock_existed = self._lock.path.exists()
         self._lock.acquire()
+
+        def forget() -> None:  # a refused store leaves nothing behind that was not there before
+            self.close()
+            if not lock_existed:
+                with contextlib.suppress(OSError):
+                    self._lock.path.unlink()  # type: ignore[union-attr]
+            if not existed:
+                for extra in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(OSError):
+                        Path(str(self.path) + extra).unlink()
+
         try:
             self.con = sqlite3.connect(self.path, timeout=30)
             version = _schema_of(self.con, self.path)
@@ -180,10 +209,10 @@ class Store:
                 self.con.execute("PRAGMA journal_mode=WAL")
             self.con.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
-            self._lock.release()
-            raise StoreError(f"{self.path}: not a readable results store ({exc})") from None
+            forget()
+            raise _damaged(self.path, exc) from None
         except BaseException:
-            self._lock.release()
+            forget()
             raise
 
     def _check_version(self, version: int | None) -> None:
@@ -196,8 +225,10 @@ class Store:
             )
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.con.close()
+        con = getattr(self, "con", None)
+        if con is not None:
+            with contextlib.suppress(sqlite3.Error):
+                con.close()
         if self._lock is not None:
             self._lock.release()
 
@@ -234,7 +265,10 @@ class Store:
         if status is not None:
             q += " WHERE status=?"
             args = (status,)
-        return [self._row(r) for r in self.con.execute(q + " ORDER BY position, created, id", args)]
+        try:
+            return [self._row(r) for r in self.con.execute(q + " ORDER BY position, created, id", args)]
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, exc) from None
 
     # ---- writing -------------------------------------------------------------------------------------
 
@@ -276,6 +310,22 @@ class Store:
             self.con.execute(
                 f"INSERT OR IGNORE INTO cells ({keys}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
             )
+
+    def annotate(self, cell_id: str, note: str | None) -> None:
+        """Record (or clear) a note on a finished cell, under `note` in its provenance (e.g. that a cap makes it
+        the same sampler as another cell)."""
+        row = self.get(cell_id)
+        if row is None or row["status"] != "done":
+            return
+        prov = dict(row.get("provenance") or {})
+        if prov.get("note") == note:
+            return
+        if note is None:
+            prov.pop("note", None)
+        else:
+            prov["note"] = note
+        with self.con:
+            self.con.execute("UPDATE cells SET provenance=? WHERE id=?", (json.dumps(prov, default=str), cell_id))
 
     def checkpoint(self, cell_id: str, n_done: int, state: bytes) -> None:
         """Accumulators and the count of finished seeds, in one transaction."""
@@ -321,19 +371,49 @@ class Store:
         return {
             "format": EXPORT_FORMAT,
             "schema": SCHEMA_VERSION,
+            "store": str(self.path.resolve()),
             "created": meta.get("created"),
             "exported": _now(),
             "cells": [c for c in self.cells() if c["status"] in ("done", "skipped")],
         }
 
     def export_json(self, path: str | os.PathLike) -> Path:
-        """Write `export()` to a file (atomically)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.export(), indent=1, default=str) + "\n")
-        os.replace(tmp, p)
-        return p
+        """Write `export()` to a file (atomically), as standard JSON."""
+        return write_json(path, self.export())
+
+
+def to_json_text(data: Any) -> str:
+    """Standard JSON (no NaN / Infinity tokens: null and "inf" / "-inf", as every --json output)."""
+    return json.dumps(plain_json(json.loads(json.dumps(data, default=str))), indent=1, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """`data` as standard JSON in a file, written atomically."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(to_json_text(data))
+    os.replace(tmp, p)
+    return p
+
+
+def _back_to_floats(value: Any) -> Any:
+    """The inverse of the export's "inf" / "-inf" / null for a metric's numbers."""
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    if isinstance(value, list):
+        return [_back_to_floats(v) for v in value]
+    return value
+
+
+def _exported_cell(c: dict[str, Any]) -> dict[str, Any]:
+    results = c.get("results")
+    if isinstance(results, dict):
+        c = dict(c)
+        c["results"] = {
+            m: {k: _back_to_floats(v) for k, v in r.items()} if isinstance(r, dict) else r for m, r in results.items()
+        }
+    return c
 
 
 @contextlib.contextmanager
@@ -352,11 +432,16 @@ def load_cells(path: str | os.PathLike, *, what: str = "results") -> list[dict[s
     if not p.exists():
         raise StoreError(f"{p}: no such {what} (a results store or its JSON export)")
     if p.is_file():
-        with open(p, "rb") as f:
-            head = f.read(16)
+        try:
+            with open(p, "rb") as f:
+                head = f.read(16)
+        except OSError as exc:
+            raise StoreError(f"{p}: cannot read ({exc.strerror or exc})") from None
         if head != _MAGIC:
             try:
                 data = json.loads(p.read_text())
+            except OSError as exc:
+                raise StoreError(f"{p}: cannot read ({exc.strerror or exc})") from None
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise StoreError(f"{p}: neither a results store nor its JSON export ({exc})") from None
             if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT or "cells" not in data:
@@ -366,6 +451,126 @@ def load_cells(path: str | os.PathLike, *, what: str = "results") -> list[dict[s
                     f"{p} was exported with results-store schema {data.get('schema')}; this diffbench reads "
                     f"schema {SCHEMA_VERSION}"
                 )
-            return list(data["cells"])
+            if not isinstance(data["cells"], list) or not all(isinstance(c, dict) and "id" in c for c in data["cells"]):
+                raise StoreError(f"{p}: a diffbench sweep export whose cells are malformed")
+            return [_exported_cell(c) for c in data["cells"]]
     with open_store(p, write=False) as s:
         return [c for c in s.cells() if c["status"] in ("done", "skipped")]
+
+
+# ---- output paths, checked before a sweep starts ----------------------------------------------------------
+
+OWNER_FILE = ".diffbench-store"  # in an output folder: which store its tables, plots and results.json came from
+
+
+def _probe_folder(folder: Path, what: str) -> None:
+    """Create and remove a file in an existing folder: the one test of writability that works for root too."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".diffbench-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise StoreError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
+def _nearest_existing(path: Path, what: str) -> Path:
+    """The closest existing ancestor of a path to be created; it must be a folder."""
+    p = path.absolute()
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"{what}: {parent} is a file, not a folder")
+            return parent
+    raise StoreError(f"{what}: no existing folder above {path}")  # pragma: no cover (/ always exists)
+
+
+def check_store_path(path: str | os.PathLike) -> None:
+    """A store path a sweep can create or resume, checked without creating anything: an existing file must be a
+    store of this schema; a new one must be creatable (its folder writable, for it and its .lock)."""
+    p = Path(path)
+    what = f"--store {p}"
+    if p.exists():
+        if p.is_dir():
+            raise StoreError(f"{what} is a folder, not a results store")
+        _check_file(p)
+        if p.stat().st_size:
+            with open_store(p, write=False):  # schema and rows readable; read-only, touches nothing
+                pass
+        _probe_folder(p.parent if str(p.parent) else Path("."), what)
+        return
+    _probe_folder(_nearest_existing(p, what), what)
+
+
+def folder_owner(folder: str | os.PathLike) -> str | None:
+    """The store an output folder's files came from (its marker, else its results.json), or None."""
+    f = Path(folder)
+    marker = f / OWNER_FILE
+    try:
+        if marker.is_file():
+            return json.loads(marker.read_text()).get("store")
+        results = f / "results.json"
+        if results.is_file():
+            owner = json.loads(results.read_text()).get("store")
+            return str(owner) if owner else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return None
+
+
+def check_out_folder(out: str | os.PathLike, store: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """An output folder a sweep can write, checked without creating anything: not a file, writable, and not
+    holding the outputs of another store (unless `overwrite`)."""
+    o, st = Path(out), Path(store)
+    what = f"--out {o}"
+    if o.exists():
+        if not o.is_dir():
+            raise StoreError(f"{what} is a file; the tables, plots and results.json go into a folder")
+        owner = folder_owner(o)
+        if owner is not None and Path(owner) != st.resolve() and not overwrite:
+            raise OutputExistsError(
+                f"{o} holds the outputs of another store ({owner}); pass --overwrite to replace them, "
+                "or choose another --out"
+            )
+        _probe_folder(o, what)
+        return
+    _probe_folder(_nearest_existing(o, what), what)
+
+
+def claim_out_folder(out: str | os.PathLike, store: str | os.PathLike, files: list[str] | None = None) -> None:
+    """Mark an output folder as holding the outputs of `store` (the files it wrote, by name). Claiming a folder
+    another store owned (a sweep run with --overwrite) first removes the files that store wrote there, and only
+    those, so tables of two stores are never mixed."""
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    marker = o / OWNER_FILE
+    mine = str(Path(store).resolve())
+    if folder_owner(o) not in (None, mine) and marker.is_file():
+        try:
+            old = json.loads(marker.read_text()).get("files") or []
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            old = []
+        for name in old:
+            if isinstance(name, str) and Path(name).name == name and name not in (OWNER_FILE, ""):
+                with contextlib.suppress(OSError):
+                    (o / name).unlink()
+    write_json(marker, {"store": mine, "files": sorted(files or [])})
+
+
+def default_out_folder(store: str | os.PathLike) -> Path:
+    """Where a sweep's outputs go by default: beside the store, named after it (b4.db -> b4/)."""
+    p = Path(store)
+    stem = p.with_suffix("") if p.suffix else p.with_name(p.name + "-out")
+    return stem
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
+    """A folder to write into (existing or to be created), checked without creating anything."""
+    f = Path(folder)
+    if f.exists():
+        if not f.is_dir():
+            raise StoreError(f"{what} is a file, not a folder")
+        _probe_folder(f, what)
+        return
+    _probe_folder(_nearest_existing(f, what), what)

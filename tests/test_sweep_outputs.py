@@ -1,0 +1,230 @@
+"""Sweep outputs and stores that never surprise, and axes that mean what they say (issue 18), each case through
+the installed console script: refused commands leave nothing behind, outputs belong to their store, damaged
+stores are one line (exit 2 in `compare`), exports are standard JSON, usage errors exit 2, churn values that
+are one sampler are noted, options crossed with solvers that do not take them run once, and `compare` of an
+extended sweep passes while a missing baseline cell or other seeds are reported as such."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import test_cli_sweep
+from test_cli_sweep import SMALL, one_line, run
+
+env = test_cli_sweep.env  # the fixture: a DIFFBENCH_HOME of the test's own
+
+# The README's sweep TOML example, verbatim: the test below parses it and runs it.
+README_TOML = """\
+# sweep.toml: run with  diffbench sweep --config sweep.toml  (options given on the command line win)
+model = "gmm"                  # any MODEL the command takes
+seeds = "0-399"                # shared by every cell; 2 paired blocks of 200 (fd-exact needs n > 192 dims)
+blocks = 2
+metrics = ["fd-exact", "sw"]   # or a comma string, as --metric takes
+store = "gmm-churn.db"
+out = "gmm-churn"              # tables, plots, results.json
+
+[axes]                         # every combination runs; keys are flag names (churn, nfe-policy) or Python keywords
+solver = ["heun", "dpmpp-2m"]
+nfe = [5, 9, 19]
+churn = [0, 10]                # dpmpp-2m takes no churn: it runs once, listed as not applicable
+
+[fixed]                        # one value for every cell
+sigma_min = 0.002
+sigma_max = 80.0
+
+[[cell]]                       # overrides in order: `where` picks cells (it must match one), `set` changes them
+where = { solver = "dpmpp-2m" }
+set = { schedule = "logsnr" }
+
+[[cell]]
+where = { solver = "heun", churn = 10 }
+set = { s-noise = 1.007 }      # EDM's S_noise for its stochastic sampler
+"""
+
+QUICK = ("--seeds", "0-11", "--metric", "sw", "--device", "cpu")
+
+
+def strict_json(text: str):
+    """Parse as standard JSON: NaN / Infinity tokens are refused."""
+
+    def refuse(token: str):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_refused_sweeps_leave_nothing_behind_and_usage_errors_exit_2(tmp_path, env):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "afile").write_text("mine\n")
+    toml = work / "bad.toml"
+    toml.write_text(
+        '[axes]\nsolver = ["heun"]\nnfe = [9]\n[[cell]]\nwhere = { solver = "dpmpp2m" }\nset = { rho = 5 }\n'
+    )
+    before = listing(work)
+    store = ("--store", "s.db")
+    cases = [  # (arguments, text of the one line, exit code or None for any non-zero)
+        (("sweep", SMALL, "--solver", "heun,dpmpp2m", "--nfe", "9", *QUICK, *store), "unknown solver 'dpmpp2m'", 2),
+        (("sweep", "nosuchmodel", *store), "unknown model 'nosuchmodel'", 2),
+        (("sweep", SMALL, "--seeds", "", "--nfe", "9", *store), "seed list", 2),
+        (("sweep", SMALL, "--nfe", "0", *store), "--nfe must be >= 1", 2),
+        (("sample", SMALL, "--nfe", "0", "--out", "x.npz"), "--nfe", 2),
+        (("sweep", SMALL, "--nfe", "9", *QUICK, "--config", toml.name, *store), "matches no cell", 2),
+        (("sweep", SMALL, "--nfe", "9", *QUICK, "--store", "/proc/nope.db"), "--store /proc/nope.db", None),
+        (("sweep", SMALL, "--nfe", "9", *QUICK, *store, "--out", "/proc/nope"), "--out /proc/nope", None),
+        (("sweep", SMALL, "--nfe", "9", *QUICK, *store, "--out", "afile"), "--out afile is a file", None),
+        (("sweep", SMALL, "--nfe", "9", *QUICK, "--store", "afile"), "not a diffbench results store", None),
+    ]
+    for args, needle, code in cases:
+        line = one_line(*run(env, *args, cwd=work)[::2], exit_code=code)
+        assert needle in line, (args, line)
+        assert listing(work) == before, (args, listing(work))  # no .db, no .lock, no output folder
+    # "did you mean" stays short: the closest names and how to list them all
+    line = one_line(*run(env, "sweep", "digits-edn", cwd=work)[::2], exit_code=2)
+    assert "Did you mean 'digits-edm'" in line and "diffbench checkpoints list" in line and len(line) < 250
+    assert (work / "afile").read_text() == "mine\n"
+
+
+def test_outputs_are_named_after_their_store_and_never_overwrite_another_stores(tmp_path, env):
+    args = ("sweep", "--solver", "euler", "--nfe", "3", "--seeds", "0-69", "--device", "cpu")
+    code, out, err = run(env, *args, "--store", "b4.db", cwd=tmp_path)
+    assert code == 0, err
+    assert "outputs go to b4/, named after the store" in err and "wrote 7 files to b4" in err
+    assert {"results.json", "fd.md", "fd.json", ".diffbench-store"} <= set(listing(tmp_path / "b4"))
+    results = strict_json((tmp_path / "b4" / "results.json").read_text())
+    assert results["store"] == str((tmp_path / "b4.db").resolve())
+    strict_json((tmp_path / "b4" / "fd.json").read_text())
+    # another store's run into that folder is refused before anything is created; --overwrite replaces it
+    line = one_line(*run(env, *args, "--store", "b5.db", "--out", "b4", cwd=tmp_path)[::2])
+    assert "b4 holds the outputs of another store" in line and "--overwrite" in line
+    assert not (tmp_path / "b5.db").exists() and not (tmp_path / "b5.db.lock").exists()
+    code, _, err = run(env, *args, "--store", "b5.db", "--out", "b4", "--overwrite", cwd=tmp_path)
+    assert code == 0, err
+    owner = strict_json((tmp_path / "b4" / ".diffbench-store").read_text())
+    assert owner["store"] == str((tmp_path / "b5.db").resolve()) and "results.json" in owner["files"]
+    # the same store again writes into its own folder without --overwrite; the first store no longer may
+    code, _, err = run(env, *args, "--store", "b5.db", "--out", "b4", cwd=tmp_path)
+    assert code == 0 and "already in the store" in err, err
+    assert "holds the outputs of another store" in one_line(*run(env, *args, "--store", "b4.db", cwd=tmp_path)[::2])
+
+
+def test_a_damaged_store_is_one_line_and_every_bad_input_of_compare_exits_2(tmp_path, env):
+    good = tmp_path / "good.db"
+    code, _, err = run(env, "sweep", SMALL, "--solver", "heun,euler", "--nfe", "5,9", *QUICK, "--store", good)
+    assert code == 0, err
+    assert good.stat().st_size > 4096
+    trunc = tmp_path / "trunc.db"
+    trunc.write_bytes(good.read_bytes()[:4096])
+    assert "damaged or truncated" in one_line(*run(env, "report", trunc)[::2])
+    assert "damaged or truncated" in one_line(*run(env, "compare", trunc, good)[::2], exit_code=2)
+    assert "damaged or truncated" in one_line(*run(env, "compare", good, trunc)[::2], exit_code=2)
+    junk = tmp_path / "junk.json"
+    junk.write_text(json.dumps({"format": "diffbench-sweep", "schema": 1, "cells": "x"}))
+    for args in ((junk, good), (tmp_path / "missing.db", good), (good, good, "--tolerance", "abc"), (good, tmp_path)):
+        one_line(*run(env, "compare", *args)[::2], exit_code=2)
+
+
+def test_churn_values_that_are_one_sampler_are_noted_and_solvers_without_churn_run_once(tmp_path, env):
+    args = ("sweep", SMALL, "--solver", "heun,dpmpp-2m,unipc", "--churn", "0,10,40", "--nfe", "5", *QUICK)
+    code, out, err = run(env, *args, "--store", tmp_path / "c.db", "--out", tmp_path / "c")
+    assert code == 0, err
+    assert out.count("not applicable: --churn does not apply to dpmpp-2m, unipc: they ran once without it") == 1
+    assert "dpmpp-2m edm churn" not in out + err and "unipc edm churn" not in out + err and "—" not in out
+    assert "same sampler as churn=40: EDM caps" in out  # a footnote under the table, marked on the cell
+    cells = {c["config"]: c for c in strict_json((tmp_path / "c" / "results.json").read_text())["cells"]}
+    assert set(cells) == {"heun edm churn=0", "heun edm churn=10", "heun edm churn=40", "dpmpp-2m edm", "unipc edm"}
+    c10, c40 = cells["heun edm churn=10"], cells["heun edm churn=40"]
+    assert c10["results"]["sw"]["value"] == c40["results"]["sw"]["value"]  # bit-identical
+    assert (
+        "same sampler as churn=40" in c10["provenance"]["note"]
+        and "note" not in cells["heun edm churn=0"]["provenance"]
+    )
+    # the note is in the store too, for report to show
+    code, text, err = run(env, "report", tmp_path / "c.db", "--format", "json")
+    assert code == 0, err
+    # --json prints standard JSON rows with the note
+    code, text, err = run(env, *args, "--store", tmp_path / "c.db", "--json")
+    rows = strict_json(text)
+    assert code == 0 and any("same sampler" in (r.get("provenance") or {}).get("note", "") for r in rows)
+    assert "not applicable: --churn" in err
+
+
+def test_compare_an_extended_sweep_against_its_first_run(tmp_path, env):
+    base, ext = tmp_path / "base.db", tmp_path / "ext.db"
+    code, _, err = run(env, "sweep", SMALL, "--solver", "heun,dpmpp-2m", "--nfe", "5,9", *QUICK, "--store", base)
+    assert code == 0, err
+    shutil.copy(base, ext)
+    more = ("--solver", "heun,dpmpp-2m", "--nfe", "5,10", "--nfe-policy", "nearest", *QUICK, "--store", ext)
+    code, _, err = run(env, "sweep", SMALL, *more)
+    assert code == 0, err
+    # NEW holds every baseline cell and more: the new ones are listed, and pass
+    code, text, err = run(env, "compare", ext, base)
+    assert code == 0 and "no regression in 4 comparisons" in text, (text, err)
+    assert "4 cell(s) of NEW have no baseline" in text
+    assert "'heun edm nfe-policy=nearest' at NFE 10 (spent 9)" in text  # never the exact cell's label
+    # report keeps the exact and the nearest cells apart
+    code, text, err = run(env, "report", ext, "--format", "csv")
+    configs = {line.split(",")[1] for line in text.splitlines()[1:] if line}
+    assert code == 0 and {"heun edm", "heun edm nfe-policy=nearest"} <= configs, text
+    # a baseline cell missing from NEW is an error
+    line = one_line(*run(env, "compare", base, ext)[::2], exit_code=2)
+    assert "4 baseline cell(s) missing from NEW: 'heun edm nfe-policy=nearest' at NFE 5" in line
+    # the same grid on other seeds is reported as such
+    other = tmp_path / "seeds.db"
+    args = ("--solver", "heun,dpmpp-2m", "--nfe", "5,9", "--seeds", "0-23", "--metric", "sw", "--device", "cpu")
+    code, _, err = run(env, "sweep", SMALL, *args, "--store", other)
+    assert code == 0, err
+    line = one_line(*run(env, "compare", other, base)[::2], exit_code=2)
+    assert "run differently in NEW (seeds 0-23 in NEW against 0-11 in the baseline)" in line
+    assert "missing" not in line
+
+
+def test_a_sweep_that_fails_writing_its_outputs_keeps_its_store(tmp_path, cli, monkeypatch):
+    import diffbench.sweep.report as report
+    from diffbench.sweep.store import load_cells
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_reports", disk_full)
+    store = tmp_path / "s.db"
+    code, _, err = cli(
+        "sweep", SMALL, "--solver", "euler", "--nfe", "5", *QUICK, "--store", store, "--out", tmp_path / "o"
+    )
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "No space left on device" in lines[0], err
+    assert f"every finished cell is kept in {store}" in lines[0]
+    assert [c["status"] for c in load_cells(store)] == ["done"]
+
+
+def test_readme_toml_example_parses_and_runs(tmp_path, env):
+    from diffbench.cli.sweep import _aliases, _names
+    from diffbench.models.analytic import load_builtin
+    from diffbench.sweep.grid import load_config, make_grid
+
+    path = tmp_path / "sweep.toml"
+    path.write_text(README_TOML)
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if "```toml" in readme.read_text():  # once the README shows it, it must be this text
+        assert README_TOML.strip() in readme.read_text()
+    cfg = load_config(path, aliases=_aliases())
+    assert cfg.settings["store"] == "gmm-churn.db" and cfg.axes["S_churn"] == [0, 10] and len(cfg.overrides) == 2
+    grid = make_grid(load_builtin(SMALL), cfg.axes, fixed=cfg.fixed, overrides=cfg.overrides, names=_names())
+    assert [c.config for c in grid.cells[:2]] == ["heun edm churn=0", "heun edm churn=10 s-noise=1.007"]
+    assert len(grid.cells) == 9 and grid.not_applicable == (
+        "--churn does not apply to dpmpp-2m: it ran once without it",
+    )
+    assert {c.config for c in grid.cells} == {"heun edm churn=0", "heun edm churn=10 s-noise=1.007", "dpmpp-2m logsnr"}
+    assert all(c.skipped is None for c in grid.cells)
+    # the command runs it (a small model and fewer seeds and budgets, given on the command line, win)
+    code, out, err = run(env, "sweep", SMALL, "--config", path, "--seeds", "0-19", "--nfe", "5", cwd=tmp_path)
+    assert code == 0, err
+    assert "not applicable: --churn does not apply to dpmpp-2m" in out and (tmp_path / "gmm-churn" / "sw.md").exists()
+    assert os.path.exists(tmp_path / "gmm-churn.db")
