@@ -9,14 +9,15 @@ from typing import Any
 
 import torch
 
-from diffbench.denoiser import CountingDenoiser, check_denoiser, sample_shape
+from diffbench.denoiser import Denoiser, Evaluator, check_denoiser, sample_shape
 from diffbench.errors import ConfigError, NonFiniteError
-from diffbench.provenance import compact_seeds, environment, model_info, resolved_spec
+from diffbench.provenance import compact_seeds, environment, model_info
+from diffbench.sampling.initial import initial_state
 from diffbench.sampling.noise import BrownianNoise, NoiseSource
 from diffbench.sampling.ode import TimeParam
 from diffbench.sampling.plan import Plan, plan
 from diffbench.sampling.solvers import StepInfo, get_solver
-from diffbench.sampling.spec import SamplerSpec
+from diffbench.sampling.spec import SamplerSpec, resolved_spec
 
 
 @dataclass(frozen=True)
@@ -135,17 +136,13 @@ class Sampler:
             if self.spec.noise == "independent"
             else BrownianNoise(seeds, device=dev, sigma_min=self.plan.sigma_min, sigma_max=float(sig[0]))
         )
-        z = noise.latents(self.shape)  # drawn even when latents are given, to keep the streams aligned
-        if latents is not None:  # the user's latents as given: float64 ones stay float64 in a float64 run
-            z = latents.to(dev)
+        x = initial_state(noise, self.plan, self.shape, dtype=dtype, latents=latents)  # the streams' first draw
         labels = None
         if self.label_dim:
             labels = noise.labels(self.label_dim)  # drawn even when fixed, to keep streams aligned
             if class_labels is not None:
                 labels = class_labels.to(dev)
-        one_hot = None if labels is None else torch.eye(self.label_dim, device=dev)[labels]
-        counting = CountingDenoiser(self.denoiser, len(seeds), one_hot)
-        x = z.to(dtype) * sig[0].item()  # EDM: x_0 = latents * sigma_0
+        evaluator = Evaluator(self.denoiser, len(seeds), class_labels=labels)
 
         def step(info: StepInfo) -> None:
             if not torch.isfinite(info.x.sum()):  # one reduction: NaN and Inf reach the sum
@@ -158,10 +155,10 @@ class Sampler:
                 on_step(info)
 
         with torch.no_grad():
-            x = self.info.fn(counting, x, sig.to(dev), noise=noise, callback=step, **self.options)
-        if counting.nfe != self.plan.nfe:
+            x = self.info.fn(evaluator, x, sig.to(dev), noise=noise, callback=step, **self.options)
+        if evaluator.nfe != self.plan.nfe:
             raise RuntimeError(
-                f"bug: {self.info.name} made {counting.nfe} evaluations per sample, the plan says {self.plan.nfe}"
+                f"bug: {self.info.name} made {evaluator.counts} evaluations per sample, the plan says {self.plan.nfe}"
             )
         return Batch(
             images=x,

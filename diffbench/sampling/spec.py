@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from diffbench.errors import ConfigError, UnknownNameError
 from diffbench.sampling.noise import NOISE_MODES
 from diffbench.sampling.ode import SCALING, SIGMA_T
+from diffbench.sampling.schedules import get_schedule
 from diffbench.sampling.solvers import get_solver
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -172,3 +174,22 @@ class SamplerSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resolved_spec(spec: SamplerSpec) -> dict[str, Any]:
+    """The sampler spec with every default written as the value used (rho 7, S_churn 0), never null.
+
+    Options that do not apply to the solver or schedule are dropped; the values come from the spec when
+    given, else from the solver's registered defaults and the schedule function's keyword defaults.
+    """
+    d = spec.to_dict()
+    info = get_solver(spec.solver)
+    out = {k: v for k, v in d.items() if k not in SOLVER_OPTIONS and k not in SCHEDULE_OPTIONS}
+    defaults = info.defaults()
+    for k in info.options:
+        out[k] = d.get(k) if d.get(k) is not None else defaults.get(k)
+    if not spec.schedule.startswith("file:"):
+        for k, p in inspect.signature(get_schedule(spec.schedule).fn).parameters.items():
+            if k in SCHEDULE_OPTIONS and p.default is not p.empty:
+                out[k] = d.get(k) if d.get(k) is not None else p.default
+    return {k: out[k] for k in d if out.get(k) is not None}
