@@ -80,7 +80,7 @@ def _class_indices(class_labels: Any, n: int, label_dim: int) -> torch.Tensor | 
     return idx
 
 
-def plan_spec(model: Any, spec: SamplerSpec) -> Plan:
+def plan_spec(model: Denoiser, spec: SamplerSpec) -> Plan:
     """The budget plan of a sampler spec on a model (sigma grid, steps, NFE), without moving the model."""
     return plan(
         model,
@@ -101,7 +101,7 @@ def plan_spec(model: Any, spec: SamplerSpec) -> Plan:
 class Sampler:
     """A planned run of one spec on one denoiser: `run(seeds)` samples one batch (used by iter_batches)."""
 
-    def __init__(self, denoiser: Any, spec: SamplerSpec, *, device: str | torch.device = "auto"):
+    def __init__(self, denoiser: Denoiser, spec: SamplerSpec, *, device: str | torch.device = "auto"):
         check_denoiser(denoiser)
         self.device = resolve_device(device)
         if isinstance(denoiser, torch.nn.Module):
@@ -208,7 +208,7 @@ def _inputs(seeds: Sequence[int] | None, latents: torch.Tensor | None) -> list[i
 
 
 def iter_batches(
-    denoiser: Any,
+    denoiser: Denoiser,
     *,
     seeds: Sequence[int] | None = None,
     latents: torch.Tensor | None = None,
@@ -244,7 +244,7 @@ def iter_batches(
 
 
 def sample(
-    denoiser: Any,
+    denoiser: Denoiser,
     *,
     seeds: Sequence[int] | None = None,
     latents: torch.Tensor | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from diffbench.denoiser import BoundDenoiser
 from diffbench.errors import UnknownNameError
 
 ENDPOINTS = ("edm", "sigma_min")
@@ -25,6 +26,7 @@ VARIANT_VALUES: dict[str, tuple[str, ...]] = {
     "dpm-solver-3m": ("published", "taylor"),
     "unipc": ("bh2", "bh1"),
 }
+PREDICTIONS = ("data", "noise")  # the forms of UniPC: data (x0) or noise (eps) prediction
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ def push_history(hist: list[tuple[float, Any]], sigma: float, value: Any, keep: 
     return [*(h for h in hist if h[0] != sigma), (sigma, value)][-max(keep, 1) :]
 
 
-def round_sigma(denoiser: Any, sigma: float) -> float:
+def round_sigma(denoiser: BoundDenoiser, sigma: float) -> float:
     """The denoiser's round_sigma on a float (identity when it has none)."""
     fn = getattr(denoiser, "round_sigma", None)
     return sigma if fn is None else float(fn(torch.tensor(sigma, dtype=torch.float64)))
