@@ -86,7 +86,7 @@ BY_FLAG = {o.flag: o for o in SAMPLER_OPTIONS}
 
 
 def _choice_enum(o: SamplerOption) -> type[Enum]:
-    return Enum(f"Choice_{o.key}", {c: c for c in o.choices or ()}, type=str)  # type: ignore[misc]
+    return Enum(f"Choice_{o.key}", {c: c for c in o.choices or ()}, type=str)  # type: ignore[misc,return-value]
 
 
 def _annotation(o: SamplerOption, *, axes: bool) -> Any:

@@ -13,9 +13,8 @@ from diffbench.denoiser import Denoiser
 from diffbench.errors import BudgetError, ConfigError, UnknownNameError
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.schedules import file_grid, get_schedule
-from diffbench.sampling.solvers import ENDPOINTS, SolverInfo, get_solver
-
-NFE_POLICIES = ("exact", "nearest", "floor")
+from diffbench.sampling.solvers import SolverInfo, get_solver
+from diffbench.sampling.vocabulary import ENDPOINTS, NFE_POLICIES
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def reachable(
     info: SolverInfo, nfe: int, *, endpoint: str, denoise_to_zero: bool, options: dict[str, Any] | None = None
 ) -> tuple[int | None, int | None]:
     """The nearest budgets below and above `nfe` that the solver can hit exactly."""
-    kw = {"endpoint": endpoint, "denoise_to_zero": denoise_to_zero, "options": options}
+    kw: dict[str, Any] = {"endpoint": endpoint, "denoise_to_zero": denoise_to_zero, "options": options}
     below = next((k for k in range(nfe - 1, 0, -1) if info.steps_for(k, **kw)), None)
     above = next((k for k in range(nfe + 1, 2 * nfe + 8) if info.steps_for(k, **kw)), None)
     return below, above
@@ -105,7 +104,7 @@ def resolve_steps(
     """Step count for an exact budget (or the policy's fallback); refused budgets list the nearest reachable ones."""
     if (nfe is None) == (steps is None):
         raise ConfigError("give exactly one of nfe and steps")
-    kw = {"endpoint": endpoint, "denoise_to_zero": denoise_to_zero, "options": options}
+    kw: dict[str, Any] = {"endpoint": endpoint, "denoise_to_zero": denoise_to_zero, "options": options}
     if steps is not None:
         if steps < info.min_steps:
             raise ConfigError(f"{info.name} needs at least {info.min_steps} steps, got {steps}")

@@ -276,7 +276,8 @@ def sample(
             sampler=run,
         )
     )
-    labels = None if parts[0].class_labels is None else torch.cat([p.class_labels for p in parts])
+    given = [p.class_labels for p in parts if p.class_labels is not None]
+    labels = torch.cat(given) if given else None
     return Samples(
         images=torch.cat([p.images for p in parts]),
         nfe=run.plan.nfe,

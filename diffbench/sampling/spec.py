@@ -9,16 +9,13 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from diffbench.errors import ConfigError, UnknownNameError
-from diffbench.sampling.noise import NOISE_MODES
-from diffbench.sampling.ode import SCALING, SIGMA_T
-from diffbench.sampling.plan import NFE_POLICIES
-from diffbench.sampling.schedules import get_schedule
-from diffbench.sampling.solvers import ENDPOINTS, PREDICTIONS, get_solver
+from diffbench.sampling.vocabulary import DTYPES, ENDPOINTS, NFE_POLICIES, NOISE_MODES, PREDICTIONS, SCALING, SIGMA_T
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+if typing.TYPE_CHECKING:
+    import torch
+
+    from diffbench.sampling.solvers import SolverInfo
 
 
 @dataclass(frozen=True)
@@ -115,9 +112,11 @@ class SamplerSpec:
         help="Step noise: independent (EDM's per-seed stream) or brownian (a per-seed Brownian path).",
         choices=NOISE_MODES,
     )
-    dtype: str = option("float64", help="Sampler state dtype.", choices=tuple(DTYPES))
+    dtype: str = option("float64", help="Sampler state dtype.", choices=DTYPES)
 
     def __post_init__(self) -> None:
+        from diffbench.sampling.solvers import get_solver  # the registries load torch: not at import (--help)
+
         info = get_solver(self.solver)
         if self.nfe is None and self.steps is None:
             object.__setattr__(self, "steps", 18)  # EDM's generate.py default (NFE 35 with heun)
@@ -157,7 +156,7 @@ class SamplerSpec:
         self._check_options(info)
         self._check_declared()
 
-    def _check_options(self, info: Any) -> None:
+    def _check_options(self, info: SolverInfo) -> None:
         """Every option checked here, before a run creates any output (the solvers check again)."""
         defaults = info.defaults()
         s_min = self.S_min if self.S_min is not None else defaults.get("S_min", 0.0)
@@ -219,7 +218,9 @@ class SamplerSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return {"float64": torch.float64, "float32": torch.float32}[self.dtype]
 
     @property
     def has_churn(self) -> bool:
@@ -235,6 +236,9 @@ def resolved_spec(spec: SamplerSpec) -> dict[str, Any]:
     Options that do not apply to the solver or schedule are dropped; the values come from the spec when
     given, else from the solver's registered defaults and the schedule function's keyword defaults.
     """
+    from diffbench.sampling.schedules import get_schedule
+    from diffbench.sampling.solvers import get_solver
+
     d = spec.to_dict()
     info = get_solver(spec.solver)
     out = {k: v for k, v in d.items() if k not in SOLVER_OPTIONS and k not in SCHEDULE_OPTIONS}

@@ -18,15 +18,14 @@ import torch
 
 from diffbench.denoiser import BoundDenoiser
 from diffbench.errors import UnknownNameError
+from diffbench.sampling.vocabulary import ENDPOINTS, PREDICTIONS  # noqa: F401  (re-exported)
 
-ENDPOINTS = ("edm", "sigma_min")
 # the values of the `variant` option, per solver (the first is the default)
 VARIANT_VALUES: dict[str, tuple[str, ...]] = {
     "dpmpp-3m": ("published", "taylor"),
     "dpm-solver-3m": ("published", "taylor"),
     "unipc": ("bh2", "bh1"),
 }
-PREDICTIONS = ("data", "noise")  # the forms of UniPC: data (x0) or noise (eps) prediction
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def _multistep(
     order: int,
     lower_order_final: Any,
     analytic_first_step: bool,
-    history: Sequence[tuple[float, torch.Tensor]] | None,
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None,
     callback: Callback | None,
     weights: Callable[[list[float], float, float], Sequence[float]],
 ) -> torch.Tensor:

@@ -15,8 +15,9 @@ import torch
 from diffbench.denoiser import BoundDenoiser
 from diffbench.errors import UnknownNameError
 from diffbench.sampling.noise import NoiseSource
-from diffbench.sampling.solvers import PREDICTIONS, Callback, StepInfo, order_at, push_history, solver
+from diffbench.sampling.solvers import Callback, StepInfo, order_at, push_history, solver
 from diffbench.sampling.solvers.exponential import afs_nfe, check_lower_order_final, check_order, first_denoised
+from diffbench.sampling.vocabulary import PREDICTIONS
 
 VARIANTS = ("bh1", "bh2")
 
