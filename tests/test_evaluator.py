@@ -103,3 +103,12 @@ def test_conditional_samples_do_not_depend_on_the_batch_they_ran_in():
     all_ = diffbench.sample(model, batch=5, **kw)
     torch.testing.assert_close(one.images, all_.images, rtol=0, atol=0)
     assert one.nfe == all_.nfe == 9 and one.class_labels.tolist() == [2, 0, 1, 1, 2]
+
+
+def test_each_batch_reports_its_count_per_network():
+    from diffbench.sampling.run import Sampler
+    from diffbench.sampling.spec import SamplerSpec
+
+    run = Sampler(diffbench.load("gmm:shape=2x3x3"), SamplerSpec.make(solver="dpmpp-2m", nfe=7), device="cpu")
+    batch = run.run([0, 1, 2])
+    assert batch.counts == {MAIN: 7.0} and batch.nfe == run.plan.nfe == 7

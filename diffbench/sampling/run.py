@@ -34,12 +34,13 @@ class Progress:
 
 @dataclass
 class Batch:
-    """One finished batch: images (float, unclipped, N,C,H,W), its seeds and integer class labels."""
+    """One finished batch: images (float, unclipped, N,C,H,W), its seeds, integer class labels and NFE counted."""
 
     images: torch.Tensor
     seeds: list[int]
     class_labels: torch.Tensor | None
     nfe: int
+    counts: dict[str, float] = field(default_factory=dict)  # network evaluations per sample, per network
 
 
 @dataclass
@@ -165,6 +166,7 @@ class Sampler:
             seeds=list(seeds),
             class_labels=None if labels is None else labels.cpu(),
             nfe=self.plan.nfe,
+            counts=evaluator.counts,
         )
 
     def resolved_options(self) -> dict[str, Any]:
