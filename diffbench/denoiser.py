@@ -70,18 +70,14 @@ class NetworkCall(Protocol):
     def __call__(self, name: str, x: torch.Tensor, sigma: torch.Tensor, labels: Any = ...) -> torch.Tensor: ...
 
 
-# How one evaluation D(x; sigma) is made from the networks: plain (today) or, later, a guidance rule.
+# How one evaluation D(x; sigma) is made from the networks: plain (today) or, later, a guidance rule, which
+# comes with its cost(sigma) (network evaluations per sample of one evaluation) for plan(..., cost=...).
 Combine = Callable[[NetworkCall, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def plain(net: NetworkCall, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """D(x; sigma, c) of the main network with the bound labels: one network evaluation (EDM, Alg. 1)."""
     return net(MAIN, x, sigma)
-
-
-def plain_cost(sigma: float) -> int:
-    """Network evaluations per sample of one `plain` evaluation: 1 at every sigma."""
-    return 1
 
 
 class Evaluator:

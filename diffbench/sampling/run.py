@@ -159,7 +159,8 @@ class Sampler:
             x = self.info.fn(evaluator, x, sig.to(dev), noise=noise, callback=step, **self.options)
         if evaluator.nfe != self.plan.nfe:
             raise RuntimeError(
-                f"bug: {self.info.name} made {evaluator.counts} evaluations per sample, the plan says {self.plan.nfe}"
+                f"bug: {self.info.name} made {evaluator.nfe} evaluations per sample ({evaluator.counts} per network), "
+                f"the plan says {self.plan.nfe}"
             )
         return Batch(
             images=x,
