@@ -68,7 +68,7 @@ class SamplerSpec:
     sigma_min: float | None = option(help="Lowest sigma of the grid.", positive=True, planned=True)
     sigma_max: float | None = option(help="Highest sigma of the grid.", positive=True, planned=True)
     rho: float | None = option(help="rho of the edm grid (default 7).", positive=True, applies="schedule")
-    epsilon_s: float | None = option(help="epsilon_s of the iDDPM grid.", applies="schedule", cli=False)
+    epsilon_s: float | None = option(help="epsilon_s of the vp grid (EDM Table 1).", applies="schedule", cli=False)
     M: int | None = option(help="M of the iDDPM grid.", applies="schedule", cli=False)
     C_1: float | None = option(help="C_1 of the iDDPM grid.", applies="schedule", cli=False)
     C_2: float | None = option(help="C_2 of the iDDPM grid.", applies="schedule", cli=False)
