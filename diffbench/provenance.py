@@ -28,31 +28,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def resolved_spec(spec: Any) -> dict[str, Any]:
-    """The sampler spec with every default written as the value used (rho 7, S_churn 0), never null.
-
-    Options that do not apply to the solver or schedule are dropped; the values come from the spec when
-    given, else from the solver's registered defaults and the schedule function's keyword defaults.
-    """
-    import inspect
-
-    from diffbench.sampling.schedules import get_schedule
-    from diffbench.sampling.solvers import get_solver
-    from diffbench.sampling.spec import SCHEDULE_OPTIONS, SOLVER_OPTIONS
-
-    d = spec.to_dict()
-    info = get_solver(spec.solver)
-    out = {k: v for k, v in d.items() if k not in SOLVER_OPTIONS and k not in SCHEDULE_OPTIONS}
-    defaults = info.defaults()
-    for k in info.options:
-        out[k] = d.get(k) if d.get(k) is not None else defaults.get(k)
-    if not spec.schedule.startswith("file:"):
-        for k, p in inspect.signature(get_schedule(spec.schedule).fn).parameters.items():
-            if k in SCHEDULE_OPTIONS and p.default is not p.empty:
-                out[k] = d.get(k) if d.get(k) is not None else p.default
-    return {k: out[k] for k in d if out.get(k) is not None}
-
-
 def model_info(denoiser: Any) -> dict[str, Any]:
     """What identifies the model: its spec or source (with sha256 when it came from a file)."""
     info: dict[str, Any] = {"class": type(denoiser).__name__}

@@ -1,8 +1,9 @@
 """One vocabulary of sampler options for every command (DESIGN.md, "One vocabulary").
 
-Each option is defined once here (spec keyword, CLI flag, type, help, choices, bounds). `sample`,
-`fid --model` and `sweep` all get their sampler options from `sampler_options()`, so a new option
-appears in every command at once, and every error names the option as the user wrote it.
+Each option is declared once, as a SamplerSpec field with its OptionInfo (sampling/spec.py: keyword, flag,
+help, choices from the registries, bounds); the CLI options here are derived from those declarations.
+`sample`, `fid --model` and `sweep` all get their sampler options from `sampler_options()`, so a new option
+appears in every command at once (a sweep axis too), and every error names the option as the user wrote it.
 """
 
 from __future__ import annotations
@@ -46,101 +47,46 @@ class SamplerOption:
         return self.type is bool
 
 
-# The order is the order of --help. Defaults shown here are the ones SamplerSpec applies.
-SAMPLER_OPTIONS: tuple[SamplerOption, ...] = (
-    SamplerOption("solver", "--solver", str, "Solver name (see `diffbench solvers`).", default="heun"),
-    SamplerOption(
-        "schedule", "--schedule", str, "Sigma grid (see `diffbench schedules`), or file:PATH.", default="edm"
-    ),
-    SamplerOption("nfe", "--nfe", int, "Exact network evaluations per sample.", min=1),
-    SamplerOption("steps", "--steps", int, "Step count instead of --nfe (default 18).", min=1),
-    SamplerOption(
-        "nfe_policy",
-        "--nfe-policy",
-        str,
-        "When --nfe is unreachable: exact refuses, nearest/floor pick a reachable budget.",
-        choices=("exact", "nearest", "floor"),
-        default="exact",
-    ),
-    SamplerOption(
-        "endpoint",
-        "--endpoint",
-        str,
-        "edm: grid to sigma_min, then one step to 0; sigma_min: stop there.",
-        choices=("edm", "sigma_min"),
-        default="edm",
-    ),
-    SamplerOption("denoise_to_zero", "--denoise-to-zero", bool, "With --endpoint sigma_min: one final step to 0."),
-    SamplerOption("sigma_min", "--sigma-min", float, "Lowest sigma of the grid.", positive=True),
-    SamplerOption("sigma_max", "--sigma-max", float, "Highest sigma of the grid.", positive=True),
-    SamplerOption("rho", "--rho", float, "rho of the edm grid (default 7).", positive=True),
-    SamplerOption(
-        "sigma_t",
-        "--sigma-t",
-        str,
-        "sigma(t) of EDM's ODE (euler/heun family).",
-        choices=("linear", "vp", "ve"),
-        default="linear",
-    ),
-    SamplerOption(
-        "scaling", "--scaling", str, "s(t) of EDM's ODE (euler/heun family).", choices=("none", "vp"), default="none"
-    ),
-    SamplerOption(
-        "alpha", "--alpha", float, "Heun family, in (0, 1]: 1 Heun, 0.5 midpoint (EDM Alg. 1).", positive=True, max=1
-    ),
-    SamplerOption("S_churn", "--churn", float, "EDM S_churn (total over the run; EDM Alg. 2).", min=0),
-    SamplerOption("churn_per_step", "--churn-per-step", float, "EDM gamma per step, independent of N.", min=0),
-    SamplerOption("S_min", "--s-min", float, "EDM S_min: churn only where sigma >= S_min.", min=0),
-    SamplerOption("S_max", "--s-max", float, "EDM S_max: churn only where sigma <= S_max.", min=0),
-    SamplerOption("S_noise", "--s-noise", float, "EDM S_noise: scale of the churn noise.", min=0),
-    SamplerOption("eta", "--eta", float, "Ancestral / DDIM / SDE noise (0 deterministic).", min=0),
-    SamplerOption("order", "--order", int, "Order of a multistep / UniPC / DPM-Solver solver.", min=1),
-    SamplerOption(
-        "lower_order_final",
-        "--lower-order-final",
-        str,
-        "Multistep: lower orders on the last steps: always, never, or N (only below N steps).",
-    ),
-    SamplerOption("analytic_first_step", "--afs", bool, "Analytic first step: saves one NFE (multistep)."),
-    SamplerOption(
-        "variant",
-        "--variant",
-        str,
-        "Solver variant: UniPC B(h) bh2 or bh1; dpmpp-3m / dpm-solver-3m published or taylor.",
-    ),
-    SamplerOption("prediction", "--prediction", str, "UniPC form: data or noise.", choices=("data", "noise")),
-    SamplerOption("restart_n", "--restart-n", int, "Restart N_Restart: grid points per restart (3).", min=2),
-    SamplerOption("restart_k", "--restart-k", int, "Restart K: number of restarts (2).", min=1),
-    SamplerOption(
-        "restart_tmin", "--restart-tmin", float, "Restart t_min: sigma where it restarts (0.06).", positive=True
-    ),
-    SamplerOption(
-        "restart_tmax", "--restart-tmax", float, "Restart t_max: sigma it jumps up to (0.30).", positive=True
-    ),
-    SamplerOption(
-        "restart_gamma",
-        "--restart-gamma",
-        float,
-        "Restart: churn on the inner steps (0; the paper's runs 0.05).",
-        min=0,
-    ),
-    SamplerOption(
-        "noise",
-        "--noise",
-        str,
-        "Step noise: independent (EDM's per-seed stream) or brownian (a per-seed Brownian path).",
-        choices=("independent", "brownian"),
-        default="independent",
-    ),
-    SamplerOption("dtype", "--dtype", str, "Sampler state dtype.", choices=("float64", "float32"), default="float64"),
-)
+def _cli_type(annotation: Any) -> type:
+    """The type a flag parses to: the field's type without None; a union of several (str | int) stays text."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0] if len(args) == 1 else str
+
+
+def _derived() -> tuple[SamplerOption, ...]:
+    """Every SamplerSpec field declared for the CLI, in declaration order (the order of --help)."""
+    from diffbench.sampling.spec import declared_options
+
+    out = []
+    for key, annotation, default, info in declared_options():
+        if not info.cli:
+            continue
+        kind = _cli_type(annotation)
+        out.append(
+            SamplerOption(
+                key,
+                info.flag or "--" + key.lower().replace("_", "-"),
+                kind,
+                info.help,
+                choices=info.choices or None,
+                min=info.min,
+                positive=info.positive,
+                max=info.max,
+                default=None if kind is bool else default,
+            )
+        )
+    return tuple(out)
+
+
+# Derived from SamplerSpec's declarations (sampling/spec.py): a new option is one field there.
+SAMPLER_OPTIONS: tuple[SamplerOption, ...] = _derived()
 
 BY_KEY = {o.key: o for o in SAMPLER_OPTIONS}
 BY_FLAG = {o.flag: o for o in SAMPLER_OPTIONS}
 
 
 def _choice_enum(o: SamplerOption) -> type[Enum]:
-    return Enum(f"Choice_{o.key}", {c: c for c in o.choices or ()}, type=str)  # type: ignore[misc]
+    return Enum(f"Choice_{o.key}", {c: c for c in o.choices or ()}, type=str)  # type: ignore[misc,return-value]
 
 
 def _annotation(o: SamplerOption, *, axes: bool) -> Any:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from diffbench.sampling.vocabulary import NOISE_MODES  # noqa: F401  (re-exported)
+
 
 class NoiseSource:
     """The random streams of one batch of seeds; draws are stacked per image, batch-size invariant."""
@@ -63,9 +65,6 @@ class NoiseSource:
     def increment(self, i: int, sigma: float, sigma_next: float, like: torch.Tensor) -> torch.Tensor:
         """The standard normal a stochastic step i from sigma to sigma_next uses (here: the i-th draw)."""
         return self.step(i, like)
-
-
-NOISE_MODES = ("independent", "brownian")
 
 
 def _mix(*values: int) -> int:

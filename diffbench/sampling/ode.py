@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from diffbench.errors import UnknownNameError
 from diffbench.sampling.schedules import VP_EPSILON_S, vp_beta_from_range
-
-SIGMA_T = ("linear", "vp", "ve")
-SCALING = ("none", "vp")
+from diffbench.sampling.vocabulary import SCALING, SIGMA_T
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,15 @@ from typing import Any
 
 import torch
 
-from diffbench.denoiser import CountingDenoiser, check_denoiser, sample_shape
+from diffbench.denoiser import Denoiser, Evaluator, check_denoiser, sample_shape
 from diffbench.errors import ConfigError, NonFiniteError
-from diffbench.provenance import compact_seeds, environment, model_info, resolved_spec
+from diffbench.provenance import compact_seeds, environment, model_info
+from diffbench.sampling.initial import initial_state
 from diffbench.sampling.noise import BrownianNoise, NoiseSource
 from diffbench.sampling.ode import TimeParam
 from diffbench.sampling.plan import Plan, plan
 from diffbench.sampling.solvers import StepInfo, get_solver
-from diffbench.sampling.spec import SamplerSpec
+from diffbench.sampling.spec import SamplerSpec, resolved_spec
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,13 @@ class Progress:
 
 @dataclass
 class Batch:
-    """One finished batch: images (float, unclipped, N,C,H,W), its seeds and integer class labels."""
+    """One finished batch: images (float, unclipped, N,C,H,W), its seeds, integer class labels and NFE counted."""
 
     images: torch.Tensor
     seeds: list[int]
     class_labels: torch.Tensor | None
     nfe: int
+    counts: dict[str, float] = field(default_factory=dict)  # network evaluations per sample, per network
 
 
 @dataclass
@@ -79,7 +81,7 @@ def _class_indices(class_labels: Any, n: int, label_dim: int) -> torch.Tensor | 
     return idx
 
 
-def plan_spec(model: Any, spec: SamplerSpec) -> Plan:
+def plan_spec(model: Denoiser, spec: SamplerSpec) -> Plan:
     """The budget plan of a sampler spec on a model (sigma grid, steps, NFE), without moving the model."""
     return plan(
         model,
@@ -100,7 +102,7 @@ def plan_spec(model: Any, spec: SamplerSpec) -> Plan:
 class Sampler:
     """A planned run of one spec on one denoiser: `run(seeds)` samples one batch (used by iter_batches)."""
 
-    def __init__(self, denoiser: Any, spec: SamplerSpec, *, device: str | torch.device = "auto"):
+    def __init__(self, denoiser: Denoiser, spec: SamplerSpec, *, device: str | torch.device = "auto"):
         check_denoiser(denoiser)
         self.device = resolve_device(device)
         if isinstance(denoiser, torch.nn.Module):
@@ -135,17 +137,13 @@ class Sampler:
             if self.spec.noise == "independent"
             else BrownianNoise(seeds, device=dev, sigma_min=self.plan.sigma_min, sigma_max=float(sig[0]))
         )
-        z = noise.latents(self.shape)  # drawn even when latents are given, to keep the streams aligned
-        if latents is not None:  # the user's latents as given: float64 ones stay float64 in a float64 run
-            z = latents.to(dev)
+        x = initial_state(noise, self.plan, self.shape, dtype=dtype, latents=latents)  # the streams' first draw
         labels = None
         if self.label_dim:
             labels = noise.labels(self.label_dim)  # drawn even when fixed, to keep streams aligned
             if class_labels is not None:
                 labels = class_labels.to(dev)
-        one_hot = None if labels is None else torch.eye(self.label_dim, device=dev)[labels]
-        counting = CountingDenoiser(self.denoiser, len(seeds), one_hot)
-        x = z.to(dtype) * sig[0].item()  # EDM: x_0 = latents * sigma_0
+        evaluator = Evaluator(self.denoiser, len(seeds), class_labels=labels)
 
         def step(info: StepInfo) -> None:
             if not torch.isfinite(info.x.sum()):  # one reduction: NaN and Inf reach the sum
@@ -158,16 +156,18 @@ class Sampler:
                 on_step(info)
 
         with torch.no_grad():
-            x = self.info.fn(counting, x, sig.to(dev), noise=noise, callback=step, **self.options)
-        if counting.nfe != self.plan.nfe:
+            x = self.info.fn(evaluator, x, sig.to(dev), noise=noise, callback=step, **self.options)
+        if evaluator.nfe != self.plan.nfe:
             raise RuntimeError(
-                f"bug: {self.info.name} made {counting.nfe} evaluations per sample, the plan says {self.plan.nfe}"
+                f"bug: {self.info.name} made {evaluator.nfe} evaluations per sample ({evaluator.counts} per network), "
+                f"the plan says {self.plan.nfe}"
             )
         return Batch(
             images=x,
             seeds=list(seeds),
             class_labels=None if labels is None else labels.cpu(),
             nfe=self.plan.nfe,
+            counts=evaluator.counts,
         )
 
     def resolved_options(self) -> dict[str, Any]:
@@ -211,7 +211,7 @@ def _inputs(seeds: Sequence[int] | None, latents: torch.Tensor | None) -> list[i
 
 
 def iter_batches(
-    denoiser: Any,
+    denoiser: Denoiser,
     *,
     seeds: Sequence[int] | None = None,
     latents: torch.Tensor | None = None,
@@ -247,7 +247,7 @@ def iter_batches(
 
 
 def sample(
-    denoiser: Any,
+    denoiser: Denoiser,
     *,
     seeds: Sequence[int] | None = None,
     latents: torch.Tensor | None = None,
@@ -279,7 +279,8 @@ def sample(
             sampler=run,
         )
     )
-    labels = None if parts[0].class_labels is None else torch.cat([p.class_labels for p in parts])
+    given = [p.class_labels for p in parts if p.class_labels is not None]
+    labels = torch.cat(given) if given else None
     return Samples(
         images=torch.cat([p.images for p in parts]),
         nfe=run.plan.nfe,

@@ -3,83 +3,120 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from diffbench.errors import ConfigError, UnknownNameError
-from diffbench.sampling.noise import NOISE_MODES
-from diffbench.sampling.ode import SCALING, SIGMA_T
-from diffbench.sampling.solvers import get_solver
+from diffbench.sampling.vocabulary import DTYPES, ENDPOINTS, NFE_POLICIES, NOISE_MODES, PREDICTIONS, SCALING, SIGMA_T
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+if typing.TYPE_CHECKING:
+    import torch
 
-# options that belong to a solver (validated against SolverInfo.options); None means "not given"
-SOLVER_OPTIONS = (
-    "alpha",
-    "S_churn",
-    "S_min",
-    "S_max",
-    "S_noise",
-    "churn_per_step",
-    "eta",
-    "order",
-    "lower_order_final",
-    "analytic_first_step",
-    "variant",
-    "prediction",
-    "restart_n",
-    "restart_k",
-    "restart_tmin",
-    "restart_tmax",
-    "restart_gamma",
-)
-SCHEDULE_OPTIONS = ("rho", "epsilon_s", "M", "C_1", "C_2")
+    from diffbench.sampling.solvers import SolverInfo
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """How one SamplerSpec field appears to users: the one declaration the CLI, the checks and sweeps derive from.
+
+    `applies`: "solver" (checked against SolverInfo.options), "schedule" (passed to the schedule), or None.
+    `choices`, `min` (inclusive), `positive` (> 0, finite) and `max` (inclusive) are checked on the spec and
+    on the command line alike; `planned` bounds are checked by the planner (against the model's range)
+    instead. `cli` False keeps a field library-only; `flag` defaults to --key-in-lower-case.
+    """
+
+    help: str
+    flag: str | None = None
+    choices: tuple[str, ...] = ()
+    min: float | None = None
+    positive: bool = False
+    max: float | None = None
+    applies: str | None = None
+    cli: bool = True
+    planned: bool = False
+
+
+def option(default: Any = None, **info: Any) -> Any:
+    """A SamplerSpec field with its OptionInfo (DESIGN.md, "One vocabulary"): a new option is one such line."""
+    return dataclasses.field(default=default, metadata={"option": OptionInfo(**info)})
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A full sampler setting: solver, grid, budget, endpoint convention, ODE axes and solver options."""
+    """A full sampler setting: solver, grid, budget, endpoint convention, ODE axes and solver options.
 
-    solver: str = "heun"
-    schedule: str = "edm"
-    nfe: int | None = None
-    steps: int | None = None
-    endpoint: str = "edm"
-    denoise_to_zero: bool = False
-    nfe_policy: str = "exact"
-    sigma_min: float | None = None
-    sigma_max: float | None = None
-    rho: float | None = None
-    epsilon_s: float | None = None
-    M: int | None = None
-    C_1: float | None = None
-    C_2: float | None = None
-    sigma_t: str = "linear"
-    scaling: str = "none"
-    alpha: float | None = None
-    S_churn: float | None = None
-    S_min: float | None = None
-    S_max: float | None = None
-    S_noise: float | None = None
-    churn_per_step: float | None = None
-    eta: float | None = None
-    order: int | None = None
-    lower_order_final: str | int | None = None
-    analytic_first_step: bool | None = None
-    variant: str | None = None
-    prediction: str | None = None
-    restart_n: int | None = None
-    restart_k: int | None = None
-    restart_tmin: float | None = None
-    restart_tmax: float | None = None
-    restart_gamma: float | None = None
-    noise: str = "independent"
-    dtype: str = "float64"
+    Each field is declared once with its OptionInfo; `SOLVER_OPTIONS`, `SCHEDULE_OPTIONS`, the CLI flags
+    (cli/options.py) and the sweep axes are derived from these declarations.
+    """
+
+    solver: str = option("heun", help="Solver name (see `diffbench solvers`).")
+    schedule: str = option("edm", help="Sigma grid (see `diffbench schedules`), or file:PATH.")
+    nfe: int | None = option(help="Exact network evaluations per sample.", min=1, planned=True)
+    steps: int | None = option(help="Step count instead of --nfe (default 18).", min=1, planned=True)
+    endpoint: str = option(
+        "edm", help="edm: grid to sigma_min, then one step to 0; sigma_min: stop there.", choices=ENDPOINTS
+    )
+    denoise_to_zero: bool = option(False, help="With --endpoint sigma_min: one final step to 0.")
+    nfe_policy: str = option(
+        "exact",
+        help="When --nfe is unreachable: exact refuses, nearest/floor pick a reachable budget.",
+        choices=NFE_POLICIES,
+    )
+    sigma_min: float | None = option(help="Lowest sigma of the grid.", positive=True, planned=True)
+    sigma_max: float | None = option(help="Highest sigma of the grid.", positive=True, planned=True)
+    rho: float | None = option(help="rho of the edm grid (default 7).", positive=True, applies="schedule")
+    epsilon_s: float | None = option(help="epsilon_s of the vp grid (EDM Table 1).", applies="schedule", cli=False)
+    M: int | None = option(help="M of the iDDPM grid.", applies="schedule", cli=False)
+    C_1: float | None = option(help="C_1 of the iDDPM grid.", applies="schedule", cli=False)
+    C_2: float | None = option(help="C_2 of the iDDPM grid.", applies="schedule", cli=False)
+    sigma_t: str = option("linear", help="sigma(t) of EDM's ODE (euler/heun family).", choices=SIGMA_T)
+    scaling: str = option("none", help="s(t) of EDM's ODE (euler/heun family).", choices=SCALING)
+    alpha: float | None = option(
+        help="Heun family, in (0, 1]: 1 Heun, 0.5 midpoint (EDM Alg. 1).", positive=True, max=1, applies="solver"
+    )
+    S_churn: float | None = option(
+        help="EDM S_churn (total over the run; EDM Alg. 2).", flag="--churn", min=0, applies="solver"
+    )
+    S_min: float | None = option(help="EDM S_min: churn only where sigma >= S_min.", min=0, applies="solver")
+    S_max: float | None = option(help="EDM S_max: churn only where sigma <= S_max.", min=0, applies="solver")
+    S_noise: float | None = option(help="EDM S_noise: scale of the churn noise.", min=0, applies="solver")
+    churn_per_step: float | None = option(help="EDM gamma per step, independent of N.", min=0, applies="solver")
+    eta: float | None = option(help="Ancestral / DDIM / SDE noise (0 deterministic).", min=0, applies="solver")
+    order: int | None = option(help="Order of a multistep / UniPC / DPM-Solver solver.", min=1, applies="solver")
+    lower_order_final: str | int | None = option(
+        help="Multistep: lower orders on the last steps: always, never, or N (only below N steps).", applies="solver"
+    )
+    analytic_first_step: bool | None = option(
+        help="Analytic first step: saves one NFE (multistep).", flag="--afs", applies="solver"
+    )
+    variant: str | None = option(
+        help="Solver variant: UniPC B(h) bh2 or bh1; dpmpp-3m / dpm-solver-3m published or taylor.", applies="solver"
+    )
+    prediction: str | None = option(help="UniPC form: data or noise.", choices=PREDICTIONS, applies="solver")
+    restart_n: int | None = option(help="Restart N_Restart: grid points per restart (3).", min=2, applies="solver")
+    restart_k: int | None = option(help="Restart K: number of restarts (2).", min=0, applies="solver")
+    restart_tmin: float | None = option(
+        help="Restart t_min: sigma where it restarts (0.06).", positive=True, applies="solver"
+    )
+    restart_tmax: float | None = option(
+        help="Restart t_max: sigma it jumps up to (0.30).", positive=True, applies="solver"
+    )
+    restart_gamma: float | None = option(
+        help="Restart: churn on the inner steps (0; the paper's runs 0.05).", min=0, applies="solver"
+    )
+    noise: str = option(
+        "independent",
+        help="Step noise: independent (EDM's per-seed stream) or brownian (a per-seed Brownian path).",
+        choices=NOISE_MODES,
+    )
+    dtype: str = option("float64", help="Sampler state dtype.", choices=DTYPES)
 
     def __post_init__(self) -> None:
+        from diffbench.sampling.solvers import get_solver  # the registries load torch: not at import (--help)
+
         info = get_solver(self.solver)
         if self.nfe is None and self.steps is None:
             object.__setattr__(self, "steps", 18)  # EDM's generate.py default (NFE 35 with heun)
@@ -117,8 +154,9 @@ class SamplerSpec:
             if v is not None and (v < 0 or not math.isfinite(v)):
                 raise ConfigError(f"{k} must be a finite number >= 0, got {v}")
         self._check_options(info)
+        self._check_declared()
 
-    def _check_options(self, info: Any) -> None:
+    def _check_options(self, info: SolverInfo) -> None:
         """Every option checked here, before a run creates any output (the solvers check again)."""
         defaults = info.defaults()
         s_min = self.S_min if self.S_min is not None else defaults.get("S_min", 0.0)
@@ -147,6 +185,22 @@ class SamplerSpec:
                 opts["restart_n"], opts["restart_k"], opts["restart_tmin"], opts["restart_tmax"], opts["restart_gamma"]
             )
 
+    def _check_declared(self) -> None:
+        """The declared choices and bounds of every given option (after the specific checks above)."""
+        for f in dataclasses.fields(self):
+            o, v = option_info(f.name), getattr(self, f.name)
+            if v is None or o.planned or isinstance(v, bool):
+                continue
+            if o.choices and v not in o.choices:
+                raise UnknownNameError(f.name.replace("_", " "), v, o.choices)
+            if isinstance(v, (int, float)):
+                if o.positive and not (v > 0 and math.isfinite(v)):
+                    raise ConfigError(f"{f.name} must be a finite number > 0, got {v}")
+                if o.min is not None and not v >= o.min:
+                    raise ConfigError(f"{f.name} must be >= {o.min:g}, got {v}")
+                if o.max is not None and not v <= o.max:
+                    raise ConfigError(f"{f.name} must be <= {o.max:g}, got {v}")
+
     @classmethod
     def make(cls, **kwargs: Any) -> SamplerSpec:
         """Build from keywords; an unknown keyword is one clear error, not a silent default."""
@@ -164,7 +218,9 @@ class SamplerSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return {"float64": torch.float64, "float32": torch.float32}[self.dtype]
 
     @property
     def has_churn(self) -> bool:
@@ -172,3 +228,42 @@ class SamplerSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resolved_spec(spec: SamplerSpec) -> dict[str, Any]:
+    """The sampler spec with every default written as the value used (rho 7, S_churn 0), never null.
+
+    Options that do not apply to the solver or schedule are dropped; the values come from the spec when
+    given, else from the solver's registered defaults and the schedule function's keyword defaults.
+    """
+    from diffbench.sampling.schedules import get_schedule
+    from diffbench.sampling.solvers import get_solver
+
+    d = spec.to_dict()
+    info = get_solver(spec.solver)
+    out = {k: v for k, v in d.items() if k not in SOLVER_OPTIONS and k not in SCHEDULE_OPTIONS}
+    defaults = info.defaults()
+    for k in info.options:
+        out[k] = d.get(k) if d.get(k) is not None else defaults.get(k)
+    if not spec.schedule.startswith("file:"):
+        for k, p in inspect.signature(get_schedule(spec.schedule).fn).parameters.items():
+            if k in SCHEDULE_OPTIONS and p.default is not p.empty:
+                out[k] = d.get(k) if d.get(k) is not None else p.default
+    return {k: out[k] for k in d if out.get(k) is not None}
+
+
+def option_info(key: str) -> OptionInfo:
+    """The declaration of one SamplerSpec field (KeyError for a name that is not one)."""
+    return _INFO[key]
+
+
+def declared_options() -> list[tuple[str, Any, Any, OptionInfo]]:
+    """(key, type annotation, default, OptionInfo) of every SamplerSpec field, in declaration order."""
+    hints = typing.get_type_hints(SamplerSpec)
+    return [(f.name, hints[f.name], f.default, _INFO[f.name]) for f in dataclasses.fields(SamplerSpec)]
+
+
+_INFO: dict[str, OptionInfo] = {f.name: f.metadata["option"] for f in dataclasses.fields(SamplerSpec)}
+# options that belong to a solver (validated against SolverInfo.options) or to a schedule; None means "not given"
+SOLVER_OPTIONS = tuple(k for k, o in _INFO.items() if o.applies == "solver")
+SCHEDULE_OPTIONS = tuple(k for k, o in _INFO.items() if o.applies == "schedule")

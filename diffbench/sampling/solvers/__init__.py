@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from diffbench.denoiser import BoundDenoiser
 from diffbench.errors import UnknownNameError
+from diffbench.sampling.vocabulary import ENDPOINTS, PREDICTIONS  # noqa: F401  (re-exported)
 
-ENDPOINTS = ("edm", "sigma_min")
 # the values of the `variant` option, per solver (the first is the default)
 VARIANT_VALUES: dict[str, tuple[str, ...]] = {
     "dpmpp-3m": ("published", "taylor"),
@@ -215,7 +216,7 @@ def push_history(hist: list[tuple[float, Any]], sigma: float, value: Any, keep: 
     return [*(h for h in hist if h[0] != sigma), (sigma, value)][-max(keep, 1) :]
 
 
-def round_sigma(denoiser: Any, sigma: float) -> float:
+def round_sigma(denoiser: BoundDenoiser, sigma: float) -> float:
     """The denoiser's round_sigma on a float (identity when it has none)."""
     fn = getattr(denoiser, "round_sigma", None)
     return sigma if fn is None else float(fn(torch.tensor(sigma, dtype=torch.float64)))

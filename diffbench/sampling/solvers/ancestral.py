@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
+from diffbench.denoiser import BoundDenoiser
 from diffbench.errors import ConfigError
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.solvers import Callback, StepInfo, solver
@@ -33,7 +33,7 @@ def _check_eta(eta: float) -> None:
     options=("eta", "S_noise"),
 )
 def euler_ancestral(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -67,7 +67,7 @@ def euler_ancestral(
     options=("eta",),
 )
 def ddim(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
+from diffbench.denoiser import BoundDenoiser
 from diffbench.errors import ConfigError
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.ode import EDM_ODE, TimeParam
@@ -37,7 +37,7 @@ def churn_gammas(
 
 
 def _churn(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     t: float,
     gamma: float,
@@ -60,7 +60,7 @@ def _churn(
     return x_hat, t_hat
 
 
-def _slope(denoiser: Any, x: torch.Tensor, t: float, ode: TimeParam) -> tuple[torch.Tensor, torch.Tensor]:
+def _slope(denoiser: BoundDenoiser, x: torch.Tensor, t: float, ode: TimeParam) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx/dt, D) of EDM Eq. 4 at (x, t)."""
     if ode.trivial:  # sigma(t) = t, s = 1: dx/dsigma = (x - D) / sigma (EDM Eq. 3)
         denoised = denoiser(x, t)
@@ -86,7 +86,7 @@ def _times(sigmas: torch.Tensor, ode: TimeParam) -> list[float]:
     options=("S_churn", "S_min", "S_max", "S_noise", "churn_per_step"),
 )
 def euler(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -125,7 +125,7 @@ def euler(
     options=("alpha", "S_churn", "S_min", "S_max", "S_noise", "churn_per_step"),
 )
 def heun(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from diffbench.denoiser import BoundDenoiser
 from diffbench.errors import ConfigError, UnknownNameError
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.solvers import VARIANT_VALUES, Callback, StepInfo, order_at, push_history, solver
@@ -27,7 +28,7 @@ def afs_nfe(options: dict[str, Any]) -> int:
     return -1 if options.get("analytic_first_step") else 0
 
 
-def first_denoised(denoiser: Any, x: torch.Tensor, sigma: float, analytic: bool) -> torch.Tensor:
+def first_denoised(denoiser: BoundDenoiser, x: torch.Tensor, sigma: float, analytic: bool) -> torch.Tensor:
     """D at the first point, or its analytic stand-in d = x / sqrt(1 + sigma^2), D = x - sigma d (AFS)."""
     if analytic:
         return x - sigma * x / math.sqrt(1 + sigma * sigma)
@@ -48,11 +49,11 @@ def check_order(name: str, order: int, orders: Sequence[int]) -> int:
     return int(order)
 
 
-def _eps(denoiser: Any, x: torch.Tensor, sigma: float) -> torch.Tensor:
+def _eps(denoiser: BoundDenoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
     return (x - denoiser(x, sigma)) / sigma
 
 
-def idle_step(denoiser: Any, x: torch.Tensor, sigma: float, evals: int) -> torch.Tensor:
+def idle_step(denoiser: BoundDenoiser, x: torch.Tensor, sigma: float, evals: int) -> torch.Tensor:
     """A zero-length step (round_sigma merged sigma and sigma_next): x stays, the planned evaluations are spent."""
     for _ in range(evals):
         denoised = denoiser(x, sigma)
@@ -79,7 +80,7 @@ def variant_order(options: dict[str, Any]) -> int:
     evals_final=1,
 )
 def dpm_solver_2(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -117,7 +118,7 @@ def dpm_solver_2(
     evals_final=1,
 )
 def dpm_solver_3(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -160,7 +161,7 @@ def dpm_solver_3(
     evals_final=1,
 )
 def dpmpp_2s(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -273,7 +274,7 @@ def _dpm_multistep(
     extra_nfe=afs_nfe,
 )
 def dpmpp_2m(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -315,7 +316,7 @@ THREE_M_NOTE = (
     order_note=THREE_M_NOTE,
 )
 def dpmpp_3m(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -352,7 +353,7 @@ def dpmpp_3m(
     order_note=THREE_M_NOTE,
 )
 def dpm_solver_3m(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -386,7 +387,7 @@ def dpm_solver_3m(
     options=("eta", "S_noise", "lower_order_final"),
 )
 def dpmpp_2m_sde(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffbench.denoiser import BoundDenoiser
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.schedules import vp_time
 from diffbench.sampling.solvers import Callback, StepInfo, order_at, push_history, solver
@@ -54,14 +55,14 @@ def lagrange_integrals(
 
 
 def _multistep(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
     order: int,
     lower_order_final: Any,
     analytic_first_step: bool,
-    history: Sequence[tuple[float, torch.Tensor]] | None,
+    history: Sequence[tuple[float, torch.Tensor, torch.Tensor]] | None,
     callback: Callback | None,
     weights: Callable[[list[float], float, float], Sequence[float]],
 ) -> torch.Tensor:
@@ -101,7 +102,7 @@ def _multistep(
     "rho = 7; the full `order` (up to 4) only on grids uniform in sigma",
 )
 def ipndm(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -142,7 +143,7 @@ def ipndm(
     },
 )
 def deis(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
@@ -178,7 +179,7 @@ def deis(
     extra_nfe=afs_nfe,
 )
 def lms(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from diffbench.denoiser import BoundDenoiser
 from diffbench.errors import ConfigError
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.schedules import edm_grid
@@ -73,7 +74,7 @@ class _Offset:
     },
 )
 def restart(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,

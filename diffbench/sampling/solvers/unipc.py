@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
+from diffbench.denoiser import BoundDenoiser
 from diffbench.errors import UnknownNameError
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.solvers import Callback, StepInfo, order_at, push_history, solver
 from diffbench.sampling.solvers.exponential import afs_nfe, check_lower_order_final, check_order, first_denoised
+from diffbench.sampling.vocabulary import PREDICTIONS
 
 VARIANTS = ("bh1", "bh2")
-PREDICTIONS = ("data", "noise")
 
 
 def unipc_coefficients(rks: list[float], hh: float, variant: str) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -52,7 +52,7 @@ def unipc_coefficients(rks: list[float], hh: float, variant: str) -> tuple[torch
     ),
 )
 def unipc(
-    denoiser: Any,
+    denoiser: BoundDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
