@@ -30,9 +30,22 @@ FILE_SCHEDULE = "file:"  # the schedule prefix whose grid is read from a file
 
 
 def digest(identity: Mapping[str, Any]) -> str:
-    """sha256 of an identity's canonical JSON (keys sorted, so the order options were given in is irrelevant)."""
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    """sha256 of an identity's canonical JSON: keys sorted (the order options were given in is irrelevant) and
+    every number written as its exact float64 (rho=7 and rho=7.0 are one option value)."""
+    text = json.dumps(_canonical(identity), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical(x: Any) -> Any:
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, int | float):
+        return float(x).hex()
+    if isinstance(x, Mapping):
+        return {str(k): _canonical(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_canonical(v) for v in x]
+    return str(x)
 
 
 def sigma_grid(sigmas: torch.Tensor) -> list[str]:
