@@ -35,6 +35,7 @@ NEEDS = (
     "logits",  # extractor logits (batch.logits)
     "ref-moments",  # reference statistics mu, sigma (ctx.ref)
     "ref-features",  # reference features kept (ctx.ref.features)
+    "samples",  # the float samples themselves (batch.images): only where they come from a sampler
     "exact",  # an analytic model with exact moments and samples (ctx.model), fed the float samples
     "reference",  # the reference ODE solution of the same latents (batch.ref_sq_errors; sampler side)
 )
