@@ -124,7 +124,7 @@ def pack(state: dict[str, dict[str, np.ndarray]]) -> bytes:
     """Nested {accumulator: {array name: array}} as one npz blob (no pickle)."""
     flat = {f"{k}/{name}": arr for k, arrays in state.items() for name, arr in arrays.items()}
     buf = io.BytesIO()
-    np.savez(buf, **flat)
+    np.savez(buf, **flat)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
     return buf.getvalue()
 
 

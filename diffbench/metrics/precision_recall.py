@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -57,6 +57,15 @@ def _pr_of(states: Sequence[Any], ctx: Any) -> tuple[float, float]:
     return ctx.memo[key]
 
 
+def _pr_value(i: int) -> Callable[[Sequence[Any], Any], tuple[float, dict[str, Any]]]:
+    """The value function of precision (i = 0) or recall (i = 1)."""
+
+    def value(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any]]:
+        return _pr_of(states, ctx)[i], {}
+
+    return value
+
+
 def _register() -> None:
     from diffbench.metrics.registry import FEATURE_ROWS, Metric, register_metric
 
@@ -71,7 +80,7 @@ def _register() -> None:
                 ("features", "ref-features"),
                 f"k-NN {what} (needs reference features)",
                 FEATURE_ROWS,
-                lambda states, ctx, i=i: (_pr_of(states, ctx)[i], {}),
+                _pr_value(i),
                 options=options,
             )
         )

@@ -29,7 +29,7 @@ def is_exact_model(model: Any) -> bool:
     return all(callable(getattr(model, a, None)) for a in ("mean", "covariance", "sample_data"))
 
 
-def default_metrics(model: Any, *, ref: Any = None, extractor: str | None = None) -> tuple[str, ...]:
+def default_metrics(model: Any, *, ref: Any = None, extractor: str | FeatureExtractor | None = None) -> tuple[str, ...]:
     """What the model supports without downloads: the exact metrics for analytic models, else ref-error;
     with a reference, first the Fréchet distance in its feature space (`fd` with an extractor, else `fid`).
 

@@ -139,10 +139,11 @@ def run_cell(
             batch = Batch(images=out.images, seeds=seeds, labels=out.class_labels)
             if wants_uint8:
                 batch.uint8 = quantize(out.images)
-            if bench.save_images is not None:
+            if bench.save_images is not None and batch.uint8 is not None:
                 bench.save_images(spec, batch.uint8, seeds, out.class_labels)
             if wants_features or wants_logits:
                 ref_dim = bench.ref.dim if bench.ref is not None and wants_features else None
+                assert bench.extractor is not None
                 featurize(batch, bench.extractor, logits=wants_logits, ref_dim=ref_dim)
             if scoring.needs("reference"):
                 _reference_errors(bench, sampler, batch, ref_range, ctx.meta)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from diffbench.sweep.bench import Bench
@@ -80,7 +81,7 @@ def run_sweep(
             bench,
             cell.spec,
             state=state,
-            checkpoint=lambda n, s, cid=cid: store.checkpoint(cid, n, s),
+            checkpoint=partial(store.checkpoint, cid),
             checkpoint_every=checkpoint_every,
             on_batch=on_batch,
         )
