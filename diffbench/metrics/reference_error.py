@@ -1,7 +1,8 @@
 """Reference-solution error: RMS distance of a deterministic sampler's output to an accurate ODE solve.
 
-Only the reference side lives here; sampling a spec and feeding this metric is the cell runner's job
-(diffbench.sweep.cell.reference_error).
+Only the reference side lives here, with the registered metric `ref-error` (its accumulator and value);
+drawing each seed's latents and running the sampler is the cell runner's job (diffbench.sweep.cell), and
+the single-cell API is diffbench.sweep.single_cell.reference_error.
 """
 
 from __future__ import annotations
