@@ -115,9 +115,8 @@ def test_cell_values_equal_independent_computations(tiny):
 
 
 def test_identity_ignores_batch_and_resume_is_exact(tiny, tmp_path):
-    from diffbench.sampling.spec import SamplerSpec
-
     from diffbench.sampling.run import plan_spec
+    from diffbench.sampling.spec import SamplerSpec
 
     spec = SamplerSpec.make(solver="heun", nfe=7)
     plan = plan_spec(tiny, spec)
