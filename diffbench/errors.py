@@ -45,6 +45,10 @@ class ConfigError(UsageError):
     """An option that is malformed, out of range, or does not apply to the chosen method."""
 
 
+class NotApplicableError(ConfigError):
+    """An option that does not apply to the chosen solver or schedule (a sweep records such a cell as skipped)."""
+
+
 class OutputExistsError(DiffbenchError):
     """The output path exists and --overwrite was not given."""
 

@@ -114,15 +114,17 @@ def test_cell_values_equal_independent_computations(tiny):
 
 
 def test_identity_ignores_batch_and_resume_is_exact(tiny, tmp_path):
+    from diffbench.sampling.run import plan_spec
     from diffbench.sampling.spec import SamplerSpec
 
     spec = SamplerSpec.make(solver="heun", nfe=7)
+    plan = plan_spec(tiny, spec)
     kw = {"seeds": range(40), "metrics": ["fd-exact", "sw"], "blocks": 2, "device": "cpu"}
     a, b = prepare(tiny, batch=6, **kw), prepare(tiny, batch=40, **kw)
-    assert cell_identity(a, spec, 7)[0] == cell_identity(b, spec, 7)[0]
+    assert cell_identity(a, spec, plan)[0] == cell_identity(b, spec, plan)[0]
     assert (
-        cell_identity(a, spec, 7)[0]
-        != cell_identity(prepare(tiny, batch=6, **{**kw, "seeds": range(1, 41)}), spec, 7)[0]
+        cell_identity(a, spec, plan)[0]
+        != cell_identity(prepare(tiny, batch=6, **{**kw, "seeds": range(1, 41)}), spec, plan)[0]
     )
     # interrupt after every possible batch: the resumed result is identical
     full = run_cell(a, spec)

@@ -280,7 +280,7 @@ def fid_cmd(
     try:
         if model is not None:  # sampled and scored by the sweep's cell runner: one code path for both
             from diffbench.seeds import parse_seeds
-            from diffbench.sweep.cell import fid_of_spec
+            from diffbench.sweep.single_cell import fid_of_spec
 
             result = fid_of_spec(model, spec=spec, seeds=parse_seeds(seeds), class_label=class_, **common)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -62,3 +63,75 @@ def exact_sliced_wasserstein(model: Any, samples: torch.Tensor, *, projections: 
     g = torch.Generator().manual_seed(int(np.uint32(seed + 0x5EED)))
     fresh = model.sample_data(samples.shape[0], g)
     return sliced_wasserstein(samples, fresh, projections=projections, seed=seed)
+
+
+# ---- fd-exact and sw as registered metrics (diffbench.metrics.registry) --------------------------------
+
+SW_PROJECTIONS = 256  # random directions of the sliced Wasserstein metric `sw`
+
+
+def _exact_fd_value(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any]]:
+    """FD of the union of the blocks' sample moments to the model's exact mean and covariance."""
+    from diffbench.metrics.accumulators import merge_moments
+
+    mu, sigma = merge_moments(list(states)).numpy()
+    key = ("exact-moments", id(ctx.model))
+    if key not in ctx.memo:
+        ctx.memo[key] = (ctx.model.mean().double().cpu().numpy(), ctx.model.covariance().double().cpu().numpy())
+    mu2, sigma2 = ctx.memo[key]
+    return frechet_distance(mu1=mu, sigma1=sigma, mu2=mu2, sigma2=sigma2), {}
+
+
+def _check_exact_fd(ctx: Any) -> None:
+    from diffbench.metrics.stats import check_enough
+
+    if not ctx.allow_small_n:
+        d = int(ctx.model.mean().numel())
+        per_block = " per block" if ctx.block_size != ctx.n_all else ""
+        check_enough(ctx.block_size, d, what="fd-exact: samples" + per_block)
+
+
+def _sw_value(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any]]:
+    """Sliced W2 of the union of the blocks' samples to as many fresh exact samples of the model."""
+    from diffbench.metrics.accumulators import merge_rows
+
+    model = ctx.model.cpu() if isinstance(ctx.model, torch.nn.Module) else ctx.model
+    x = torch.from_numpy(merge_rows(list(states)))
+    return exact_sliced_wasserstein(model, x, projections=SW_PROJECTIONS), {}
+
+
+def _add_images(acc: Any, batch: Any) -> None:
+    acc.add(batch.images)
+
+
+def _register() -> None:
+    from diffbench.metrics.accumulators import MomentsAcc, RowsAcc
+    from diffbench.metrics.registry import Metric, State, register_metric
+
+    sample_moments = State("data", lambda ctx: MomentsAcc(ctx.sample_dim), _add_images)
+    sample_rows = State("samples", lambda ctx: RowsAcc(np.dtype(np.float64)), _add_images)
+    register_metric(
+        Metric(
+            "fd-exact",
+            "lower",
+            ("exact",),
+            "analytic models: Fréchet distance to the exact mean and covariance",
+            sample_moments,
+            _exact_fd_value,
+            check=_check_exact_fd,
+        )
+    )
+    register_metric(
+        Metric(
+            "sw",
+            "lower",
+            ("exact",),
+            "analytic models: sliced Wasserstein-2 to fresh exact samples",
+            sample_rows,
+            _sw_value,
+            options=lambda ctx: {"sw_projections": SW_PROJECTIONS},
+        )
+    )
+
+
+_register()

@@ -13,11 +13,16 @@ import torch
 
 from diffbench.errors import ConfigError
 from diffbench.io import quantize
+from diffbench.metrics.accumulators import MomentsAcc
 from diffbench.metrics.extractors import INCEPTION_ID, FeatureExtractor, has_logits, load_extractor
-from diffbench.metrics.frechet import FrechetReference
-from diffbench.metrics.inception_score import inception_score as _inception_score
-from diffbench.metrics.kid import kid as _kid
-from diffbench.metrics.precision_recall import precision_recall as _precision_recall
+from diffbench.metrics.registry import (
+    FEATURE_MOMENTS,
+    Batch,
+    MetricContext,
+    Scoring,
+    block_summary,
+    featurize,
+)
 from diffbench.metrics.sources import (
     ImageSource,
     batches_from_floats,
@@ -26,18 +31,16 @@ from diffbench.metrics.sources import (
     source_from_array,
 )
 from diffbench.metrics.stats import (
-    Extracted,
     Progress,
     Statistics,
     cached_statistics,
     check_enough,
     check_finite,
-    extract,
     is_statistics_file,
     load_statistics,
-    moments_blocks,
-    statistics_from_extracted,
 )
+
+__all__ = ["FIDResult", "Comparison", "fid", "compare_fid", "fid_result_of", "block_summary", "SHOWN"]
 
 SHOWN = ("mean", "min")
 
@@ -81,19 +84,6 @@ class Comparison:
     t: float
     significant: bool
     verdict: str
-
-
-def block_summary(values: Iterable[float], *, confidence: float = 0.95) -> tuple[float, float, float, float, float]:
-    """(mean, std, min, ci_low, ci_high) of block FIDs; t-interval mean ± t_{B−1} s/√B (Student 1908)."""
-    from scipy import stats as sps
-
-    v = np.asarray(list(values), dtype=np.float64)
-    mean, lo = float(v.mean()), float(v.min())
-    if v.size < 2:
-        return mean, math.nan, lo, math.nan, math.nan
-    std = float(v.std(ddof=1))
-    half = float(sps.t.ppf(0.5 + confidence / 2, v.size - 1)) * std / math.sqrt(v.size)
-    return mean, std, lo, mean - half, mean + half
 
 
 def compare_fid(a: FIDResult, b: FIDResult, *, confidence: float = 0.95) -> Comparison:
@@ -158,6 +148,49 @@ def _ref_label(ref: Any) -> str:
     return str(ref) if isinstance(ref, str | os.PathLike) else "reference"
 
 
+def fid_result_of(
+    results: dict[str, dict[str, Any]],
+    *,
+    metric: str,
+    shown: str,
+    n: int | None,
+    extractor_id: str | None,
+    ref: str | None,
+    ref_sha256: str | None,
+    ref_n: int | None,
+    confidence: float = 0.95,
+    samples: dict[str, Any] | None = None,
+) -> FIDResult:
+    """The FIDResult of finished metric results (fid or fd, with KID / P&R / IS as extras): both paths' last step."""
+    blocks = tuple(float(v) for v in results[metric]["blocks"])
+    mean, std, lo, ci_lo, ci_hi = block_summary(blocks, confidence=confidence)
+    extras: dict[str, float] = {}
+    if "kid" in results:
+        extras["kid_mean"], extras["kid_std"] = results["kid"]["all"], results["kid"]["std"]
+    if "precision" in results:
+        extras["precision"], extras["recall"] = results["precision"]["all"], results["recall"]["all"]
+    if "is" in results:
+        extras["is_mean"], extras["is_std"] = results["is"]["all"], results["is"]["std"]
+    return FIDResult(
+        fid=blocks[0] if len(blocks) == 1 else (mean if shown == "mean" else lo),
+        shown="single" if len(blocks) == 1 else shown,
+        n=n,
+        blocks=blocks,
+        mean=mean,
+        std=std,
+        min=lo,
+        ci_low=ci_lo,
+        ci_high=ci_hi,
+        confidence=confidence,
+        extractor_id=extractor_id,
+        ref=ref,
+        ref_sha256=ref_sha256,
+        ref_n=ref_n,
+        extras=extras,
+        samples=samples or {},
+    )
+
+
 def fid(
     samples: Any,
     *,
@@ -183,6 +216,8 @@ def fid(
 
     samples: an image folder / zip / npz path, a statistics file (mu, sigma), uint8 NHWC array, a float or
     uint8 image tensor, or an iterable of float [-1, 1] image batches. ref: a statistics file or image source.
+    Scored by the registered metrics' accumulators (diffbench.metrics.registry), fed batch by batch and
+    finished as the sweep's cell runner does. Raises ConfigError for unusable input.
     """
     if blocks < 1:
         raise ConfigError(f"blocks must be >= 1, got {blocks}")
@@ -220,7 +255,12 @@ def fid(
     if not allow_small_n and ref_stats.n is not None:
         check_enough(ref_stats.n, ref_stats.dim, what=_ref_label(ref))
 
-    # sample side
+    ex_name = extractor if isinstance(extractor, str) else extractor.id
+    names = ["fid" if str(ex_name).startswith(INCEPTION_ID) else "fd"]
+    names += ["kid"] * kid + ["precision", "recall"] * precision_recall + ["is"] * inception_score
+    options = {"kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "pr_k": pr_k}
+
+    # sample side: batches of uint8 images (or one block given by its statistics) into the accumulators
     if isinstance(src, Statistics):
         if blocks > 1:
             raise ConfigError("seed blocks need the samples themselves, not their statistics")
@@ -230,8 +270,16 @@ def fid(
             raise ConfigError("the Inception Score needs the samples' logits, not their statistics")
         check_finite(src, what="samples")
         _check_pair(ref_stats, extractor_id=src.extractor_id, dim=src.dim, resolution=src.resolution, what="FID")
-        per_block = [src]
+        n = src.n
         ex_id = src.extractor_id or ref_stats.extractor_id
+        ctx = MetricContext(block_size=n or 0, n_all=n or 0, ref=ref_stats, extractor_id=ex_id, options=options)
+        scoring = Scoring(names, ctx, blocks=1)
+        scoring.blocks[0][FEATURE_MOMENTS.name] = MomentsAcc.of_statistics(src.mu, src.sigma)
+        given = Batch(
+            features=None if src.features is None else torch.as_tensor(src.features),
+            logits=None if src.logits is None else torch.as_tensor(src.logits),
+        )
+        scoring.consume(0, given, skip=(FEATURE_MOMENTS.name,))
     else:
         ext = get_extractor()
         if inception_score and not has_logits(ext):
@@ -241,141 +289,72 @@ def fid(
         if not allow_small_n and src is not None:  # fail before featurising anything
             per = "samples" if blocks == 1 else "samples per block"
             check_enough(src.count // blocks, ref_stats.dim, what=per)
-        extracted, resolution = _extract_blocks(
-            src if src is not None else samples,
-            extractor=ext,
-            blocks=blocks,
-            batch=batch,
-            keep_features=need_features,
-            keep_logits=inception_score,
-            progress=progress,
-        )
-        per_block = [statistics_from_extracted(e, extractor_id=ext.id, resolution=resolution) for e in extracted]
-        for s in per_block:
-            check_finite(s, what="samples")
-        _check_pair(ref_stats, extractor_id=ext.id, dim=per_block[0].dim, resolution=resolution, what="FID")
-        if blocks > 1:  # the union of the blocks for the optional metrics
-            union = Extracted(
-                moments=moments_blocks(extracted),
-                features=torch.cat([e.features for e in extracted]) if need_features else None,
-                logits=torch.cat([e.logits for e in extracted]) if inception_score else None,
-            )
-            all_stats = statistics_from_extracted(union, extractor_id=ext.id, resolution=resolution)
-        else:
-            all_stats = per_block[0]
-        src = all_stats
+        if src is not None and src.count % blocks:
+            raise ConfigError(f"{src.count} images do not split into {blocks} equal seed blocks")
+        if src is None and blocks > 1:
+            raise ConfigError("seed blocks need a finite image source; pass blocks=1 for a stream")
+        size = src.count // blocks if src is not None else 0
         ex_id = ext.id
-    if not allow_small_n and per_block[0].n is not None:
-        check_enough(per_block[0].n, per_block[0].dim, what="samples" if blocks == 1 else "samples per block")
-
-    reference = FrechetReference(ref_stats.mu, ref_stats.sigma)  # factored once for every block
-    values = [reference.distance(s.mu, s.sigma) for s in per_block]
-    mean, std, lo, ci_lo, ci_hi = block_summary(values, confidence=confidence)
-    extras = _optional_metrics(
-        src,
-        ref_stats,
-        kid=kid,
-        kid_subsets=kid_subsets,
-        kid_subset_size=kid_subset_size,
-        precision_recall=precision_recall,
-        pr_k=pr_k,
-        inception_score=inception_score,
-    )
-    return FIDResult(
-        fid=values[0] if blocks == 1 else (mean if shown == "mean" else lo),
-        shown="single" if blocks == 1 else shown,
-        n=per_block[0].n,
-        blocks=tuple(values),
-        mean=mean,
-        std=std,
-        min=lo,
-        ci_low=ci_lo,
-        ci_high=ci_hi,
-        confidence=confidence,
+        ctx = MetricContext(block_size=size, n_all=size * blocks, ref=ref_stats, extractor_id=ex_id, options=options)
+        scoring = Scoring(names, ctx, blocks=blocks)
+        resolution = _feed_blocks(
+            scoring, src if src is not None else samples, extractor=ext, batch=batch, progress=progress
+        )
+        moments = [b[FEATURE_MOMENTS.name].m for b in scoring.blocks]
+        n = moments[0].n
+        ctx.block_size, ctx.n_all = n, sum(m.n for m in moments)
+        for m in moments:
+            mu, sigma = m.numpy()
+            check_finite(Statistics(mu=mu, sigma=sigma, n=m.n, extractor_id=ex_id), what="samples")
+        _check_pair(ref_stats, extractor_id=ex_id, dim=moments[0].dim, resolution=resolution, what="FID")
+    if not allow_small_n and n is not None:
+        check_enough(n, ref_stats.dim, what="samples" if blocks == 1 else "samples per block")
+    return fid_result_of(
+        scoring.finish(),
+        metric=names[0],
+        shown=shown,
+        n=n,
         extractor_id=ex_id,
         ref=str(ref) if isinstance(ref, str | os.PathLike) else ref_stats.path,
         ref_sha256=ref_stats.source_sha256 or ref_stats.file_sha256,
         ref_n=ref_stats.n,
-        extras=extras,
+        confidence=confidence,
     )
 
 
-def _optional_metrics(
-    src: Statistics,
-    ref: Statistics,
-    *,
-    kid: bool,
-    kid_subsets: int,
-    kid_subset_size: int,
-    precision_recall: bool,
-    pr_k: int,
-    inception_score: bool,
-) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if kid:
-        f1, f2 = torch.as_tensor(src.features), torch.as_tensor(ref.features)
-        out["kid_mean"], out["kid_std"] = _kid(
-            features1=f1, features2=f2, subsets=kid_subsets, subset_size=kid_subset_size
-        )
-    if precision_recall:
-        out["precision"], out["recall"] = _precision_recall(
-            real=torch.as_tensor(ref.features), fake=torch.as_tensor(src.features), k=pr_k
-        )
-    if inception_score:
-        out["is_mean"], out["is_std"] = _inception_score(logits=torch.as_tensor(src.logits))
-    return out
-
-
-def _extract_blocks(
-    samples: Any,
-    *,
-    extractor: FeatureExtractor,
-    blocks: int,
-    batch: int,
-    keep_features: bool,
-    keep_logits: bool,
-    progress: Progress | None,
-) -> tuple[list[Extracted], tuple[int, int] | None]:
-    """Extract B disjoint consecutive blocks of equal size from a source or a stream of float batches."""
+def _feed_blocks(
+    scoring: Scoring, samples: Any, *, extractor: FeatureExtractor, batch: int, progress: Progress | None
+) -> tuple[int, int] | None:
+    """Feature batches of B disjoint consecutive equal blocks of a source (or of one stream of float batches)
+    into the scoring's accumulators; returns the images' resolution (H, W)."""
+    logits = scoring.needs("logits")
     if isinstance(samples, ImageSource):
-        if samples.count % blocks:
-            raise ConfigError(f"{samples.count} images do not split into {blocks} equal seed blocks")
-        size = samples.count // blocks
-        out = []
-        for b in range(blocks):
-            lo, hi = b * size, (b + 1) * size
-            out.append(
-                extract(
-                    iter_uint8(samples, batch=batch, start=lo, stop=hi),
-                    extractor=extractor,
-                    keep_features=keep_features,
-                    keep_logits=keep_logits,
-                    progress=progress,
-                    total=size,
-                )
-            )
-        return out, samples.resolution
-    if blocks > 1:
-        raise ConfigError("seed blocks need a finite image source; pass blocks=1 for a stream")
-    stream = _uint8_stream(samples)
-    first: list[tuple[int, int]] = []
-
-    def recorded() -> Iterable[torch.Tensor]:
-        for x in stream:
-            if not first:
-                first.append((int(x.shape[2]), int(x.shape[3])))
-            elif (int(x.shape[2]), int(x.shape[3])) != first[0]:
+        size = samples.count // len(scoring.blocks)
+        parts: list[tuple[int, Iterable[torch.Tensor], int]] = [
+            (b, iter_uint8(samples, batch=batch, start=b * size, stop=(b + 1) * size), size)
+            for b in range(len(scoring.blocks))
+        ]
+        resolution = samples.resolution
+    else:
+        parts = [(0, _uint8_stream(samples), 0)]
+        resolution = None
+    for b, batches, total in parts:
+        done = 0
+        for x in batches:
+            hw = (int(x.shape[2]), int(x.shape[3]))
+            if resolution is None:
+                resolution = hw
+            elif not isinstance(samples, ImageSource) and hw != resolution:
                 raise ConfigError("image batches of mixed sizes in one sample stream")
-            yield x
-
-    ex = extract(
-        recorded(),
-        extractor=extractor,
-        keep_features=keep_features,
-        keep_logits=keep_logits,
-        progress=progress,
-    )
-    return [ex], first[0] if first else None
+            one = Batch(uint8=x)
+            featurize(one, extractor, logits=logits, ref_dim=None if scoring.ctx.ref is None else scoring.ctx.ref.dim)
+            scoring.consume(b, one)
+            done += x.shape[0]
+            if progress is not None:
+                progress(done, total)
+        if done == 0:
+            raise ConfigError("no images to extract features from")
+    return resolution
 
 
 def _uint8_stream(samples: Any) -> Iterable[torch.Tensor]:

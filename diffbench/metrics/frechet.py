@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from diffbench.errors import ConfigError
@@ -81,3 +84,50 @@ def frechet_distance(*, mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, si
     mu1, sigma1 = np.asarray(mu1, dtype=np.float64), np.asarray(sigma1, dtype=np.float64)
     _check(mu1, sigma1, "first statistics")
     return FrechetReference(mu2, sigma2).distance(mu1, sigma1)
+
+
+# ---- fid and fd as registered metrics (diffbench.metrics.registry) -------------------------------------
+
+
+def _moments_fd(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any]]:
+    """FD of the union of the blocks' feature moments to the reference, factored once per reference."""
+    from diffbench.metrics.accumulators import merge_moments
+
+    ref = ctx.ref
+    assert ref is not None
+    key = ("frechet-reference", id(ref))
+    if key not in ctx.memo:
+        ctx.memo[key] = FrechetReference(ref.mu, ref.sigma)
+    fixed = states[0].fixed if len(states) == 1 else None  # a statistics file given as the samples
+    mu, sigma = fixed if fixed is not None else merge_moments(list(states)).numpy()
+    return ctx.memo[key].distance(mu, sigma), {"extractor": ctx.extractor_id}
+
+
+def _register() -> None:
+    from diffbench.metrics.registry import FEATURE_MOMENTS, Metric, register_metric
+
+    register_metric(
+        Metric(
+            "fid",
+            "lower",
+            ("features", "ref-moments"),
+            "FID: Fréchet distance in Inception-v3 pool3 space (needs --ref)",
+            FEATURE_MOMENTS,
+            _moments_fd,
+            space="inception",
+        )
+    )
+    register_metric(
+        Metric(
+            "fd",
+            "lower",
+            ("features", "ref-moments"),
+            "Fréchet distance in the --extractor feature space (needs --ref)",
+            FEATURE_MOMENTS,
+            _moments_fd,
+            space="named",
+        )
+    )
+
+
+_register()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -22,3 +25,25 @@ def inception_score(*, logits: torch.Tensor, splits: int = 10) -> tuple[float, f
         scores.append(float(kl.mean().exp()))
     arr = np.asarray(scores)
     return float(arr.mean()), float(arr.std())
+
+
+# ---- is as a registered metric (diffbench.metrics.registry) --------------------------------------------
+
+
+def _is_value(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any]]:
+    """IS of the union of the blocks' logits; std over its splits."""
+    from diffbench.metrics.accumulators import as_float, merge_rows
+
+    mean, std = inception_score(logits=torch.as_tensor(merge_rows(list(states))))
+    return mean, {"std": as_float(std)}
+
+
+def _register() -> None:
+    from diffbench.metrics.registry import LOGITS, Metric, register_metric
+
+    register_metric(
+        Metric("is", "higher", ("logits",), "Inception Score (needs an extractor with logits)", LOGITS, _is_value)
+    )
+
+
+_register()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -57,3 +60,43 @@ def kid(
         values.append(mmd2_unbiased(f1[i1], f2[i2].to(f1.device)))
     arr = np.asarray(values)
     return float(arr.mean()), (float(arr.std()) if len(values) > 1 else None)
+
+
+# ---- kid as a registered metric (diffbench.metrics.registry) -------------------------------------------
+
+
+def _kid_value(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any]]:
+    """KID of the union of the blocks' feature rows against the reference features; std over subsets."""
+    from diffbench.metrics.accumulators import as_float, merge_rows
+
+    assert ctx.ref is not None and ctx.ref.features is not None
+    mean, std = kid(
+        features1=torch.as_tensor(merge_rows(list(states))),
+        features2=torch.as_tensor(ctx.ref.features),
+        subsets=ctx.options["kid_subsets"],
+        subset_size=ctx.options["kid_subset_size"],
+    )
+    return mean, {"std": as_float(std)}
+
+
+def _kid_options(ctx: Any) -> dict[str, Any]:
+    return {"kid": {"subsets": ctx.options["kid_subsets"], "subset_size": ctx.options["kid_subset_size"]}}
+
+
+def _register() -> None:
+    from diffbench.metrics.registry import FEATURE_ROWS, Metric, register_metric
+
+    register_metric(
+        Metric(
+            "kid",
+            "lower",
+            ("features", "ref-features"),
+            "KID (needs reference features)",
+            FEATURE_ROWS,
+            _kid_value,
+            options=_kid_options,
+        )
+    )
+
+
+_register()

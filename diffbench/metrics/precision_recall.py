@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 
 from diffbench.errors import ConfigError
@@ -37,3 +40,50 @@ def precision_recall(*, real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> t
     precision = manifold_coverage(manifold=real, radii=knn_radii(real, k=k), queries=fake)
     recall = manifold_coverage(manifold=fake, radii=knn_radii(fake, k=k), queries=real)
     return precision, recall
+
+
+# ---- precision and recall as registered metrics (diffbench.metrics.registry) ----------------------------
+
+
+def _pr_of(states: Sequence[Any], ctx: Any) -> tuple[float, float]:
+    """(precision, recall) of the union of the blocks' feature rows, computed once for both metrics."""
+    from diffbench.metrics.accumulators import merge_rows
+
+    key = ("precision-recall", tuple(id(s) for s in states))
+    if key not in ctx.memo:
+        assert ctx.ref is not None and ctx.ref.features is not None
+        fake = torch.as_tensor(merge_rows(list(states)))
+        ctx.memo[key] = precision_recall(real=torch.as_tensor(ctx.ref.features), fake=fake, k=ctx.options["pr_k"])
+    return ctx.memo[key]
+
+
+def _pr_value(i: int) -> Callable[[Sequence[Any], Any], tuple[float, dict[str, Any]]]:
+    """The value function of precision (i = 0) or recall (i = 1)."""
+
+    def value(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any]]:
+        return _pr_of(states, ctx)[i], {}
+
+    return value
+
+
+def _register() -> None:
+    from diffbench.metrics.registry import FEATURE_ROWS, Metric, register_metric
+
+    def options(ctx: Any) -> dict[str, Any]:
+        return {"pr_k": ctx.options["pr_k"]}
+
+    for i, (name, what) in enumerate((("precision", "precision"), ("recall", "recall"))):
+        register_metric(
+            Metric(
+                name,
+                "higher",
+                ("features", "ref-features"),
+                f"k-NN {what} (needs reference features)",
+                FEATURE_ROWS,
+                _pr_value(i),
+                options=options,
+            )
+        )
+
+
+_register()

@@ -1,13 +1,15 @@
 """Reference-solution error: RMS distance of a deterministic sampler's output to an accurate ODE solve.
 
-Only the reference side lives here; sampling a spec and feeding this metric is the cell runner's job
-(diffbench.sweep.cell.reference_error).
+Only the reference side lives here, with the registered metric `ref-error` (its accumulator and value);
+drawing each seed's latents and running the sampler is the cell runner's job (diffbench.sweep.cell), and
+the single-cell API is diffbench.sweep.single_cell.reference_error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,3 +186,47 @@ def squared_errors(samples: torch.Tensor, reference: torch.Tensor) -> torch.Tens
         raise ConfigError(f"samples {list(samples.shape)} and reference {list(reference.shape)} differ in shape")
     diff = samples.detach().to(torch.float64).cpu() - reference.to(torch.float64).cpu()
     return diff.flatten(1).pow(2).mean(1)
+
+
+# ---- ref-error as a registered metric (diffbench.metrics.registry) -------------------------------------
+# The sampler side (the latents of each seed, the plan's sigma range, the sampler's own denoiser) lives in
+# the sweep's cell runner, which calls reference_samples and squared_errors per batch and hands the
+# per-sample errors over on the batch (batch.ref_sq_errors); this side accumulates and finishes them.
+
+
+def _ref_error_value(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any]]:
+    """RMS over the union of the blocks; the largest per-sample RMS, cache hits and the reference's method."""
+    from diffbench.metrics.accumulators import as_float, merge_sums
+
+    total = merge_sums(list(states))
+    extras = {"max_rms": as_float(total.max_rms), "cached": total.cached, "reference": ctx.meta.get("ref_method")}
+    return total.rms, extras
+
+
+def _add_errors(acc: Any, batch: Any) -> None:
+    assert batch.ref_sq_errors is not None
+    acc.add(batch.ref_sq_errors, batch.ref_cached)
+
+
+def _ref_error_options(ctx: Any) -> dict[str, Any]:
+    return {} if is_analytic(ctx.model) else {"ref_steps": ctx.options["ref_steps"]}
+
+
+def _register() -> None:
+    from diffbench.metrics.accumulators import SumsAcc
+    from diffbench.metrics.registry import Metric, State, register_metric
+
+    register_metric(
+        Metric(
+            "ref-error",
+            "lower",
+            ("reference",),
+            "RMS distance to the reference ODE solution, same latents",
+            State("ref_error", lambda ctx: SumsAcc(), _add_errors),
+            _ref_error_value,
+            options=_ref_error_options,
+        )
+    )
+
+
+_register()

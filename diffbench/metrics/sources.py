@@ -183,6 +183,7 @@ def _to_nchw(nhwc: np.ndarray, channels: int) -> torch.Tensor:
 def _iter_npz(source: ImageSource, *, batch: int, start: int, stop: int) -> Iterator[torch.Tensor]:
     h, w = source.resolution
     per_image = h * w * source.channels
+    assert source.path is not None
     with zipfile.ZipFile(source.path) as zf, zf.open(f"{source.array_key}.npy") as fp:
         _npy_header(fp)
         _skip(fp, start * per_image)
@@ -209,6 +210,7 @@ def _read_exact(fp: Any, nbytes: int, source: ImageSource) -> bytes:
 
 
 def _iter_files(source: ImageSource, *, batch: int, start: int, stop: int) -> Iterator[torch.Tensor]:
+    assert source.path is not None
     zf = zipfile.ZipFile(source.path) if source.kind == "zip" else None
     try:
         for i in range(start, stop, batch):
@@ -223,6 +225,7 @@ def _iter_files(source: ImageSource, *, batch: int, start: int, stop: int) -> It
 def _decode(zf: zipfile.ZipFile | None, source: ImageSource, name: str) -> np.ndarray:
     from PIL import Image
 
+    assert source.path is not None
     fp: Any = io.BytesIO(zf.read(name)) if zf is not None else source.path / name
     with Image.open(fp) as im:
         im = _to_8bit(im)
@@ -247,12 +250,15 @@ def _to_8bit(im: Any) -> Any:
 def source_sha256(source: ImageSource) -> str:
     """sha256 identifying a source: of the file for zip/npz, of sorted (name, content) for a folder."""
     h = hashlib.sha256()
+    path = source.path
     if source.kind in ("zip", "npz"):
-        _hash_file(h, source.path)
+        assert path is not None
+        _hash_file(h, path)
     elif source.kind == "folder":
+        assert path is not None
         for name in source.members:
             h.update(name.encode() + b"\0")
-            _hash_file(h, source.path / name)
+            _hash_file(h, path / name)
     else:
         h.update(np.ascontiguousarray(source.array).tobytes())
     return h.hexdigest()

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from diffbench.errors import BudgetError, ConfigError, UnknownNameError
+from diffbench.errors import BudgetError, ConfigError, NotApplicableError, UnknownNameError
 from diffbench.sampling.plan import Plan
 from diffbench.sampling.run import plan_spec
 from diffbench.sampling.solvers import get_solver
@@ -98,9 +97,6 @@ def _matches(options: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
     return all(k in options and same(options[k], v) for k, v in where.items())
 
 
-_NOT_APPLICABLE = re.compile(r"\bappl(?:y|ies)\b|\bsupports order\b")
-
-
 def _build(model: Any, options: dict[str, Any]) -> tuple[SamplerSpec | None, Plan | None, str | None]:
     """(spec, plan, skip reason). A setting that does not apply to its solver or schedule, or a budget it
     cannot hit, is a skip; any other invalid value is an error (raised)."""
@@ -113,14 +109,8 @@ def _build(model: Any, options: dict[str, Any]) -> tuple[SamplerSpec | None, Pla
     try:
         spec = SamplerSpec.make(**opts)
         return spec, plan_spec(model, spec), None
-    except BudgetError as exc:
+    except (BudgetError, NotApplicableError) as exc:
         return spec, None, str(exc)
-    except UnknownNameError:
-        raise
-    except ConfigError as exc:
-        if _NOT_APPLICABLE.search(str(exc)):
-            return spec, None, str(exc)
-        raise
 
 
 def make_grid(

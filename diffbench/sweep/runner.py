@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from diffbench.sweep.cell import BatchProgress, Bench, CellResult, cell_identity, run_cell
+from diffbench.sweep.bench import Bench
+from diffbench.sweep.cell import BatchProgress, CellResult, run_cell
 from diffbench.sweep.grid import Cell, Grid, check_grid
+from diffbench.sweep.identity import cell_identity, skipped_identity
 from diffbench.sweep.store import Store
 
 
@@ -40,18 +43,6 @@ def cell_info(cell: Cell, bench: Bench) -> dict[str, Any]:
     }
 
 
-def skipped_identity(cell: Cell, bench: Bench) -> tuple[str, dict[str, Any]]:
-    """Identity of a cell that cannot run: its options instead of a full spec."""
-    import hashlib
-    import json
-
-    if cell.spec is not None:
-        return cell_identity(bench, cell.spec, -1)
-    ident = {"model_sha256": bench.model_sha256, "options": cell.options, "skipped": True}
-    text = json.dumps(ident, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest(), ident
-
-
 def run_sweep(
     bench: Bench,
     grid: Grid,
@@ -72,7 +63,7 @@ def run_sweep(
             ids.append(cid)
             emit(Event("skipped", i, total, cell))
             continue
-        cid, ident = cell_identity(bench, cell.spec, cell.plan.nfe)
+        cid, ident = cell_identity(bench, cell.spec, cell.plan)
         ids.append(cid)
         row = store.get(cid)
         if row is not None and row["status"] == "done":
@@ -90,7 +81,7 @@ def run_sweep(
             bench,
             cell.spec,
             state=state,
-            checkpoint=lambda n, s, cid=cid: store.checkpoint(cid, n, s),
+            checkpoint=partial(store.checkpoint, cid),
             checkpoint_every=checkpoint_every,
             on_batch=on_batch,
         )

@@ -1,0 +1,292 @@
+"""The prepared bench: what every cell of a sweep shares (model on its device, extractor, reference, seeds,
+metrics), loaded once and checked against the metric set before anything is sampled."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffbench.denoiser import Denoiser
+from diffbench.errors import ConfigError
+from diffbench.metrics.extractors import INCEPTION_ID, FeatureExtractor, has_logits, load_extractor
+from diffbench.metrics.reference_error import model_fingerprint
+from diffbench.metrics.registry import METRICS, MetricContext, all_metrics, get_metric, parse_metrics
+from diffbench.metrics.stats import Statistics, check_enough, check_finite
+from diffbench.sampling.run import resolve_device
+from diffbench.sampling.spec import SamplerSpec
+
+all_metrics()  # the built-in metrics registered, so METRICS (the live registry) lists them
+
+__all__ = ["Bench", "prepare", "default_metrics", "is_exact_model", "model_sha256", "deterministic_reason", "METRICS"]
+
+
+def is_exact_model(model: Any) -> bool:
+    """True for models with exact moments and exact samples (the analytic mixtures)."""
+    return all(callable(getattr(model, a, None)) for a in ("mean", "covariance", "sample_data"))
+
+
+def default_metrics(model: Any, *, ref: Any = None, extractor: str | FeatureExtractor | None = None) -> tuple[str, ...]:
+    """What the model supports without downloads: the exact metrics for analytic models, else ref-error;
+    with a reference, first the Fréchet distance in its feature space (`fd` with an extractor, else `fid`).
+
+    ref-error is not a default for analytic models: their scipy reference costs more than the sweep itself.
+    """
+    out: list[str] = []
+    if ref is not None:
+        out.append("fd" if extractor else "fid")
+    out += ["fd-exact", "sw"] if is_exact_model(model) else ([] if out else ["ref-error"])
+    return tuple(out)
+
+
+def model_sha256(model: Any) -> str:
+    """The checkpoint file's sha256 when the model came from a file, else a hash of its parameters."""
+    info = getattr(model, "source_info", None)
+    if isinstance(info, dict) and info.get("sha256"):
+        return str(info["sha256"])
+    return model_fingerprint(model)
+
+
+def deterministic_reason(spec: SamplerSpec) -> str | None:
+    """Why ref-error does not apply to this spec (a stochastic sampler), or None."""
+    from diffbench.sampling.solvers import get_solver
+
+    info = get_solver(spec.solver)
+    stochastic = [k for k in ("S_churn", "churn_per_step", "eta") if (getattr(spec, k, None) or 0) > 0]
+    if info.stochastic or stochastic:
+        why = f"{', '.join(stochastic)} > 0" if stochastic else f"solver '{info.name}' is stochastic"
+        return f"the reference-solution error needs a deterministic sampler ({why})"
+    return None
+
+
+@dataclass
+class Bench:
+    """What a sweep loads once: the model on its device, the extractor, reference statistics, seeds, metrics."""
+
+    model: Denoiser
+    model_name: str
+    model_sha256: str
+    device: torch.device
+    seeds: list[int]
+    blocks: int
+    batch: int
+    metrics: tuple[str, ...]
+    class_label: int | None = None
+    extractor: FeatureExtractor | None = None
+    ref: Statistics | None = None
+    ref_label: str | None = None
+    allow_small_n: bool = False
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_k: int = 3
+    ref_steps: int = 1024
+    cache: bool = True
+    save_images: Callable[[Any, torch.Tensor, list[int], torch.Tensor | None], None] | None = None
+
+    @property
+    def block_size(self) -> int:
+        return len(self.seeds) // self.blocks
+
+    @property
+    def ref_sha256(self) -> str | None:
+        if self.ref is None:
+            return None
+        return self.ref.source_sha256 or self.ref.file_sha256
+
+    @property
+    def extractor_id(self) -> str | None:
+        return None if self.extractor is None else self.extractor.id
+
+    def context(self, *, sample_dim: int = 0) -> MetricContext:
+        """What the bench's metrics read besides their accumulators (one per cell: its meta and memo are fresh)."""
+        return MetricContext(
+            block_size=self.block_size,
+            n_all=len(self.seeds),
+            ref=self.ref,
+            extractor_id=self.extractor_id,
+            model=self.model,
+            sample_dim=sample_dim,
+            allow_small_n=self.allow_small_n,
+            options={
+                "kid_subsets": self.kid_subsets,
+                "kid_subset_size": self.kid_subset_size,
+                "pr_k": self.pr_k,
+                "ref_steps": self.ref_steps,
+            },
+        )
+
+    def metric_options(self) -> dict[str, Any]:
+        """The options of the bench's metrics that change their numbers (part of a cell's identity)."""
+        ctx = self.context()
+        out: dict[str, Any] = {}
+        for name in self.metrics:
+            out.update(get_metric(name).options(ctx))
+        return out
+
+
+def prepare(
+    model: Any,
+    *,
+    seeds: Sequence[int],
+    metrics: Sequence[str] | None = None,
+    blocks: int = 1,
+    batch: int = 64,
+    device: str | torch.device = "auto",
+    ref: Any = None,
+    extractor: str | FeatureExtractor | None = None,
+    weights_path: str | os.PathLike | None = None,
+    class_label: int | None = None,
+    allow_small_n: bool = False,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    pr_k: int = 3,
+    ref_steps: int = 1024,
+    cache: bool = True,
+    model_name: str | None = None,
+) -> Bench:
+    """Load what every cell shares and check the metric set against the model before sampling anything.
+
+    model: a Denoiser or a name for diffbench.load. ref: statistics file, image source or Statistics (needed
+    by the metrics that need ref-moments or ref-features). Raises ConfigError for metrics the model or the
+    reference cannot give.
+    """
+    if isinstance(model, str):
+        from diffbench.models.load import load
+
+        model_name = model_name or model
+        model = load(model, device="cpu")
+    dev = resolve_device(device)
+    if isinstance(model, torch.nn.Module):
+        model = model.to(dev).eval()
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("no seeds given")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("the seed list repeats a seed")
+    if blocks < 1:
+        raise ConfigError(f"blocks must be >= 1, got {blocks}")
+    if len(seeds) % blocks:
+        raise ConfigError(f"{len(seeds)} seeds do not split into {blocks} equal seed blocks")
+    if batch < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch}")
+    names = parse_metrics(metrics) if metrics is not None else default_metrics(model, ref=ref, extractor=extractor)
+    label_dim = int(getattr(model, "label_dim", 0) or 0)
+    if class_label is not None and not 0 <= class_label < max(label_dim, 1):
+        raise ConfigError(
+            "class labels were given, but the model is unconditional"
+            if not label_dim
+            else f"class labels must be in [0, {label_dim - 1}]"
+        )
+    bench = Bench(
+        model=model,
+        model_name=model_name or str(getattr(model, "spec", None) or type(model).__name__),
+        model_sha256=model_sha256(model),
+        device=dev,
+        seeds=seeds,
+        blocks=blocks,
+        batch=batch,
+        metrics=names,
+        class_label=class_label,
+        allow_small_n=allow_small_n,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        pr_k=pr_k,
+        ref_steps=ref_steps,
+        cache=cache,
+    )
+    wanted = [get_metric(m) for m in names]
+    exact = [m.name for m in wanted if "exact" in m.needs]
+    if exact and not is_exact_model(model):
+        raise ConfigError(f"metric {exact[0]} needs an analytic model with exact moments; {bench.model_name} has none")
+    feat = [m for m in wanted if "features" in m.needs or "logits" in m.needs]
+    if feat:
+        _prepare_features(bench, feat, model, ref=ref, extractor=extractor, weights_path=weights_path)
+    for m in wanted:  # each metric's own refusals (too few samples per block, ...)
+        if m.check is not None:
+            m.check(bench.context())
+    return bench
+
+
+def _prepare_features(
+    bench: Bench,
+    feat: list[Any],
+    model: Any,
+    *,
+    ref: Any,
+    extractor: str | FeatureExtractor | None,
+    weights_path: str | os.PathLike | None,
+) -> None:
+    """Load the extractor and the reference statistics of the feature metrics, and check them."""
+    from diffbench.denoiser import sample_shape
+    from diffbench.metrics.fid import _as_source
+    from diffbench.metrics.stats import cached_statistics
+
+    if extractor is not None and not _is_inception(extractor):
+        inception_only = [m.name for m in feat if m.space == "inception"]
+        if inception_only:
+            raise ConfigError(
+                f"{inception_only[0]} is the Fréchet distance in Inception space; use fd with --extractor"
+            )
+    named = [m.name for m in feat if m.space == "named"]
+    if named and extractor is None:
+        raise ConfigError(f"metric {named[0]} needs --extractor (a feature space); fid uses Inception-v3")
+    ex_name = INCEPTION_ID if extractor is None else extractor
+    ex = (
+        ex_name
+        if not isinstance(ex_name, str)
+        else load_extractor(ex_name, device=bench.device, weights_path=weights_path)
+    )
+    bench.extractor = ex
+    logit_metrics = [m.name for m in feat if "logits" in m.needs]
+    if logit_metrics and not has_logits(ex):
+        raise ConfigError(f"feature extractor '{ex.id}' gives no logits, so no Inception Score")
+    needs_ref = [m for m in feat if "ref-moments" in m.needs or "ref-features" in m.needs]
+    if needs_ref:
+        if ref is None:
+            raise ConfigError(f"metric {needs_ref[0].name} needs reference statistics (--ref)")
+        keep = any("ref-features" in m.needs for m in needs_ref)
+        if isinstance(ref, Statistics):
+            stats = ref
+        else:
+            src = _as_source(ref)
+            if src is None:
+                raise ConfigError("ref must be a statistics file or an image folder, zip or npz")
+            if isinstance(src, Statistics):
+                stats = src
+            else:
+                stats, _ = cached_statistics(src, extractor=ex, batch=100, keep_features=keep)
+        label = str(ref) if isinstance(ref, str | os.PathLike) else (stats.path or "reference")
+        check_finite(stats, what=label)
+        if stats.extractor_id is not None and stats.extractor_id != ex.id:
+            raise ConfigError(
+                f"reference statistics come from extractor '{stats.extractor_id}', samples from '{ex.id}'"
+            )
+        if keep and stats.features is None:
+            raise ConfigError(
+                f"{label} holds only moments (mu, sigma): KID and precision/recall need the reference "
+                "features; compute them with `diffbench stats SOURCE --keep-features`"
+            )
+        if not bench.allow_small_n:
+            if stats.n is not None:
+                check_enough(stats.n, stats.dim, what=label)
+            per = "samples" + (" per block" if bench.blocks > 1 else "")
+            check_enough(bench.block_size, stats.dim, what=per)
+        bench.ref, bench.ref_label = stats, label
+    shape = tuple(sample_shape(model))
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ConfigError(
+            f"samples of shape {list(shape)} are not images, so no feature metrics; use the exact metrics"
+        )
+    if bench.ref is not None and bench.ref.resolution is not None:
+        if tuple(bench.ref.resolution) != (int(shape[1]), int(shape[2])):
+            r = bench.ref.resolution
+            raise ConfigError(
+                f"reference images are {r[1]}x{r[0]}, samples {shape[2]}x{shape[1]}: different resolution"
+            )
+
+
+def _is_inception(extractor: Any) -> bool:
+    return str(extractor if isinstance(extractor, str) else getattr(extractor, "id", "")).startswith(INCEPTION_ID)
