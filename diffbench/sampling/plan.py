@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from diffbench.denoiser import Denoiser
-from diffbench.errors import BudgetError, ConfigError, UnknownNameError
+from diffbench.errors import BudgetError, ConfigError, NotApplicableError, UnknownNameError
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.schedules import file_grid, get_schedule
 from diffbench.sampling.solvers import SolverInfo, get_solver
@@ -263,7 +263,9 @@ def plan(
     if endpoint not in ENDPOINTS:
         raise UnknownNameError("endpoint", endpoint, ENDPOINTS)
     if denoise_to_zero and endpoint != "sigma_min":
-        raise ConfigError("denoise_to_zero applies only to endpoint 'sigma_min' (endpoint 'edm' already ends at 0)")
+        raise NotApplicableError(
+            "denoise_to_zero applies only to endpoint 'sigma_min' (endpoint 'edm' already ends at 0)"
+        )
     kw: dict[str, Any] = {"endpoint": endpoint, "denoise_to_zero": denoise_to_zero, "options": solver_options}
     if cost is None or steps is not None:
         n_steps = resolve_steps(info, nfe=nfe, steps=steps, policy=nfe_policy, **kw)
@@ -326,7 +328,7 @@ class _Grids:
         self.file: torch.Tensor | None = None
         if schedule.startswith("file:"):
             if options:
-                raise ConfigError(f"schedule options {sorted(options)} do not apply to a file grid")
+                raise NotApplicableError(f"schedule options {sorted(options)} do not apply to a file grid")
             self.file = file_grid(schedule[5:])
             g = self.file
             self.range = sigma_range(denoiser, (float(g[-1]), float(g[0])), float(g[-1]), float(g[0]))
@@ -334,7 +336,7 @@ class _Grids:
             self.sched = get_schedule(schedule)
             unknown = set(options) - set(self.sched.options)
             if unknown:
-                raise ConfigError(
+                raise NotApplicableError(
                     f"option(s) {', '.join(sorted(unknown))} do not apply to schedule '{schedule}' "
                     f"(it takes: {', '.join(self.sched.options) or 'none'})"
                 )

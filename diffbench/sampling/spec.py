@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from diffbench.errors import ConfigError, UnknownNameError
+from diffbench.errors import ConfigError, NotApplicableError, UnknownNameError
 from diffbench.sampling.vocabulary import DTYPES, ENDPOINTS, NFE_POLICIES, NOISE_MODES, PREDICTIONS, SCALING, SIGMA_T
 
 if typing.TYPE_CHECKING:
@@ -123,12 +123,12 @@ class SamplerSpec:
         given = [k for k in SOLVER_OPTIONS if getattr(self, k) is not None]
         wrong = [k for k in given if k not in info.options]
         if wrong:
-            raise ConfigError(
+            raise NotApplicableError(
                 f"option(s) {', '.join(wrong)} do not apply to solver '{self.solver}' "
                 f"(it takes: {', '.join(info.options) or 'none'})"
             )
         if self.order is not None and self.order not in (info.orders or (info.order,)):
-            raise ConfigError(
+            raise NotApplicableError(
                 f"{self.solver} supports order {', '.join(map(str, info.orders or (info.order,)))}; got {self.order}"
             )
         if self.analytic_first_step is False:
@@ -140,9 +140,11 @@ class SamplerSpec:
         if self.noise not in NOISE_MODES:
             raise UnknownNameError("noise mode", self.noise, NOISE_MODES)
         if self.noise != "independent" and not (info.stochastic or info.churn or "eta" in info.options):
-            raise ConfigError(f"--noise {self.noise} applies to stochastic solvers; '{self.solver}' draws no noise")
+            raise NotApplicableError(
+                f"--noise {self.noise} applies to stochastic solvers; '{self.solver}' draws no noise"
+            )
         if (self.sigma_t, self.scaling) != ("linear", "none") and not info.ode_axes:
-            raise ConfigError(f"sigma_t/scaling apply to the euler/heun family, not to '{self.solver}'")
+            raise NotApplicableError(f"sigma_t/scaling apply to the euler/heun family, not to '{self.solver}'")
         if self.sigma_t not in SIGMA_T:
             raise UnknownNameError("sigma_t", self.sigma_t, SIGMA_T)
         if self.scaling not in SCALING:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from diffbench.denoiser import BoundDenoiser
-from diffbench.errors import ConfigError, UnknownNameError
+from diffbench.errors import ConfigError, NotApplicableError, UnknownNameError
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.solvers import VARIANT_VALUES, Callback, StepInfo, order_at, push_history, solver
 
@@ -45,7 +45,7 @@ def check_lower_order_final(value: Any) -> str | int:
 
 def check_order(name: str, order: int, orders: Sequence[int]) -> int:
     if order not in orders:
-        raise ConfigError(f"{name} supports order {', '.join(map(str, orders))}; got {order}")
+        raise NotApplicableError(f"{name} supports order {', '.join(map(str, orders))}; got {order}")
     return int(order)
 
 
