@@ -102,7 +102,7 @@ def _one_hot(labels: torch.Tensor | None, label_dim: int, device: Any) -> torch.
 def _cache_key(
     *,
     model: str,
-    latents: torch.Tensor,
+    start: torch.Tensor,
     labels: Any,
     sigma_from: float,
     sigma_to: float,
@@ -110,7 +110,7 @@ def _cache_key(
     method: str,
 ) -> str:
     h = hashlib.sha256(model.encode())
-    h.update(latents.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+    h.update(start.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
     h.update(b"none" if labels is None else labels.cpu().to(torch.int64).numpy().tobytes())
     h.update(f"{sigma_from!r}|{sigma_to!r}|{final}|{method}".encode())
     return h.hexdigest()[:40]
@@ -118,7 +118,7 @@ def _cache_key(
 
 def reference_samples(
     denoiser: Any,
-    latents: torch.Tensor,
+    x0: torch.Tensor,
     *,
     sigma_from: float,
     sigma_to: float,
@@ -128,11 +128,12 @@ def reference_samples(
     ref_steps: int = 1024,
     cache: bool = True,
 ) -> tuple[torch.Tensor, str, bool]:
-    """Accurate ODE solutions from latents z: x_0 = z σ_from (REFERENCE §1) solved to sigma_to, float64 on CPU.
+    """Accurate ODE solutions, float64 on the CPU, from the sampler's own start x_0 [B, ...] at σ_from to sigma_to.
 
-    scipy's adaptive solve for the analytic models, a long Heun run otherwise; with `final` the step to σ = 0
-    (x = D(x; sigma_to)) is applied as a sampler's last step would. class_labels are integer indices [B] or
-    None. Returns (x_ref [B, ...], method, whether it came from the cache under $DIFFBENCH_HOME/reference).
+    x0 is the sampler's initial_state (x_0 = z σ_from for the Gaussian start, REFERENCE §1). scipy's adaptive
+    solve for the analytic models, a long Heun run otherwise; with `final` the step to σ = 0 (x = D(x; sigma_to))
+    is applied as a sampler's last step would. class_labels are integer indices [B] or None. Returns
+    (x_ref [B, ...], method, whether it came from the cache under $DIFFBENCH_HOME/reference).
     """
     from diffbench.models.analytic import reference_solution
 
@@ -140,7 +141,7 @@ def reference_samples(
     method = f"scipy DOP853 rtol={SCIPY_RTOL:g}" if analytic else f"heun {ref_steps} steps, rho 7"
     key = _cache_key(
         model=fingerprint or model_fingerprint(denoiser),
-        latents=latents,
+        start=x0,
         labels=class_labels,
         sigma_from=sigma_from,
         sigma_to=sigma_to,
@@ -150,9 +151,9 @@ def reference_samples(
     path = reference_home() / f"{key}.pt"
     if cache and path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True), method, True
-    device = latents.device
+    device = x0.device
     onehot = _one_hot(class_labels, int(getattr(denoiser, "label_dim", 0) or 0), device)
-    x0 = latents.to(torch.float64) * sigma_from
+    x0 = x0.to(torch.float64)
     if analytic:
         ref = reference_solution(
             denoiser,
@@ -168,7 +169,7 @@ def reference_samples(
             denoiser, x0, sigma_from=sigma_from, sigma_to=sigma_to, class_labels=onehot, steps=ref_steps
         )
     if final:  # the last step to σ = 0 is x = D(x; σ_last) on both sides
-        s = torch.full((latents.shape[0],), sigma_to, dtype=torch.float64, device=device)
+        s = torch.full((x0.shape[0],), sigma_to, dtype=torch.float64, device=device)
         with torch.no_grad():
             ref = denoiser(ref.to(device), s, onehot).to(torch.float64)
     ref = ref.cpu()

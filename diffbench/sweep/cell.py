@@ -27,6 +27,7 @@ from diffbench.io import quantize
 from diffbench.metrics.accumulators import pack, unpack
 from diffbench.metrics.reference_error import reference_samples, squared_errors
 from diffbench.metrics.registry import Batch, Scoring, featurize
+from diffbench.sampling.initial import initial_state
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.run import Sampler
 from diffbench.sampling.spec import SamplerSpec
@@ -195,10 +196,10 @@ def _reference_errors(
 ) -> None:
     """The sampler side of ref-error: the reference ODE solution of this batch's own latents, as errors."""
     sigma_from, sigma_to, final = ref_range
-    z = NoiseSource(batch.seeds, device=sampler.device).latents(sampler.shape)  # the sampler's first draw
+    x0 = initial_state(NoiseSource(batch.seeds, device=sampler.device), sampler.plan, sampler.shape)
     ref, method, cached = reference_samples(
         sampler.denoiser,
-        z,
+        x0,
         sigma_from=sigma_from,
         sigma_to=sigma_to,
         final=final,
