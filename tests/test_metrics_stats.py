@@ -43,7 +43,18 @@ def test_statistics_match_numpy_and_round_trip(tmp_path):
     ext = Proj()
     imgs = images()
     stats = statistics_of(source_from_array(imgs), extractor=ext, batch=7, keep_features=True, sha256="abc")
-    f = ext.features(torch.from_numpy(imgs).permute(0, 3, 1, 2)).double().numpy()
+    x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).double() / 255).flatten(1).numpy()
+    exact = x @ ext.w.double().numpy()
+    # The kept features are the extractor's float32 features: each is a 48-term float32 dot product, whose
+    # rounding depends on the batch's shape and the CPU's BLAS kernel (batches of 7 here), bounded by
+    # gamma_48 * sum|x||w| with gamma_n = n u / (1 - n u), u = 2^-24 (Higham, Thm 3.5), plus 1 u for the x / 255.
+    u = 2.0**-24
+    bound = (48 * u / (1 - 48 * u) + u) * (np.abs(x) @ np.abs(ext.w.double().numpy()))
+    assert (np.abs(stats.features - exact) <= bound).all()
+    # mu and Sigma are the float64 moments of exactly those features, merged over batches of 7: n = 40 float64
+    # additions in another order differ by <= 40 * 2^-53 = 4.4e-15 relative (rtol 1e-12); Sigma's smallest entry
+    # (0.024 beside variances up to 4.4) loses up to 4.4 / 0.024 = 180x of that to cancellation: 8e-13 < 1e-10.
+    f = stats.features.astype(np.float64)
     np.testing.assert_allclose(stats.mu, f.mean(0), rtol=1e-12)
     np.testing.assert_allclose(stats.sigma, np.cov(f, rowvar=False), rtol=1e-10, atol=1e-12)
     path = save_statistics(stats, tmp_path / "s.npz")
