@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import images
 from scipy import stats as sps
 
 from diffbench.errors import ConfigError
@@ -14,6 +15,8 @@ from diffbench.metrics.fid import FIDResult, compare_fid, fid
 from diffbench.metrics.frechet import frechet_distance
 from diffbench.metrics.sources import source_from_array
 from diffbench.metrics.stats import load_statistics, save_statistics, statistics_of
+
+pytestmark = pytest.mark.usefixtures("home")  # an isolated DIFFBENCH_HOME (conftest.py)
 
 
 class Proj:
@@ -42,17 +45,8 @@ class ProjWithLogits(Proj):
         return f, f[:, :4] * 3
 
 
-def images(n, seed=0, hi=256, size=4):
-    return np.random.default_rng(seed).integers(0, hi, (n, size, size, 3), dtype=np.uint8)
-
-
 def feats(ext, imgs):
     return ext.features(torch.from_numpy(imgs).permute(0, 3, 1, 2)).double().numpy()
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture()

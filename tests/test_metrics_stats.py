@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import images
 
 from diffbench.errors import ConfigError
 from diffbench.metrics.sources import source_from_array
@@ -15,6 +16,8 @@ from diffbench.metrics.stats import (
     save_statistics,
     statistics_of,
 )
+
+pytestmark = pytest.mark.usefixtures("home")  # an isolated DIFFBENCH_HOME (conftest.py)
 
 
 class Proj:
@@ -29,19 +32,9 @@ class Proj:
         return (x.float() / 255).flatten(1) @ self.w
 
 
-def images(n=40, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def test_statistics_match_numpy_and_round_trip(tmp_path):
     ext = Proj()
-    imgs = images()
+    imgs = images(40)
     stats = statistics_of(source_from_array(imgs), extractor=ext, batch=7, keep_features=True, sha256="abc")
     x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).double() / 255).flatten(1).numpy()
     exact = x @ ext.w.double().numpy()
@@ -118,10 +111,10 @@ def test_bad_statistics_files(tmp_path, arrays, match):
 
 def test_cache_featurises_a_source_once(home):
     ext = Proj()
-    src = source_from_array(images())
+    src = source_from_array(images(40))
     first, hit1 = cached_statistics(src, extractor=ext, batch=10)
     calls = ext.calls
-    again, hit2 = cached_statistics(source_from_array(images()), extractor=ext, batch=10)
+    again, hit2 = cached_statistics(source_from_array(images(40)), extractor=ext, batch=10)
     assert (hit1, hit2) == (False, True) and ext.calls == calls
     np.testing.assert_array_equal(first.sigma, again.sigma)
     assert list((home / "stats").iterdir())
