@@ -114,7 +114,11 @@ class Finished:
 
     def images(self) -> np.ndarray:
         """Their images, uint8 NHWC."""
-        return np.concatenate([np.load(p)["images"] for p in self.shards])
+        parts = []
+        for path in self.shards:
+            with np.load(path) as shard:
+                parts.append(shard["images"])
+        return np.concatenate(parts)
 
 
 def finished_shards(out: Path, identity: dict[str, Any], seeds: list[int]) -> Finished | None:
@@ -126,13 +130,13 @@ def finished_shards(out: Path, identity: dict[str, Any], seeds: list[int]) -> Fi
     if not partial.is_dir():
         return None
     names = sorted(p.name for p in partial.iterdir() if _SHARD.match(p.name))
+    if not names:
+        return None  # stopped before its first batch: nothing to keep (the folder is reused)
     try:
         stored = json.loads((partial / IDENTITY_FILE).read_text())
     except (OSError, ValueError):
         stored = None
     if not isinstance(stored, dict) or "sha256" not in stored:
-        if not names:
-            return None  # stopped before its first batch: nothing to keep
         raise OutputExistsError(
             f"{partial} holds shards with no readable {IDENTITY_FILE}; pass --overwrite to start over"
         )

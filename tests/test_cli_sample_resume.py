@@ -126,3 +126,18 @@ def test_an_output_is_a_folder_or_an_npz(cli, tmp_path, name):
     code, _, err = cli("sample", "gmm", "--nfe", "3", "--seeds", "0", "--out", tmp_path / name)
     assert code != 0 and err.strip().startswith("error: --out") and "folder" in err and ".npz" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shards_without_their_identity_are_refused_and_an_empty_folder_is_reused(cli, tmp_path, monkeypatch):
+    out = tmp_path / "o.npz"
+    with monkeypatch.context() as m:
+        _interrupt_in_process(m, after=1)
+        assert cli(*SMALL, "--out", out)[0] == 130
+    partial = tmp_path / "o.npz.partial"
+    (partial / "identity.json").unlink()
+    code, _, err = cli(*SMALL, "--out", out)
+    assert code == 1 and err.strip() == f"error: {partial} holds shards with no readable identity.json; pass " + (
+        "--overwrite to start over"
+    )
+    (partial / "000000.npz").unlink()  # nothing finished: the folder is reused
+    assert cli(*SMALL, "--nfe", "6", "--out", out)[0] == 0 and out.exists() and not partial.exists()
