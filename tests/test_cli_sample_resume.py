@@ -40,9 +40,9 @@ def _run(*args) -> tuple[int, str]:
     return p.returncode, p.stderr
 
 
-def test_the_same_command_resumes_and_writes_the_uninterrupted_file(tmp_path):
+def test_the_same_command_resumes_and_writes_the_uninterrupted_file(tmp_path, cli):
     full, out = tmp_path / "full.npz", tmp_path / "big.npz"
-    assert _run(*ARGS, "--out", full)[0] == 0
+    assert cli(*ARGS, "--out", full)[0] == 0  # the uninterrupted file (in-process: the same code, no start-up)
     _interrupted(out)
     kept = sorted(p.name for p in out.with_name("big.npz.partial").glob("0*.npz"))
     code, err = _run(*ARGS, "--out", out)
