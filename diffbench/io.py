@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,8 @@ def check_output(out: Path, *, overwrite: bool) -> None:
     if out.suffix == ".npz" and out.is_dir():
         raise OutputExistsError(f"{out} is a folder; an .npz output must be a file path")
     exists = out.is_file() or (out.is_dir() and any(out.iterdir())) or sidecar_path(out).exists()
-    if exists and not overwrite:
+    interrupted = out.suffix == ".npz" and not out.exists() and partial_path(out).is_dir()
+    if exists and not overwrite and not interrupted:  # an interrupted run is resumed, once finished_shards agrees
         raise OutputExistsError(f"output {out} already exists; pass --overwrite to replace it")
     folder = out if (out.suffix != ".npz" and out.suffix != ".png") else out.parent
     probe = folder
@@ -87,6 +93,86 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+IDENTITY_FILE = "identity.json"  # in FILE.npz.partial/: what the shards were sampled from
+_SHARD = re.compile(r"^(\d{6})\.npz$")
+
+
+def run_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """What determines a run's images, with its sha256: stored beside the shards, compared on resume."""
+    plain = json.loads(dumps_json(record))  # as stored: inf as "inf", tuples as lists
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), **plain}
+
+
+@dataclass
+class Finished:
+    """The shards an interrupted .npz run left, in order: their files, seeds and labels."""
+
+    shards: list[Path] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+    def images(self) -> np.ndarray:
+        """Their images, uint8 NHWC."""
+        parts = []
+        for path in self.shards:
+            with np.load(path) as shard:
+                parts.append(shard["images"])
+        return np.concatenate(parts)
+
+
+def finished_shards(out: Path, identity: dict[str, Any], seeds: list[int]) -> Finished | None:
+    """The finished batches of an interrupted run into `out` (.npz) of the same identity, or None if there are none.
+
+    A folder of shards from another run (other seeds, spec, model, batch size, versions) is refused, naming what
+    differs, so a resumed file is always the one an uninterrupted run writes."""
+    partial = partial_path(Path(out))
+    if not partial.is_dir():
+        return None
+    names = sorted(p.name for p in partial.iterdir() if _SHARD.match(p.name))
+    if not names:
+        return None  # stopped before its first batch: nothing to keep (the folder is reused)
+    try:
+        stored = json.loads((partial / IDENTITY_FILE).read_text())
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict) or "sha256" not in stored:
+        raise OutputExistsError(
+            f"{partial} holds shards with no readable {IDENTITY_FILE}; pass --overwrite to start over"
+        )
+    if stored["sha256"] != identity["sha256"]:
+        differ = sorted(k for k in set(stored) | set(identity) if k != "sha256" and stored.get(k) != identity.get(k))
+        raise OutputExistsError(
+            f"{partial} holds an interrupted run with another {', '.join(differ) or 'identity'}; rerun that "
+            "command to resume it, or pass --overwrite to start over"
+        )
+    done = Finished()
+    for k, name in enumerate(names):
+        path = partial / name
+        try:
+            with np.load(path) as shard:
+                shard_seeds = shard["seeds"].tolist()
+                shard_labels = shard["labels"].tolist()
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise OutputExistsError(f"cannot resume from {path}: {exc}; pass --overwrite to start over") from None
+        start = len(done.seeds)
+        if name != f"{k:06d}.npz" or shard_seeds != seeds[start : start + len(shard_seeds)]:
+            raise OutputExistsError(f"cannot resume from {partial}: {name} is out of order; pass --overwrite")
+        done.shards.append(path)
+        done.seeds.extend(shard_seeds)
+        done.labels.extend(shard_labels)
+    return done
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez's layout (uncompressed .npy members), with a fixed member date: equal arrays give equal bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fp:
+                np.lib.format.write_array(fp, np.asanyarray(array), allow_pickle=False)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write strict JSON atomically (temp file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -102,15 +188,27 @@ class ImageSink:
     the end). npz: each finished batch is a shard in FILE.npz.partial/, merged into FILE.npz at close.
     """
 
-    def __init__(self, out: Path | str, *, provenance: dict[str, Any] | None = None, overwrite: bool = False):
+    def __init__(
+        self,
+        out: Path | str,
+        *,
+        provenance: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        identity: dict[str, Any] | None = None,
+        resume: Finished | None = None,
+    ):
         self.out = Path(out)
         self.npz = self.out.suffix == ".npz"
         self.provenance = provenance or {}
         self.overwrite = overwrite
+        self.identity = identity
         self.opened = False
         self.seeds: list[int] = []
         self.labels: list[int] = []
         self.shards: list[Path] = []
+        if resume is not None and resume.shards:  # continue an interrupted .npz run after its last shard
+            self.seeds, self.labels, self.shards = list(resume.seeds), list(resume.labels), list(resume.shards)
+            self.opened = True
 
     def _open(self) -> None:
         """Create the output on the first finished batch, so a run that fails early leaves nothing behind
@@ -120,12 +218,16 @@ class ImageSink:
         if self.npz:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             partial_path(self.out).mkdir(exist_ok=True)
+            if self.identity is not None:
+                write_json(partial_path(self.out) / IDENTITY_FILE, self.identity)
         else:
             self.out.mkdir(parents=True, exist_ok=True)
         self.opened = True
 
     def _sidecar(self, *, complete: bool, error: str | None = None) -> None:
         record = dict(self.provenance, complete=complete, images_written=len(self.seeds))
+        if self.identity is not None:
+            record["identity"] = self.identity["sha256"]
         if not complete and self.npz:
             record["partial"] = str(partial_path(self.out))
         if error is not None:
@@ -141,7 +243,7 @@ class ImageSink:
         if self.npz:
             shard = partial_path(self.out) / f"{len(self.shards):06d}.npz"
             tmp = shard.with_name(shard.name + ".tmp.npz")
-            np.savez(
+            save_npz(
                 tmp,
                 images=nhwc,
                 seeds=np.asarray(seeds, dtype=np.int64),
@@ -174,7 +276,7 @@ class ImageSink:
         if self.npz and complete:
             parts = [np.load(p) for p in self.shards]
             tmp = self.out.with_name(self.out.name + ".tmp.npz")
-            np.savez(
+            save_npz(
                 tmp,
                 images=np.concatenate([p["images"] for p in parts]) if parts else np.zeros((0, 0, 0, 0), np.uint8),
                 seeds=np.asarray(self.seeds, dtype=np.int64),

@@ -1,7 +1,9 @@
-"""Shared fixtures: small analytic models and a CLI runner that returns (exit code, stdout, stderr)."""
+"""Shared fixtures and helpers: small analytic models, a CLI runner that returns (exit code, stdout, stderr), an
+isolated DIFFBENCH_HOME, random uint8 images, and the check that an error is one line."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +45,27 @@ def tiny_net():
         return precond(net, img_resolution=8, img_channels=3, label_dim=label_dim, **precond_kwargs)
 
     return make
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """An empty DIFFBENCH_HOME of this test's own (caches, downloads, lock file)."""
+    root = tmp_path / "home"
+    monkeypatch.setenv("DIFFBENCH_HOME", str(root))
+    return root
+
+
+def images(n: int, seed: int = 0, *, size: int = 4, lo: int = 0, hi: int = 256) -> np.ndarray:
+    """n random uint8 RGB images, NHWC, values in [lo, hi) (import it: `from conftest import images`)."""
+    return np.random.default_rng(seed).integers(lo, hi, (n, size, size, 3), dtype=np.uint8)
+
+
+def one_error_line(code: int, err: str, *, context: bool = False) -> str:
+    """A refused command: non-zero exit, no traceback, stderr's one non-empty line is `error: ...` (with context:
+    other lines, such as the plan or what was kept, may come before it, but one line says `error:`); returns it."""
+    lines = [ln for ln in err.splitlines() if ln.strip() and (ln.startswith("error:") or not context)]
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
 
 
 @pytest.fixture()

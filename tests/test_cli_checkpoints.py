@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_fetch import home, server  # noqa: F401 (fixtures: local HTTP server, DIFFBENCH_HOME)
+from test_fetch import server  # noqa: F401 (a fixture: the local HTTP server; `home` is in conftest.py)
 
 import diffbench.cli.app as cli_app
 from diffbench.models import fetch, registry

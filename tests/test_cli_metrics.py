@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import images, one_error_line
 from PIL import Image
 
 EXTRACTOR_MODULE = textwrap.dedent(
@@ -41,24 +42,13 @@ def env(tmp_path, monkeypatch):
 EXT = ("--extractor", "extmod_metrics_cli:make")
 
 
-def images(n, seed=0, size=8):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
 @pytest.fixture()
 def ref(tmp_path, cli):
-    np.savez(tmp_path / "refimgs.npz", images=images(200, seed=1))
+    np.savez(tmp_path / "refimgs.npz", images=images(200, seed=1, size=8))
     code, out, err = cli("stats", tmp_path / "refimgs.npz", "-o", tmp_path / "ref.npz", *EXT, "--keep-features")
     assert code == 0, err
     assert "200 images 8x8, extractor proj, 6-d, features kept" in out
     return tmp_path / "ref.npz"
-
-
-def one_error_line(code, err):
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def test_fid_of_the_reference_images_is_zero_and_json(tmp_path, cli, ref):
@@ -85,7 +75,7 @@ def test_fid_of_the_reference_images_is_zero_and_json(tmp_path, cli, ref):
 def test_fid_of_a_folder_with_blocks(tmp_path, cli, ref):
     folder = tmp_path / "samples"
     folder.mkdir()
-    for i, im in enumerate(images(30, seed=2)):
+    for i, im in enumerate(images(30, seed=2, size=8)):
         Image.fromarray(im).save(folder / f"{i:05d}.png")
     code, out, err = cli("fid", folder, "--ref", ref, *EXT, "--blocks", "3", "--show", "min")
     assert code == 0, err
@@ -126,11 +116,11 @@ def write(path, **arrays):
 
 
 def test_each_bad_input_is_one_line(tmp_path, cli, ref):
-    s = write(tmp_path / "s.npz", images=images(50, seed=3))
+    s = write(tmp_path / "s.npz", images=images(50, seed=3, size=8))
     (tmp_path / "empty").mkdir()
     mixed = tmp_path / "mixed"
     mixed.mkdir()
-    Image.fromarray(images(1)[0]).save(mixed / "a.png")
+    Image.fromarray(images(1, size=8)[0]).save(mixed / "a.png")
     Image.fromarray(images(1, size=16)[0]).save(mixed / "b.png")
     edm = write(tmp_path / "edm.npz", mu=np.zeros(6), sigma=np.eye(6))
     nan = write(tmp_path / "nan.npz", mu=np.zeros(6), sigma=np.full((6, 6), np.inf))
@@ -150,7 +140,7 @@ def test_each_bad_input_is_one_line(tmp_path, cli, ref):
             ),
             "different resolution",
         ),
-        (("fid", write(tmp_path / "few.npz", images=images(4)), "--ref", ref, *EXT), "needs at least 7"),
+        (("fid", write(tmp_path / "few.npz", images=images(4, size=8)), "--ref", ref, *EXT), "needs at least 7"),
         (("fid", s, "--ref", edm, *EXT, "--kid"), "--keep-features"),
         (("fid", s, "--ref", nan, *EXT), "NaN or Inf"),
         (("fid", s, "--ref", ref, "--extractor", "no-such-net"), "unknown feature extractor"),
@@ -166,7 +156,7 @@ def test_each_bad_input_is_one_line(tmp_path, cli, ref):
 
 
 def test_statistics_file_on_the_samples_side(tmp_path, cli, ref):
-    np.savez(tmp_path / "s.npz", images=images(100, seed=4))
+    np.savez(tmp_path / "s.npz", images=images(100, seed=4, size=8))
     code, _, err = cli("stats", tmp_path / "s.npz", "-o", tmp_path / "s-stats.npz", *EXT)
     assert code == 0, err
     code, out_stats, _ = cli("fid", tmp_path / "s-stats.npz", "--ref", ref, "--json")  # no extractor needed

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 from PIL import Image
 
 import diffbench
@@ -114,10 +115,6 @@ def test_bad_input_is_one_line(cli, tmp_path, args, message):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1  # nothing else was printed
 
 
-def one_error_line(err: str) -> bool:
-    return "Traceback" not in err and len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1
-
-
 def test_unknown_model_is_one_line(cli, tmp_path):
     code, _, err = cli("sample", "gmn", "--out", tmp_path / "o")
     assert code != 0 and "gmm" in err and len(err.strip().splitlines()) == 1
@@ -176,7 +173,7 @@ def test_non_finite_keeps_what_was_written(cli, tmp_path, monkeypatch, gmm):
         out,
     )
     assert code != 0 and "non-finite value at step 1/5 (sigma 80 -> " in err and "seeds 4" in err
-    assert one_error_line(err)
+    one_error_line(code, err, context=True)
     assert len(list(out.glob("*.png"))) == 4
     side = json.loads((out / "diffbench.json").read_text())
     assert side["complete"] is False and side["images_written"] == 4 and "non-finite" in side["error"]

@@ -98,13 +98,6 @@ def server():
     srv.server_close()
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    root = tmp_path / "home"
-    monkeypatch.setenv("DIFFBENCH_HOME", str(root))
-    return root
-
-
 def _blob(n: int, seed: int = 0) -> bytes:
     return bytes((i * 131 + seed * 7 + (i >> 8)) % 256 for i in range(n))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 from PIL import Image
 
 from diffbench.errors import ConfigError
@@ -51,12 +52,6 @@ def run_cli(tmp_path: Path, *args) -> tuple[int, str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
-
-
-def one_error_line(code: int, err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code != 0 and len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # ---- 16-bit PNGs: v >> 8 -----------------------------------------------------------------------------

@@ -7,13 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import images
 from scipy import stats as sps
 
 from diffbench.errors import ConfigError
 from diffbench.metrics.fid import FIDResult, compare_fid, fid
 from diffbench.metrics.frechet import frechet_distance
 from diffbench.metrics.sources import source_from_array
-from diffbench.metrics.stats import save_statistics, statistics_of
+from diffbench.metrics.stats import load_statistics, save_statistics, statistics_of
+
+pytestmark = pytest.mark.usefixtures("home")  # an isolated DIFFBENCH_HOME (conftest.py)
 
 
 class Proj:
@@ -27,23 +30,23 @@ class Proj:
         return (x.float() / 255).flatten(1) @ self.w
 
 
+class Proj64(Proj):
+    """Proj in float64, rounded once to float32: the same features whatever the batch's shape (a float32 matmul
+    rounds differently per batch shape on some BLAS kernels; a float64 one stays ~1e-16 relative, so rounding it
+    to float32 gives the same value except within 1e-16 of a rounding boundary, odds ~1e-9 per feature)."""
+
+    def features(self, x):
+        return ((x.double() / 255).flatten(1) @ self.w.double()).float()
+
+
 class ProjWithLogits(Proj):
     def features_and_logits(self, x):
         f = self.features(x)
         return f, f[:, :4] * 3
 
 
-def images(n, seed=0, hi=256, size=4):
-    return np.random.default_rng(seed).integers(0, hi, (n, size, size, 3), dtype=np.uint8)
-
-
 def feats(ext, imgs):
     return ext.features(torch.from_numpy(imgs).permute(0, 3, 1, 2)).double().numpy()
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture()
@@ -57,11 +60,18 @@ def test_fid_equals_staged_computation(tmp_path, ref_file):
     ext, sample = Proj(), images(120, seed=2, hi=200)
     np.savez(tmp_path / "s.npz", images=sample)
     r = fid(tmp_path / "s.npz", ref=ref_file, extractor=ext, batch=17)
-    f, g = feats(ext, sample), feats(ext, images(300, seed=1))
+    # The same float32 features fid() saw: the extractor's float32 matmul rounds differently for another batch
+    # shape on some BLAS kernels (120 rows at once against 7 x 17 + 1 gave 1e-8 relative in FID with MKL's AVX2
+    # kernel), so the staged side is fed the same batches of 17, and the reference the features its file kept.
+    f = np.concatenate([feats(ext, sample[i : i + 17]) for i in range(0, len(sample), 17)])
+    g = load_statistics(ref_file).features.astype(np.float64)
     expected = frechet_distance(
         mu1=f.mean(0), sigma1=np.cov(f, rowvar=False), mu2=g.mean(0), sigma2=np.cov(g, rowvar=False)
     )
-    assert r.fid == pytest.approx(expected, rel=1e-8)
+    # Both sides are now float64 from identical features: merged moments against numpy's two passes differ by
+    # <= n * 2^-53 ~ 3e-14 relative (n <= 300), and FD = |dmu|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)) cancels traces of
+    # 22 + 14 = 36 down to 2.8: 13x amplification, 4e-13 < 1e-10.
+    assert r.fid == pytest.approx(expected, rel=1e-10)
     assert (r.n, r.shown, r.extractor_id, r.ref_n, len(r.blocks)) == (120, "single", "proj", 300, 1)
 
 
@@ -74,7 +84,7 @@ def test_same_images_give_zero_and_images_as_ref(ref_file):
 def test_blocks_are_disjoint_slices_with_a_t_interval(ref_file):
     ext, sample = Proj(), images(90, seed=3, hi=220)
     r = fid(sample, ref=ref_file, extractor=ext, blocks=3, shown="min")
-    g = feats(ext, images(300, seed=1))
+    g = load_statistics(ref_file).features.astype(np.float64)  # the reference's own float32 features (see above)
     per = []
     for b in range(3):
         f = feats(ext, sample[30 * b : 30 * (b + 1)])
@@ -111,7 +121,7 @@ def test_samples_straight_from_a_sampler_spec(gmm):
     from diffbench.sampling.spec import SamplerSpec
     from diffbench.sweep.cell import fid_of_spec
 
-    ext = Proj(pixels=3 * 8 * 8)
+    ext = Proj64(pixels=3 * 8 * 8)  # the two paths batch differently (8 here, 100 in fid)
     ref = sample(gmm, seeds=range(1000, 1100), solver="heun", nfe=35, device="cpu").images
     spec = SamplerSpec.make(solver="heun", nfe=7)
     direct = fid_of_spec(gmm, spec=spec, seeds=range(20), ref=ref, extractor=ext, blocks=2, device="cpu", batch=8)

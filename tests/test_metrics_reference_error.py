@@ -10,11 +10,7 @@ from diffbench.errors import ConfigError
 from diffbench.metrics.reference_error import heun_reference
 from diffbench.sweep.cell import reference_error
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")  # an isolated DIFFBENCH_HOME (conftest.py)
 
 
 def spec(**kw):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import images
 
 from diffbench.errors import ConfigError
 from diffbench.metrics.sources import source_from_array
@@ -15,6 +16,8 @@ from diffbench.metrics.stats import (
     save_statistics,
     statistics_of,
 )
+
+pytestmark = pytest.mark.usefixtures("home")  # an isolated DIFFBENCH_HOME (conftest.py)
 
 
 class Proj:
@@ -29,21 +32,22 @@ class Proj:
         return (x.float() / 255).flatten(1) @ self.w
 
 
-def images(n=40, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def test_statistics_match_numpy_and_round_trip(tmp_path):
     ext = Proj()
-    imgs = images()
+    imgs = images(40)
     stats = statistics_of(source_from_array(imgs), extractor=ext, batch=7, keep_features=True, sha256="abc")
-    f = ext.features(torch.from_numpy(imgs).permute(0, 3, 1, 2)).double().numpy()
+    x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).double() / 255).flatten(1).numpy()
+    exact = x @ ext.w.double().numpy()
+    # The kept features are the extractor's float32 features: each is a 48-term float32 dot product, whose
+    # rounding depends on the batch's shape and the CPU's BLAS kernel (batches of 7 here), bounded by
+    # gamma_48 * sum|x||w| with gamma_n = n u / (1 - n u), u = 2^-24 (Higham, Thm 3.5), plus 1 u for the x / 255.
+    u = 2.0**-24
+    bound = (48 * u / (1 - 48 * u) + u) * (np.abs(x) @ np.abs(ext.w.double().numpy()))
+    assert (np.abs(stats.features - exact) <= bound).all()
+    # mu and Sigma are the float64 moments of exactly those features, merged over batches of 7: n = 40 float64
+    # additions in another order differ by <= 40 * 2^-53 = 4.4e-15 relative (rtol 1e-12); Sigma's smallest entry
+    # (0.024 beside variances up to 4.4) loses up to 4.4 / 0.024 = 180x of that to cancellation: 8e-13 < 1e-10.
+    f = stats.features.astype(np.float64)
     np.testing.assert_allclose(stats.mu, f.mean(0), rtol=1e-12)
     np.testing.assert_allclose(stats.sigma, np.cov(f, rowvar=False), rtol=1e-10, atol=1e-12)
     path = save_statistics(stats, tmp_path / "s.npz")
@@ -107,10 +111,10 @@ def test_bad_statistics_files(tmp_path, arrays, match):
 
 def test_cache_featurises_a_source_once(home):
     ext = Proj()
-    src = source_from_array(images())
+    src = source_from_array(images(40))
     first, hit1 = cached_statistics(src, extractor=ext, batch=10)
     calls = ext.calls
-    again, hit2 = cached_statistics(source_from_array(images()), extractor=ext, batch=10)
+    again, hit2 = cached_statistics(source_from_array(images(40)), extractor=ext, batch=10)
     assert (hit1, hit2) == (False, True) and ext.calls == calls
     np.testing.assert_array_equal(first.sigma, again.sigma)
     assert list((home / "stats").iterdir())

@@ -19,9 +19,12 @@ from diffbench.metrics.sources import source_from_array
 from diffbench.metrics.stats import save_statistics, statistics_of
 
 torch_fidelity = pytest.importorskip("torch_fidelity")
+from conftest import images  # noqa: E402
 from torch_fidelity.metric_isc import isc_features_to_metric  # noqa: E402
 from torch_fidelity.metric_kid import kid_features_to_metric  # noqa: E402
 from torch_fidelity.metric_prc import prc_features_to_metric  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("home")  # an isolated DIFFBENCH_HOME (conftest.py)
 
 
 class ProjWithLogits:
@@ -40,10 +43,6 @@ class ProjWithLogits:
         return f, f[:, :5] * 2
 
 
-def images(n, seed, lo=0, hi=256):
-    return np.random.default_rng(seed).integers(lo, hi, (n, 4, 4, 3), dtype=np.uint8)
-
-
 SAMPLES = images(120, seed=2, lo=60, hi=200)  # a narrow part of the reference: high precision, low recall
 REF = images(150, seed=1)
 EXT = ProjWithLogits()
@@ -51,11 +50,6 @@ EXT = ProjWithLogits()
 
 def feats(imgs):
     return EXT.features(torch.from_numpy(imgs).permute(0, 3, 1, 2)).double()
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture()

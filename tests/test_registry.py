@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_fetch import home, server  # noqa: F401 (fixtures: local HTTP server, DIFFBENCH_HOME)
+from test_fetch import server  # noqa: F401 (a fixture: the local HTTP server; `home` is in conftest.py)
 from test_formats import NET_KWARGS
 
 from diffbench.errors import ConfigError, DiffbenchError, ModelLoadError, UnknownNameError

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from test_fetch import HTML, home, server  # noqa: F401 (fixtures: local HTTP server, DIFFBENCH_HOME)
+from test_fetch import HTML, server  # noqa: F401 (a fixture: the local HTTP server; `home` is in conftest.py)
 from test_registry import _entry, isolated  # noqa: F401
 
 from diffbench.errors import ConfigError, ModelLoadError, UnknownNameError

@@ -21,12 +21,9 @@ from diffbench.sweep.grid import check_grid, load_config, make_grid
 from diffbench.sweep.runner import run_sweep
 from diffbench.sweep.store import Store
 
+pytestmark = pytest.mark.usefixtures("home")  # an isolated DIFFBENCH_HOME (conftest.py)
+
 TINY = "gmm:components=2,shape=1x2x2,seed=3"  # 4 values per sample: exact metrics from a few dozen samples
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFBENCH_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture(scope="module")

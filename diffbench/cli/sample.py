@@ -35,7 +35,15 @@ def sample_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from diffbench.device import check_device
-    from diffbench.io import ImageSink, check_output, grid_image, quantize, save_image_atomic
+    from diffbench.io import (
+        ImageSink,
+        check_output,
+        finished_shards,
+        grid_image,
+        quantize,
+        run_identity,
+        save_image_atomic,
+    )
     from diffbench.models.load import load
     from diffbench.sampling.run import Sampler, iter_batches
     from diffbench.sampling.spec import SamplerSpec
@@ -46,6 +54,10 @@ def sample_cmd(
     seed_list = parse_seeds(seeds)
     spec = SamplerSpec.make(**sampler)
     dev = check_device(device)
+    if out.suffix != ".npz" and out.suffix and not out.is_dir():
+        from diffbench.errors import ConfigError
+
+        raise ConfigError(f"--out {out}: an output is a folder of PNGs (no extension) or a file ending in .npz")
     check_output(out, overwrite=overwrite)
     if grid is not None:
         if grid.suffix.lower() != ".png":
@@ -70,11 +82,6 @@ def sample_cmd(
         if len(p.sigmas) > 2
         else " -> ".join(f"{float(v):.4g}" for v in p.sigmas)
     )
-    err.print(
-        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {grid_text}, "
-        f"endpoint {p.endpoint}{merged}; device {run.device}",
-        soft_wrap=True,
-    )
     provenance = dict(run.provenance(seed_list), command=_command_line(), class_=class_)
     provenance["class"] = provenance.pop("class_")
     if len(run.shape) != 3 or run.shape[0] not in (1, 3):
@@ -84,8 +91,33 @@ def sample_cmd(
             f"{model} gives samples of shape {tuple(run.shape)}, not images with 1 or 3 channels; "
             "use the Python API (diffbench.sample) for it"
         )
-    sink = ImageSink(out, provenance=provenance, overwrite=overwrite)
+    # what determines the images bit for bit (not the time or the command line): an interrupted .npz run of the
+    # same identity is resumed after its last finished shard, batches aligned as in an uninterrupted run
+    env = provenance["environment"]
+    identity = run_identity(
+        {
+            **{k: provenance[k] for k in ("model", "spec", "solver_options", "plan", "seeds", "dtype", "class")},
+            "versions": {k: env.get(k) for k in ("diffbench", "torch", "cuda")},
+            "device": env.get("generator_device"),
+            "batch": batch,
+        }
+    )
+    done = None if overwrite or out.suffix != ".npz" else finished_shards(out, identity, seed_list)
+    err.print(
+        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {grid_text}, "
+        f"endpoint {p.endpoint}{merged}; device {run.device}",
+        soft_wrap=True,
+    )
+    sink = ImageSink(out, provenance=provenance, overwrite=overwrite, identity=identity, resume=done)
     kept: list[torch.Tensor] = []
+    start = len(done.seeds) if done is not None else 0
+    if start:
+        err.print(
+            f"resuming {out}: {start} of {len(seed_list)} images already finished in {done.shards[0].parent}",
+            soft_wrap=True,
+        )
+        if grid is not None:
+            kept.append(torch.from_numpy(done.images()[:1024]).permute(0, 3, 1, 2))
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -94,17 +126,19 @@ def sample_cmd(
         console=err,
         transient=False,
     ) as bar:
-        images_task = bar.add_task("images", total=len(seed_list))
+        images_task = bar.add_task("images", total=len(seed_list), completed=start)
         steps_task = bar.add_task("steps ", total=p.steps)
 
         def progress(ev) -> None:
             bar.update(steps_task, completed=ev.step)
-            bar.update(images_task, completed=ev.images_done)
+            bar.update(images_task, completed=start + ev.images_done)
 
+        todo = seed_list[start:]
         try:
-            for b in iter_batches(
-                denoiser, seeds=seed_list, class_labels=class_, batch=batch, sampler=run, progress=progress
-            ):
+            batches = iter_batches(
+                denoiser, seeds=todo, class_labels=class_, batch=batch, sampler=run, progress=progress
+            )
+            for b in batches if todo else ():
                 sink.write(b.images, b.seeds, b.class_labels)
                 if grid is not None and sum(len(k) for k in kept) < 1024:
                     kept.append(quantize(b.images))
