@@ -257,7 +257,7 @@ def forget_cmd(
     For a file that was pinned although it is damaged (a download cut short, a server's error page): the next
     fetch downloads it afresh and pins what it verifies. Example: diffbench checkpoints forget edm-cifar10-32x32-cond-vp
     """
-    from diffbench.errors import ConfigError, ModelLoadError
+    from diffbench.errors import DiffbenchError, ModelLoadError
     from diffbench.models.fetch import LOCK_NAME, cache_dir
     from diffbench.models.registry import forget, pinned_files
 
@@ -276,7 +276,7 @@ def forget_cmd(
         except typer.Abort:  # no answer (stdin closed or empty)
             ok = False
         if not ok:
-            raise ConfigError(f"nothing forgotten for {name} (not confirmed; --yes skips the question)")
+            raise DiffbenchError(f"nothing forgotten for {name} (not confirmed; --yes skips the question)")
     for item, moved in forget(name):
         where = f"; cached copy moved to {moved}" if moved else ""
         typer.echo(f"{name}: forgot {item.path.name}{where}; the next fetch downloads and pins it afresh")
