@@ -64,6 +64,12 @@ def files_read(bench: Bench, spec: SamplerSpec | None) -> dict[str, str]:
     if spec is not None and str(spec.schedule).startswith(FILE_SCHEDULE):
         path = Path(str(spec.schedule)[len(FILE_SCHEDULE) :])
         files["schedule"] = file_sha256(path) if path.is_file() else "missing"
+    if spec is not None:
+        from diffbench.sampling.guidance import guide_sha256
+
+        guide = guide_sha256(spec)
+        if guide is not None:
+            files["guide"] = guide
     return files
 
 
