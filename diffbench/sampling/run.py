@@ -86,6 +86,8 @@ def plan_spec(model: Denoiser, spec: SamplerSpec, guidance: Guidance | None = No
     """The budget plan of a sampler spec on a model (sigma grid, steps, NFE), without moving the model; under
     guidance the budget is met under its costs (2 per guided evaluation, 1 elsewhere)."""
     guidance = guidance if guidance is not None else guidance_for(model, spec)
+    if guidance is not None and spec.guidance_interval is not None:
+        _check_interval(model, spec, guidance)
     return plan(
         model,
         solver=spec.solver,
@@ -101,6 +103,29 @@ def plan_spec(model: Denoiser, spec: SamplerSpec, guidance: Guidance | None = No
         solver_options=spec.solver_options(),
         cost=guidance.cost if guidance is not None and guidance.active else None,
     )
+
+
+def _check_interval(model: Denoiser, spec: SamplerSpec, guidance: Guidance) -> None:
+    """The guidance interval must lie in the sigma range the run samples ([sigma_min, sigma_max] of its grid, the
+    model's range clamped by the schedule): HI in (sigma_min, sigma_max]. One line when it does not."""
+    unit = plan(
+        model,
+        solver=spec.solver,
+        schedule=spec.schedule,
+        steps=get_solver(spec.solver).min_steps,
+        endpoint=spec.endpoint,
+        denoise_to_zero=spec.denoise_to_zero,
+        sigma_min=spec.sigma_min,
+        sigma_max=spec.sigma_max,
+        schedule_options=spec.schedule_options(),
+        solver_options=spec.solver_options(),
+    )
+    lo, hi = unit.sigma_min, unit.sigma_max
+    if not lo < guidance.hi <= hi:
+        raise ConfigError(
+            f"--guidance-interval {guidance.lo:g},{guidance.hi:g} lies outside the sigma range of the run "
+            f"[{lo:g}, {hi:g}]: HI must be in ({lo:g}, {hi:g}]"
+        )
 
 
 def planned_counts(model: Denoiser, p: Plan, guidance: Guidance | None, options: dict[str, Any]) -> dict[str, float]:
