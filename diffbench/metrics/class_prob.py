@@ -1,13 +1,16 @@
 """Metrics of guided sampling from a clean classifier's p(c | x) of each sample's intended class c: accuracy,
 and E[1/p(c | x)], the quantity guidance provably lowers (Li & Jiao 2025, arXiv 2505.01382), with quantiles.
 
-The classifier is the built-in `digits` CNN (metrics/classifier.py) on the samples quantized to uint8 once,
+The classifier is the built-in `digits` CNN (metrics/classifier.py, its weights in float64) on the samples
+quantized to uint8 once,
 as every metric sees them; so these metrics apply to the built-in 8x8 digits models, conditional ones (each
 sample's class is the label it was drawn or asked for).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,18 +35,33 @@ def accuracy_and_inverse_prob(logits: torch.Tensor, labels: torch.Tensor) -> tup
     return float(hit), float(inv)
 
 
+@functools.lru_cache(maxsize=1)
+def _float64_net() -> torch.nn.Module:
+    from diffbench.metrics.classifier import digits_classifier
+
+    return copy.deepcopy(digits_classifier("cpu").net).to(torch.float64).eval()
+
+
+def classifier_logits(images: torch.Tensor) -> torch.Tensor:
+    """Logits [B, 10] of uint8 images under the shipped digits classifier, evaluated in float64 on the CPU, so
+    a sample's 1/p does not depend on the batch it was scored in (1/p magnifies float32 rounding)."""
+    from diffbench.metrics.classifier import images_to_input
+
+    with torch.no_grad():
+        return _float64_net()(images_to_input(images).to(torch.float64))[1]
+
+
 # ---- as registered metrics (diffbench.metrics.registry) -------------------------------------------------
 
 
 def _consume(acc: Any, batch: Any) -> None:
     """One row per sample: (log p(c | x), 1 if the classifier's top class is c else 0)."""
     from diffbench.io import quantize
-    from diffbench.metrics.classifier import digits_classifier
 
     if batch.labels is None:
         raise ConfigError("class-accuracy and inv-prob need the intended class of each sample; these have none")
     x = batch.uint8 if batch.uint8 is not None else quantize(batch.images.detach().cpu())
-    logits = digits_classifier("cpu").logits(x.cpu()).cpu()
+    logits = classifier_logits(x.cpu())
     labels = batch.labels.cpu()
     logp = intended_log_probs(logits, labels)
     hit = (logits.argmax(dim=1) == labels).to(torch.float64)
