@@ -92,7 +92,7 @@ def _inverse_prob(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any
 def _classifier_id() -> str:
     from diffbench.metrics.classifier import digits_classifier
 
-    return digits_classifier("cpu").id
+    return digits_classifier("cpu").id + "/float64"
 
 
 def _check(ctx: Any) -> None:
