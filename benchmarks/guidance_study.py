@@ -5,10 +5,15 @@ seeds (so every cell uses the same latents and labels):
 
   A. the issue's command as written: heun, --guidance 1,1.5,2,3,4 --nfe 9,17,35 (guided cells cost 2 per
      evaluation, so their totals are even and every guided heun cell at these odd budgets is skipped);
+  A2. the same with --nfe-policy nearest: each guided cell runs at the nearest budget it can spend exactly
+     (10, 18, 34), its counted NFE shown;
   B. the same weights at budgets every weight can spend exactly: dpmpp-2m (1 evaluation per step) at
      --nfe 10,18,34, so W = 1 runs 10/18/34 steps and W > 1 runs 5/9/17 guided steps: equal counted NFE;
-  C. the guidance interval at NFE 18 (dpmpp-2m): a small grid of (LO, HI) in sigma at W = 2 and 3 against
-     guidance everywhere (B's cells at NFE 18), equal counted NFE (an interval buys more steps).
+  C. the guidance interval at NFE 17-19 (dpmpp-2m): a small grid of (LO, HI) in sigma at W = 2 and 3 against
+     guidance everywhere (B's cells at NFE 18), equal counted NFE (an interval buys more steps; each interval
+     reaches only some of these budgets exactly, the others are listed as skipped);
+  D. classifier-free guidance as EDM2 does it, the reference a separate unconditional model (--guide
+     digits-edm) instead of the null label, at NFE 18.
 
 FD is the Fréchet distance in the digits classifier's feature space against the training split's statistics
 (not FID); class-accuracy and inv-prob (E[1/p(c|x)], quantiles beside it) use the same classifier.
@@ -34,6 +39,7 @@ INTERVALS = "0:1,0:5,0.3:1,0.3:5,0.3:80"  # (LO, HI]; 0.3:80 is everything above
 
 SWEEPS = {
     "A_heun_issue_budgets": ["--solver", "heun", "--guidance", WEIGHTS, "--nfe", "9,17,35"],
+    "A2_heun_nearest": ["--solver", "heun", "--guidance", WEIGHTS, "--nfe", "9,17,35", "--nfe-policy", "nearest"],
     "B_dpmpp2m_even_budgets": ["--solver", "dpmpp-2m", "--guidance", WEIGHTS, "--nfe", "10,18,34"],
     "C_interval_nfe18": [
         "--solver",
@@ -42,6 +48,16 @@ SWEEPS = {
         "2,3",
         "--guidance-interval",
         INTERVALS,
+        "--nfe",
+        "17,18,19",
+    ],
+    "D_uncond_guide_nfe18": [
+        "--solver",
+        "dpmpp-2m",
+        "--guidance",
+        "1.5,2,3",
+        "--guide",
+        "digits-edm",
         "--nfe",
         "18",
     ],
@@ -69,6 +85,7 @@ def summarize(cells: list[dict]) -> list[dict]:
         row = {
             "solver": c["solver"],
             "guidance": spec.get("guidance"),
+            "guide": spec.get("guide") or "null",
             "interval": spec.get("guidance_interval"),
             "nfe_requested": c["nfe_requested"],
             "status": c["status"],
