@@ -17,7 +17,7 @@ seeds (so every cell uses the same latents and labels):
 
 FD is the Fréchet distance in the digits classifier's feature space against the training split's statistics
 (not FID); class-accuracy and inv-prob (E[1/p(c|x)], quantiles beside it) use the same classifier.
-Writes benchmarks/guidance_study.json and benchmarks/guidance_study.png.
+Writes benchmarks/guidance_study.json (.md: the tables) and benchmarks/guidance_study.png.
 
 Run: python benchmarks/guidance_study.py [--seeds 0-499] [--blocks 2] [--work DIR]
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -130,6 +131,39 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _fmt(m: dict | None, key: str = "value") -> str:
+    if not m or m.get(key) is None:
+        return "—"
+    v = m[key]
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3g}"
+
+
+def markdown(sweeps: dict) -> str:
+    """One Markdown table per sweep: options, counted NFE (per network), FD, accuracy, E[1/p] and its quantiles."""
+    parts = []
+    for name, sweep in sweeps.items():
+        head = "| W | guide | interval | NFE asked | NFE counted (main + ref) | steps | FD | accuracy | E[1/p] |"
+        head += " q50 | q90 | q99 |\n|" + "---|" * 12
+        lines = [f"**{name}** (`{' '.join(sweep['args'])}`, {sweep['wall_s']:.0f} s)", "", head]
+        skipped = []
+        for r in sweep["cells"]:
+            if r["status"] != "done":
+                skipped.append(f"W {r['guidance']} {r['interval'] or ''} at NFE {r['nfe_requested']}")
+                continue
+            per = r["nfe_per_network"]
+            counted = f"{r['nfe']} ({' + '.join(f'{v:g}' for v in per.values())})"
+            ip = r["inv-prob"]
+            lines.append(
+                f"| {r['guidance']:g} | {r.get('guide', 'null')} | {r['interval'] or 'all'} | {r['nfe_requested']} "
+                f"| {counted} | {r['steps']} | {_fmt(r['fd'])} | {_fmt(r['class-accuracy'])} | {_fmt(ip)} "
+                f"| {_fmt(ip, 'q50')} | {_fmt(ip, 'q90')} | {_fmt(ip, 'q99')} |"
+            )
+        if skipped:
+            lines += ["", f"Skipped (budget not reachable exactly under guidance costs): {'; '.join(skipped)}."]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0-499")
@@ -138,11 +172,17 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SWEEPS), help="comma list of sweeps to run (A_..., B_..., C_...)")
     ap.add_argument("--json", type=Path, default=HERE / "guidance_study.json")
     ap.add_argument("--png", type=Path, default=HERE / "guidance_study.png")
+    ap.add_argument("--tables-only", action="store_true", help="rewrite the .md tables from the JSON, run nothing")
     a = ap.parse_args()
+    if a.tables_only:
+        a.json.with_suffix(".md").write_text(markdown(json.loads(a.json.read_text())["sweeps"]))
+        return
     a.work.mkdir(parents=True, exist_ok=True)
     out: dict = {
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "threads": os.environ.get("OMP_NUM_THREADS"),
         "seeds": a.seeds,
         "blocks": a.blocks,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -159,6 +199,7 @@ def main() -> None:
         plot(out["sweeps"]["B_dpmpp2m_even_budgets"]["cells"], a.png)
     out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     a.json.write_text(json.dumps(out, indent=1))
+    a.json.with_suffix(".md").write_text(markdown(out["sweeps"]))
 
 
 if __name__ == "__main__":
