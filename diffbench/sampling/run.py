@@ -9,10 +9,19 @@ from typing import Any
 
 import torch
 
-from diffbench.denoiser import Denoiser, Evaluator, check_denoiser, plain, sample_shape
+from diffbench.denoiser import MAIN, Denoiser, Evaluator, check_denoiser, plain, sample_shape
 from diffbench.errors import ConfigError, NonFiniteError
 from diffbench.provenance import compact_seeds, environment, model_info
-from diffbench.sampling.guidance import NFE_CONVENTION, Guidance, guidance_for, load_guide, networks
+from diffbench.sampling.guidance import (
+    GUIDE_NET,
+    NFE_CONVENTION,
+    NULL,
+    NULL_NET,
+    Guidance,
+    guidance_for,
+    load_guide,
+    networks,
+)
 from diffbench.sampling.initial import initial_state
 from diffbench.sampling.noise import BrownianNoise, NoiseSource
 from diffbench.sampling.ode import TimeParam
@@ -133,10 +142,10 @@ def planned_counts(model: Denoiser, p: Plan, guidance: Guidance | None, options:
     from diffbench.sampling.plan import step_costs
 
     if guidance is None or not guidance.active:
-        return {"main": float(p.nfe)}
+        return {MAIN: float(p.nfe)}
     evaluations = sum(step_costs(model, get_solver(p.solver), p.sigmas, options, None))
-    ref = "null" if guidance.guide == "null" else "guide"
-    return {"main": float(evaluations), ref: float(p.nfe - evaluations)}
+    ref = NULL_NET if guidance.guide == NULL else GUIDE_NET
+    return {MAIN: float(evaluations), ref: float(p.nfe - evaluations)}
 
 
 class Sampler:
@@ -231,7 +240,7 @@ class Sampler:
             return None
         hi: float | str = "inf" if math.isinf(g.hi) else g.hi
         record: dict[str, Any] = {"weight": g.weight, "guide": g.guide, "interval": [g.lo, hi]}
-        if g.guide != "null":
+        if g.guide != NULL:
             record["guide_model"] = model_info(load_guide(g.guide))
         record["nfe_convention"] = NFE_CONVENTION
         return record
