@@ -138,12 +138,3 @@ def networks(model: Denoiser, guidance: Guidance | None) -> dict[str, Any]:
         else:
             nets[GUIDE_NET] = load_guide(guidance.guide)
     return nets
-
-
-def guide_sha256(spec: SamplerSpec) -> str | None:
-    """sha256 of the guiding model a spec reads (None when it reads none): part of the cell identity."""
-    if spec.guidance is None or spec.guide in (None, NULL):
-        return None
-    from diffbench.sweep.bench import model_sha256
-
-    return model_sha256(load_guide(str(spec.guide)))
