@@ -248,3 +248,20 @@ def test_solvers_json_states_the_nfe_convention_under_guidance(cli):
     code, out, _ = cli("solvers", "--json")
     rows = json.loads(out)
     assert code == 0 and all("costs 2 network evaluations" in r["nfe_under_guidance"] for r in rows)
+
+
+def test_the_interval_is_a_sweep_axis_written_lo_colon_hi(cli, tmp_path):
+    args = ["sweep", COND, "--solver", "euler", "--guidance", "2", "--nfe", "8,9", "--metric", "sw"]
+    args += ["--seeds", "0-7", "--device", "cpu"]
+    code, out, err = cli(*args, "--guidance-interval", "0.3:5,0:1", "--store", tmp_path / "a.db")
+    assert code == 0, err
+    assert "guidance-interval=0.3:5" in out and "guidance-interval=0:1" in out
+    code, _, err = cli(*args, "--guidance-interval", "0.3,5", "--store", tmp_path / "b.db")
+    assert "in a sweep list write LO:HI" in _one_line_error(code, err)
+
+
+def test_the_metrics_refuse_a_model_the_digits_classifier_cannot_read(cli, tmp_path):
+    code, _, err = cli(
+        "sweep", COND, "--nfe", "5", "--metric", "class-accuracy", "--seeds", "0-9", "--store", tmp_path / "s.db"
+    )
+    assert "digits classifier" in _one_line_error(code, err)
