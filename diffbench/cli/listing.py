@@ -17,9 +17,10 @@ def solvers_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JS
     from rich.console import Console
     from rich.table import Table
 
+    from diffbench.sampling.guidance import NFE_CONVENTION
     from diffbench.sampling.solvers import all_solvers
 
-    rows = [s.describe() for s in all_solvers()]
+    rows = [{**s.describe(), "nfe_under_guidance": NFE_CONVENTION} for s in all_solvers()]
     if as_json:
         typer.echo(dumps_json(rows))
         return

@@ -170,6 +170,7 @@ def _load_builtin() -> None:
     from diffbench.metrics import inception_score  # noqa: F401
     from diffbench.metrics import reference_error  # noqa: F401
     from diffbench.metrics import distribution  # noqa: F401
+    from diffbench.metrics import class_prob  # noqa: F401
 
 
 # ---- the inputs several metrics share --------------------------------------------------------------------

@@ -9,9 +9,19 @@ from typing import Any
 
 import torch
 
-from diffbench.denoiser import Denoiser, Evaluator, check_denoiser, sample_shape
+from diffbench.denoiser import MAIN, Denoiser, Evaluator, check_denoiser, plain, sample_shape
 from diffbench.errors import ConfigError, NonFiniteError
 from diffbench.provenance import compact_seeds, environment, model_info
+from diffbench.sampling.guidance import (
+    GUIDE_NET,
+    NFE_CONVENTION,
+    NULL,
+    NULL_NET,
+    Guidance,
+    guidance_for,
+    load_guide,
+    networks,
+)
 from diffbench.sampling.initial import initial_state
 from diffbench.sampling.noise import BrownianNoise, NoiseSource
 from diffbench.sampling.ode import TimeParam
@@ -81,8 +91,12 @@ def _class_indices(class_labels: Any, n: int, label_dim: int) -> torch.Tensor | 
     return idx
 
 
-def plan_spec(model: Denoiser, spec: SamplerSpec) -> Plan:
-    """The budget plan of a sampler spec on a model (sigma grid, steps, NFE), without moving the model."""
+def plan_spec(model: Denoiser, spec: SamplerSpec, guidance: Guidance | None = None) -> Plan:
+    """The budget plan of a sampler spec on a model (sigma grid, steps, NFE), without moving the model; under
+    guidance the budget is met under its costs (2 per guided evaluation, 1 elsewhere)."""
+    guidance = guidance if guidance is not None else guidance_for(model, spec)
+    if guidance is not None and spec.guidance_interval is not None:
+        _check_interval(model, spec, guidance)
     return plan(
         model,
         solver=spec.solver,
@@ -96,7 +110,42 @@ def plan_spec(model: Denoiser, spec: SamplerSpec) -> Plan:
         sigma_max=spec.sigma_max,
         schedule_options=spec.schedule_options(),
         solver_options=spec.solver_options(),
+        cost=guidance.cost if guidance is not None and guidance.active else None,
     )
+
+
+def _check_interval(model: Denoiser, spec: SamplerSpec, guidance: Guidance) -> None:
+    """The guidance interval must lie in the sigma range the run samples ([sigma_min, sigma_max] of its grid, the
+    model's range clamped by the schedule): HI in (sigma_min, sigma_max]. One line when it does not."""
+    unit = plan(
+        model,
+        solver=spec.solver,
+        schedule=spec.schedule,
+        steps=get_solver(spec.solver).min_steps,
+        endpoint=spec.endpoint,
+        denoise_to_zero=spec.denoise_to_zero,
+        sigma_min=spec.sigma_min,
+        sigma_max=spec.sigma_max,
+        schedule_options=spec.schedule_options(),
+        solver_options=spec.solver_options(),
+    )
+    lo, hi = unit.sigma_min, unit.sigma_max
+    if not lo < guidance.hi <= hi:
+        raise ConfigError(
+            f"--guidance-interval {guidance.lo:g},{guidance.hi:g} lies outside the sigma range of the run "
+            f"[{lo:g}, {hi:g}]: HI must be in ({lo:g}, {hi:g}]"
+        )
+
+
+def planned_counts(model: Denoiser, p: Plan, guidance: Guidance | None, options: dict[str, Any]) -> dict[str, float]:
+    """Network evaluations per sample the plan spends, per network (main, and null or guide when guided)."""
+    from diffbench.sampling.plan import step_costs
+
+    if guidance is None or not guidance.active:
+        return {MAIN: float(p.nfe)}
+    evaluations = sum(step_costs(model, get_solver(p.solver), p.sigmas, options, None))
+    ref = NULL_NET if guidance.guide == NULL else GUIDE_NET
+    return {MAIN: float(evaluations), ref: float(p.nfe - evaluations)}
 
 
 class Sampler:
@@ -109,8 +158,14 @@ class Sampler:
             denoiser = denoiser.to(self.device).eval()
         self.denoiser, self.spec = denoiser, spec
         self.info = get_solver(spec.solver)
-        self.plan = plan_spec(denoiser, spec)
+        self.guidance = guidance_for(denoiser, spec)
+        self.plan = plan_spec(denoiser, spec, self.guidance)
         self.options = spec.solver_options()
+        self.counts = planned_counts(denoiser, self.plan, self.guidance, self.options)
+        self.networks = networks(denoiser, self.guidance)
+        for name, net in self.networks.items():
+            if isinstance(net, torch.nn.Module):
+                self.networks[name] = net.to(self.device).eval()
         if self.info.ode_axes:
             self.options["ode"] = TimeParam.make(
                 spec.sigma_t, spec.scaling, sigma_min=self.plan.sigma_min, sigma_max=self.plan.sigma_max
@@ -143,7 +198,8 @@ class Sampler:
             labels = noise.labels(self.label_dim)  # drawn even when fixed, to keep streams aligned
             if class_labels is not None:
                 labels = class_labels.to(dev)
-        evaluator = Evaluator(self.denoiser, len(seeds), class_labels=labels)
+        combine = self.guidance.combine if self.guidance is not None and self.guidance.active else plain
+        evaluator = Evaluator(self.networks, len(seeds), class_labels=labels, combine=combine)
 
         def step(info: StepInfo) -> None:
             if not torch.isfinite(info.x.sum()):  # one reduction: NaN and Inf reach the sum
@@ -157,7 +213,7 @@ class Sampler:
 
         with torch.no_grad():
             x = self.info.fn(evaluator, x, sig.to(dev), noise=noise, callback=step, **self.options)
-        if evaluator.nfe != self.plan.nfe:
+        if evaluator.nfe != self.plan.nfe or evaluator.counts != self.counts:
             raise RuntimeError(
                 f"bug: {self.info.name} made {evaluator.nfe} evaluations per sample ({evaluator.counts} per network), "
                 f"the plan says {self.plan.nfe}"
@@ -177,6 +233,18 @@ class Sampler:
         opts = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in opts.items()}
         return {**opts, "convergence_order": self.info.convergence_order(opts)}
 
+    def guidance_record(self) -> dict[str, Any] | None:
+        """The guidance that ran (None without --guidance): weight, reference, interval, NFE convention."""
+        g = self.guidance
+        if g is None:
+            return None
+        hi: float | str = "inf" if math.isinf(g.hi) else g.hi
+        record: dict[str, Any] = {"weight": g.weight, "guide": g.guide, "interval": [g.lo, hi]}
+        if g.guide != NULL:
+            record["guide_model"] = model_info(load_guide(g.guide))
+        record["nfe_convention"] = NFE_CONVENTION
+        return record
+
     def provenance(self, seeds: Sequence[int]) -> dict[str, Any]:
         env = environment(self.device)
         env["generator_device"] = str(self.device)
@@ -187,6 +255,8 @@ class Sampler:
             "solver_options": self.resolved_options(),
             "plan": self.plan.to_dict(),
             "nfe_counted": self.plan.nfe,
+            "nfe_per_network": dict(self.counts),
+            "guidance": self.guidance_record(),
             "seeds": compact_seeds(list(seeds)),
             "num_images": len(seeds),
             "dtype": self.spec.dtype,

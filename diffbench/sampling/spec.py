@@ -113,6 +113,16 @@ class SamplerSpec:
         choices=NOISE_MODES,
     )
     dtype: str = option("float64", help="Sampler state dtype.", choices=DTYPES)
+    guidance: float | None = option(
+        help="Guidance weight w: D = D_ref + w (D - D_ref) (EDM2; 1 = none). A guided evaluation costs 2 NFE.", min=0
+    )
+    guide: str | None = option(
+        help="D_ref of --guidance: null (the same network, null label; the default) or a model name "
+        "(an unconditional model: classifier-free; a weaker version: autoguidance)."
+    )
+    guidance_interval: str | None = option(
+        help="LO,HI: guidance only where LO < sigma <= HI (in a sweep list write LO:HI)."
+    )
 
     def __post_init__(self) -> None:
         from diffbench.sampling.solvers import get_solver  # the registries load torch: not at import (--help)
@@ -157,6 +167,22 @@ class SamplerSpec:
                 raise ConfigError(f"{k} must be a finite number >= 0, got {v}")
         self._check_options(info)
         self._check_declared()
+        self._check_guidance()
+
+    def _check_guidance(self) -> None:
+        """--guide and --guidance-interval need --guidance; the interval must read LO,HI with 0 <= LO < HI."""
+        if self.guidance is None:
+            given = [k for k in ("guide", "guidance_interval") if getattr(self, k) is not None]
+            if given:
+                flags = " and ".join("--" + k.replace("_", "-") for k in given)
+                raise ConfigError(f"{flags} apply only with guidance (give --guidance W)")
+            return
+        if not math.isfinite(self.guidance):
+            raise ConfigError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        if self.guidance_interval is not None:
+            from diffbench.sampling.guidance import parse_interval
+
+            parse_interval(self.guidance_interval)
 
     def _check_options(self, info: SolverInfo) -> None:
         """Every option checked here, before a run creates any output (the solvers check again)."""

@@ -19,6 +19,7 @@ import torch
 
 from diffbench.metrics.sources import file_sha256
 from diffbench.provenance import compact_seeds
+from diffbench.sampling.guidance import NULL, load_guide
 
 if TYPE_CHECKING:
     from diffbench.sampling.plan import Plan
@@ -64,6 +65,10 @@ def files_read(bench: Bench, spec: SamplerSpec | None) -> dict[str, str]:
     if spec is not None and str(spec.schedule).startswith(FILE_SCHEDULE):
         path = Path(str(spec.schedule)[len(FILE_SCHEDULE) :])
         files["schedule"] = file_sha256(path) if path.is_file() else "missing"
+    if spec is not None and spec.guidance is not None and spec.guide not in (None, NULL):
+        from diffbench.sweep.bench import model_sha256
+
+        files["guide"] = model_sha256(load_guide(str(spec.guide)))  # the guiding model (--guide MODEL)
     return files
 
 

@@ -1,0 +1,206 @@
+"""Classifier-free guidance on the built-in `digits-edm-cond` at exact counted NFE (issue 21), through the CLI.
+
+Three sweeps, each `diffbench sweep digits-edm-cond ... --metric fd,class-accuracy,inv-prob` over the same
+seeds (so every cell uses the same latents and labels):
+
+  A. the issue's command as written: heun, --guidance 1,1.5,2,3,4 --nfe 9,17,35 (guided cells cost 2 per
+     evaluation, so their totals are even and every guided heun cell at these odd budgets is skipped);
+  A2. the same with --nfe-policy nearest: each guided cell runs at the nearest budget it can spend exactly
+     (10, 18, 34), its counted NFE shown;
+  B. the same weights at budgets every weight can spend exactly: dpmpp-2m (1 evaluation per step) at
+     --nfe 10,18,34, so W = 1 runs 10/18/34 steps and W > 1 runs 5/9/17 guided steps: equal counted NFE;
+  C. the guidance interval at NFE 17-19 (dpmpp-2m): a small grid of (LO, HI) in sigma at W = 2 and 3 against
+     guidance everywhere (B's cells at NFE 18), equal counted NFE (an interval buys more steps; each interval
+     reaches only some of these budgets exactly, the others are listed as skipped);
+  D. classifier-free guidance as EDM2 does it, the reference a separate unconditional model (--guide
+     digits-edm) instead of the null label, at NFE 18.
+
+FD is the Fréchet distance in the digits classifier's feature space against the training split's statistics
+(not FID); class-accuracy and inv-prob (E[1/p(c|x)], quantiles beside it) use the same classifier.
+Writes benchmarks/guidance_study.json (.md: the tables) and benchmarks/guidance_study.png.
+
+Run: python benchmarks/guidance_study.py [--seeds 0-499] [--blocks 2] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+METRICS = "fd,class-accuracy,inv-prob"
+WEIGHTS = "1,1.5,2,3,4"
+INTERVALS = "0:1,0:5,0.3:1,0.3:5,0.3:80"  # (LO, HI]; 0.3:80 is everything above 0.3 (80 = sigma_max)
+
+SWEEPS = {
+    "A_heun_issue_budgets": ["--solver", "heun", "--guidance", WEIGHTS, "--nfe", "9,17,35"],
+    "A2_heun_nearest": ["--solver", "heun", "--guidance", WEIGHTS, "--nfe", "9,17,35", "--nfe-policy", "nearest"],
+    "B_dpmpp2m_even_budgets": ["--solver", "dpmpp-2m", "--guidance", WEIGHTS, "--nfe", "10,18,34"],
+    "C_interval_nfe18": [
+        "--solver",
+        "dpmpp-2m",
+        "--guidance",
+        "2,3",
+        "--guidance-interval",
+        INTERVALS,
+        "--nfe",
+        "17,18,19",
+    ],
+    "D_uncond_guide_nfe18": [
+        "--solver",
+        "dpmpp-2m",
+        "--guidance",
+        "1.5,2,3",
+        "--guide",
+        "digits-edm",
+        "--nfe",
+        "18",
+    ],
+}
+
+
+def run_sweep(name: str, args: list[str], *, seeds: str, blocks: int, work: Path) -> list[dict]:
+    """One `diffbench sweep` through the real command; its cells as results.json holds them."""
+    out = work / name
+    cmd = [str(Path(sys.executable).with_name("diffbench")), "sweep", "digits-edm-cond", *args, "--metric", METRICS]
+    cmd += ["--seeds", seeds, "--blocks", str(blocks), "--store", str(work / f"{name}.db"), "--out", str(out)]
+    cmd += ["--x", "guidance", "--device", "cpu", "--overwrite"]
+    print("$ diffbench", " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+    return json.loads((out / "results.json").read_text())["cells"]
+
+
+def summarize(cells: list[dict]) -> list[dict]:
+    """One row per cell: the options, the counted NFE per network, each metric with its block interval."""
+    rows = []
+    for c in cells:
+        spec = c["identity"].get("spec", {})
+        row = {
+            "solver": c["solver"],
+            "guidance": spec.get("guidance"),
+            "guide": spec.get("guide") or "null",
+            "interval": spec.get("guidance_interval"),
+            "nfe_requested": c["nfe_requested"],
+            "status": c["status"],
+        }
+        if c["status"] != "done":
+            row["skip_reason"] = c["skip_reason"]
+            rows.append(row)
+            continue
+        row.update({"nfe": c["nfe"], "steps": c["steps"], "nfe_per_network": c["provenance"]["nfe_per_network"]})
+        for m, r in c["results"].items():
+            row[m] = {k: r.get(k) for k in ("value", "ci_low", "ci_high", "q50", "q90", "q99") if k in r}
+        rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """FD, accuracy and E[1/p] against W, one line per counted NFE (sweep B)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    done = [r for r in rows if r["status"] == "done" and r["interval"] is None]
+    for nfe in sorted({r["nfe"] for r in done}):
+        pts = sorted((r for r in done if r["nfe"] == nfe), key=lambda r: r["guidance"])
+        w = [r["guidance"] for r in pts]
+        axes[0].plot(w, [r["fd"]["value"] for r in pts], "o-", label=f"NFE {nfe}")
+        axes[1].plot(w, [r["class-accuracy"]["value"] for r in pts], "o-", label=f"NFE {nfe}")
+        axes[2].plot(w, [r["inv-prob"]["value"] for r in pts], "o-", label=f"NFE {nfe}")
+        axes[3].plot(w, [r["inv-prob"]["q99"] for r in pts], "o-", label=f"NFE {nfe}")
+    titles = ("FD (digits features)", "class accuracy", "E[1/p(c|x)]", "99th percentile of 1/p")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xlabel("guidance W (1 = none)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
+    axes[3].set_yscale("log")
+    axes[0].legend()
+    fig.suptitle("digits-edm-cond, dpmpp-2m, classifier-free guidance (null label) at equal counted NFE")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _fmt(m: dict | None, key: str = "value") -> str:
+    if not m or m.get(key) is None:
+        return "—"
+    v = m[key]
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3g}"
+
+
+def markdown(sweeps: dict) -> str:
+    """One Markdown table per sweep: options, counted NFE (per network), FD, accuracy, E[1/p] and its quantiles."""
+    parts = []
+    for name, sweep in sweeps.items():
+        head = "| W | guide | interval | NFE asked | NFE counted (main + ref) | steps | FD | accuracy | E[1/p] |"
+        head += " q50 | q90 | q99 |\n|" + "---|" * 12
+        lines = [f"**{name}** (`{' '.join(sweep['args'])}`, {sweep['wall_s']:.0f} s)", "", head]
+        skipped = []
+        for r in sweep["cells"]:
+            if r["status"] != "done":
+                skipped.append(f"W {r['guidance']} {r['interval'] or ''} at NFE {r['nfe_requested']}")
+                continue
+            per = r["nfe_per_network"]
+            counted = f"{r['nfe']} ({' + '.join(f'{v:g}' for v in per.values())})"
+            ip = r["inv-prob"]
+            lines.append(
+                f"| {r['guidance']:g} | {r.get('guide', 'null')} | {r['interval'] or 'all'} | {r['nfe_requested']} "
+                f"| {counted} | {r['steps']} | {_fmt(r['fd'])} | {_fmt(r['class-accuracy'])} | {_fmt(ip)} "
+                f"| {_fmt(ip, 'q50')} | {_fmt(ip, 'q90')} | {_fmt(ip, 'q99')} |"
+            )
+        if skipped:
+            lines += ["", f"Skipped (budget not reachable exactly under guidance costs): {'; '.join(skipped)}."]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0-499")
+    ap.add_argument("--blocks", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("guidance-study"))
+    ap.add_argument("--only", default=",".join(SWEEPS), help="comma list of sweeps to run (A_..., B_..., C_...)")
+    ap.add_argument("--json", type=Path, default=HERE / "guidance_study.json")
+    ap.add_argument("--png", type=Path, default=HERE / "guidance_study.png")
+    ap.add_argument("--tables-only", action="store_true", help="rewrite the .md tables from the JSON, run nothing")
+    a = ap.parse_args()
+    if a.tables_only:
+        a.json.with_suffix(".md").write_text(markdown(json.loads(a.json.read_text())["sweeps"]))
+        return
+    a.work.mkdir(parents=True, exist_ok=True)
+    out: dict = {
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "seeds": a.seeds,
+        "blocks": a.blocks,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "sweeps": {},
+    }
+    if a.json.exists():
+        out["sweeps"] = json.loads(a.json.read_text()).get("sweeps", {})
+    for name in a.only.split(","):
+        t0 = time.perf_counter()
+        cells = run_sweep(name, SWEEPS[name], seeds=a.seeds, blocks=a.blocks, work=a.work)
+        out["sweeps"][name] = {"args": SWEEPS[name], "wall_s": time.perf_counter() - t0, "cells": summarize(cells)}
+        a.json.write_text(json.dumps(out, indent=1))
+    if "B_dpmpp2m_even_budgets" in out["sweeps"]:
+        plot(out["sweeps"]["B_dpmpp2m_even_budgets"]["cells"], a.png)
+    out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    a.json.write_text(json.dumps(out, indent=1))
+    a.json.with_suffix(".md").write_text(markdown(out["sweeps"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Guidance as a combine rule of the evaluator: D = D_ref + w (D_main - D_ref), its cost per evaluation, and the
+checks of the guiding model and the sigma interval (REFERENCE §8; EDM2's convention, w = 1 is no guidance).
+
+NFE convention: an evaluation where guidance acts (w != 1 and LO < sigma <= HI) costs 2 network evaluations per
+sample (the main network and the reference, which is the same network with the null label or another model);
+elsewhere it costs 1 (the main network alone). Budgets are met exactly under these costs (plan(cost=...)).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from diffbench.denoiser import MAIN, Denoiser, NetworkCall, sample_shape
+from diffbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from diffbench.sampling.spec import SamplerSpec
+
+NULL = "null"  # --guide null: D_ref is the main network given the null label
+NULL_NET = "null"  # the evaluator's name for the main network called with the null label
+GUIDE_NET = "guide"  # the evaluator's name for a separate guiding model
+NFE_CONVENTION = (
+    "a guided evaluation (w != 1 and LO < sigma <= HI) costs 2 network evaluations per sample (main + reference); "
+    "an evaluation outside the guidance interval or at w = 1 costs 1; --nfe budgets are met exactly under these "
+    "costs and the per-network counts are stored; --steps fixes the step count instead"
+)
+
+
+def parse_interval(text: str) -> tuple[float, float]:
+    """'LO,HI' or 'LO:HI' (the form a sweep list needs) -> (lo, hi) with 0 <= lo < hi; one line when not."""
+    parts = str(text).replace(":", ",").split(",")
+    try:
+        lo, hi = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        lo = hi = math.nan
+    if math.isnan(lo) or math.isnan(hi):
+        raise ConfigError(
+            f"--guidance-interval '{text}' is not LO,HI (two numbers; in a sweep list write LO:HI, e.g. 0.28:5.42)"
+        )
+    if not (0 <= lo < hi):
+        raise ConfigError(f"--guidance-interval {lo:g},{hi:g}: needs 0 <= LO < HI (guidance where LO < sigma <= HI)")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """One guidance setting on one model: weight w, reference (null label or a model), sigma interval (lo, hi]."""
+
+    weight: float
+    guide: str = NULL
+    lo: float = 0.0
+    hi: float = math.inf
+
+    @property
+    def active(self) -> bool:
+        """w = 1 is no guidance: every evaluation is the main network alone."""
+        return self.weight != 1
+
+    def inside(self, sigma: float) -> bool:
+        """Guidance acts at sigma: w != 1 and lo < sigma <= hi (Kynkäänniemi et al. 2024, an interval in sigma)."""
+        return self.active and self.lo < sigma <= self.hi
+
+    def cost(self, sigma: float) -> int:
+        """Network evaluations per sample of one evaluation at sigma (2 guided, else 1)."""
+        return 2 if self.inside(sigma) else 1
+
+    def combine(self, net: NetworkCall, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """One guided evaluation D = D_ref + w (D_main - D_ref) (Ho & Salimans 2022, eq. 6, in EDM2's form;
+        Karras et al. 2024, eq. 1, with D_ref a weaker model); plain D_main outside the interval."""
+        d_main = net(MAIN, x, sigma)
+        level = float(sigma[0])
+        if bool((sigma != sigma[0]).any()):  # solvers evaluate a batch at one level; a mixed one has no one cost
+            raise RuntimeError("bug: guidance got a batch at several sigmas")
+        if not self.inside(level):
+            return d_main
+        if self.guide == NULL:
+            d_ref = net(NULL_NET, x, sigma, labels=None)
+        else:
+            d_ref = net(GUIDE_NET, x, sigma)  # the same (bound) label when the guiding model is conditional
+        return d_ref + self.weight * (d_main - d_ref)
+
+
+@functools.lru_cache(maxsize=4)
+def load_guide(name: str) -> Denoiser:
+    """The guiding model `name`, loaded once per process (on the CPU; the sampler moves it)."""
+    from diffbench.models.load import load
+
+    model = load(name, device="cpu")
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    return model
+
+
+def guidance_for(model: Denoiser, spec: SamplerSpec) -> Guidance | None:
+    """The spec's guidance on this model, checked (None without --guidance): the reference must exist (a
+    conditional model for the null label, else --guide MODEL) and match the model's samples and classes, and
+    the interval must read LO,HI (run.plan_spec checks it against the run's sigma range). Raises ConfigError."""
+    if spec.guidance is None:
+        return None
+    label_dim = int(getattr(model, "label_dim", 0) or 0)
+    guide = spec.guide or NULL
+    if guide == NULL and not label_dim:
+        raise ConfigError(
+            "--guidance needs a reference: the model is unconditional, so there is no null label to guide against; "
+            "give --guide MODEL (an unconditional or weaker version of it) or use a conditional model"
+        )
+    if guide != NULL:
+        check_guide(model, guide, load_guide(guide))
+    lo, hi = (0.0, math.inf) if spec.guidance_interval is None else parse_interval(spec.guidance_interval)
+    return Guidance(weight=float(spec.guidance), guide=guide, lo=lo, hi=hi)
+
+
+def check_guide(model: Denoiser, name: str, guide: Denoiser) -> None:
+    """A guiding model must make samples of the model's shape and take its labels (or none)."""
+    main_shape, guide_shape = sample_shape(model), sample_shape(guide)
+    if main_shape != guide_shape:
+        raise ConfigError(
+            f"guiding model {name} makes samples of shape {list(guide_shape)} (channels, resolution), "
+            f"the model {list(main_shape)}"
+        )
+    main_dim = int(getattr(model, "label_dim", 0) or 0)
+    guide_dim = int(getattr(guide, "label_dim", 0) or 0)
+    if guide_dim and guide_dim != main_dim:
+        raise ConfigError(f"guiding model {name} has {guide_dim} classes, the model {main_dim}")
+
+
+def networks(model: Denoiser, guidance: Guidance | None) -> dict[str, Any]:
+    """The evaluator's networks for a guidance setting: main, and the null-label alias or the guiding model."""
+    nets: dict[str, Any] = {MAIN: model}
+    if guidance is not None and guidance.active:
+        if guidance.guide == NULL:
+            nets[NULL_NET] = model
+        else:
+            nets[GUIDE_NET] = load_guide(guidance.guide)
+    return nets
