@@ -243,6 +243,22 @@ def test_compare_regression_gate(tiny, tmp_path):
         )
 
 
+def test_compare_with_a_baseline_on_other_blocks_is_unpaired_and_says_so(tiny, tmp_path):
+    from diffbench.sweep.compare import compare_cells, parse_tolerance
+
+    _, new = _sweep(tiny, tmp_path / "a.db", blocks=3)
+    _, base = _sweep(tiny, tmp_path / "b.db", blocks=5)
+    res = compare_cells(new["cells"], base["cells"], tolerance=parse_tolerance("5%"))
+    assert res.unpaired.startswith("seed blocks 3 in NEW against 5 in the baseline")
+    done = [r for r in res.rows if r.difference is not None]
+    assert done and all(r.test == "unpaired" for r in done) and not res.unmatched_new
+    # the same blocks: the paired jackknife, and the values of all samples are equal whatever the blocks
+    same = compare_cells(new["cells"], new["cells"], tolerance=parse_tolerance("0%"))
+    assert not same.unpaired and all(r.test == "paired jackknife" for r in same.rows if r.difference is not None)
+    fd = {(r.config, r.nfe): r for r in done if r.metric == "fd-exact"}
+    assert all(r.new == pytest.approx(r.baseline, rel=1e-9) for r in fd.values())
+
+
 def test_import_rules():
     """Metrics consume images or features only; the core never imports the sweep (parsed with ast)."""
     root = Path(__file__).resolve().parents[1] / "diffbench"
