@@ -75,6 +75,14 @@ def test_sweep_report_compare_end_to_end(tmp_path, env):
     exported = json.loads((out / "results.json").read_text())
     want = {(c["config"], c["nfe_requested"]): c["results"]["sw"]["value"] for c in exported["cells"] if c["results"]}
     assert {(r["config"], int(r["nfe"])): float(r["value"]) for r in rows if r["value"]} == want
+    # the estimate at infinite n: not in the terminal tables by default, in the exports, and on request
+    assert "fd-exact-inf" not in stdout and (out / "fd-exact-inf.md").exists()
+    code, text, err = run(env, "report", store, "--format", "csv", "--metric", "fd-exact-inf")
+    inf = {
+        (c["config"], c["nfe_requested"]): c["results"]["fd-exact"]["inf"] for c in exported["cells"] if c["results"]
+    }
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert code == 0 and {(r["config"], int(r["nfe"])): float(r["value"]) for r in rows if r["value"]} == inf, err
     # compare: identical -> 0; one cell clearly worse -> 1; different cells or a missing file -> 2
     base = out / "results.json"
     code, text, err = run(env, "compare", store, base, "--tolerance", "2%")
