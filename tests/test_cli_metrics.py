@@ -68,7 +68,9 @@ def test_fid_of_the_reference_images_is_zero_and_json(tmp_path, cli, ref):
         "--allow-small-n",
     )
     r = json.loads(out)
-    assert code == 0 and r["n"] == 100 and len(r["blocks"]) == 2 and r["extractor_id"] == "proj"
+    # n is the N behind the value (all 200 images, issue 20); each block holds 100
+    assert code == 0 and r["n"] == 200 and r["block_n"] == 100 and len(r["blocks"]) == 2 and len(r["loo"]) == 2
+    assert r["extractor_id"] == "proj"
     assert r["extras"]["precision"] == 1.0 and r["ref_n"] == 200
 
 
@@ -77,9 +79,14 @@ def test_fid_of_a_folder_with_blocks(tmp_path, cli, ref):
     folder.mkdir()
     for i, im in enumerate(images(30, seed=2, size=8)):
         Image.fromarray(im).save(folder / f"{i:05d}.png")
-    code, out, err = cli("fid", folder, "--ref", ref, *EXT, "--blocks", "3", "--show", "min")
+    code, out, err = cli("fid", folder, "--ref", ref, *EXT, "--blocks", "3")
     assert code == 0, err
-    assert "3 seed blocks of n=10" in out and "shown: min" in out and "95% CI" in out
+    # issue 20: the FD of all 30 with its jackknife interval over the blocks; the estimate at infinite n
+    assert "95% jackknife interval over 3 seed blocks of the FD (proj features) of all 30" in out
+    assert "FD-inf" in out and "per block (n=10 each)" in out
+    # --show (a mean or min of block values) is retired: one line saying why
+    code, out, err = cli("fid", folder, "--ref", ref, *EXT, "--blocks", "3", "--show", "min")
+    assert code == 2 and err.strip().startswith("error: --show is retired: the headline is now the FID of all N")
 
 
 def test_fid_straight_from_a_sampler_spec(tmp_path, cli, ref):

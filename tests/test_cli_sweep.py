@@ -62,7 +62,10 @@ def test_sweep_report_compare_end_to_end(tmp_path, env):
     code, stdout, err = run(env, *args, "--metric", "fd-exact,sw", "--store", store, "--out", out, "--device", "cpu")
     assert code == 0, err
     assert "NFE 4" in stdout and "NFE 5" in stdout and "heun edm at NFE 4: heun cannot spend exactly 4" in stdout
-    assert "3 seed blocks of n=10" in stdout and "paired 95% interval" in stdout
+    # issue 20: the values are of all 30 samples, ± their jackknife interval over the 3 blocks
+    flat = " ".join(stdout.split())  # rich wraps the caption
+    assert "95% jackknife interval over 3 blocks of the sw of all 30" in flat
+    assert "paired 95% jackknife interval" in stdout
     for f in ("fd-exact.md", "fd-exact.csv", "fd-exact.json", "fd-exact.tex", "sw.png", "sw.svg", "results.json"):
         assert (out / f).stat().st_size > 0
     # report regenerates the tables from the store alone
@@ -72,6 +75,14 @@ def test_sweep_report_compare_end_to_end(tmp_path, env):
     exported = json.loads((out / "results.json").read_text())
     want = {(c["config"], c["nfe_requested"]): c["results"]["sw"]["value"] for c in exported["cells"] if c["results"]}
     assert {(r["config"], int(r["nfe"])): float(r["value"]) for r in rows if r["value"]} == want
+    # the estimate at infinite n: not in the terminal tables by default, in the exports, and on request
+    assert "fd-exact-inf" not in stdout and (out / "fd-exact-inf.md").exists()
+    code, text, err = run(env, "report", store, "--format", "csv", "--metric", "fd-exact-inf")
+    inf = {
+        (c["config"], c["nfe_requested"]): c["results"]["fd-exact"]["inf"] for c in exported["cells"] if c["results"]
+    }
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert code == 0 and {(r["config"], int(r["nfe"])): float(r["value"]) for r in rows if r["value"]} == inf, err
     # compare: identical -> 0; one cell clearly worse -> 1; different cells or a missing file -> 2
     base = out / "results.json"
     code, text, err = run(env, "compare", store, base, "--tolerance", "2%")
@@ -79,7 +90,7 @@ def test_sweep_report_compare_end_to_end(tmp_path, env):
     worse = json.loads(base.read_text())
     cell = next(c for c in worse["cells"] if c["status"] == "done" and c["config"] == "dpmpp-2m edm")
     r = cell["results"]["sw"]
-    r["blocks"] = [v * 1.5 for v in r["blocks"]]
+    r["loo"] = [v * 1.5 for v in r["loo"]]
     r["value"] *= 1.5
     (tmp_path / "worse.json").write_text(json.dumps(worse))
     code, text, err = run(env, "compare", tmp_path / "worse.json", base, "--tolerance", "2%")
@@ -192,7 +203,7 @@ def test_fid_model_equals_one_cell_sweep(tmp_path, env):
     ext = ("--extractor", "extmod_sweep:make")
     code, _, err = run(env, "stats", tmp_path / "refimgs.npz", "-o", tmp_path / "ref.npz", *ext)
     assert code == 0, err
-    spec = ("--solver", "euler", "--nfe", "4", "--seeds", "0-29", "--device", "cpu")
+    spec = ("--solver", "euler", "--nfe", "4", "--seeds", "0-29", "--blocks", "15", "--device", "cpu")
     code, out, err = run(env, "fid", "--model", TINY_IMG, *spec, "--ref", tmp_path / "ref.npz", *ext, "--json")
     assert code == 0, err
     fid = json.loads(out)
@@ -213,6 +224,7 @@ def test_fid_model_equals_one_cell_sweep(tmp_path, env):
     assert code == 0, err
     (row,) = json.loads(out)
     assert row["results"]["fd"]["value"] == fid["fid"] and fid["n"] == 30 and fid["fid"] > 0
+    assert row["results"]["fd"]["loo"] == fid["loo"] and fid["block_n"] == 2
 
 
 def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path, env):
@@ -228,6 +240,22 @@ def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path, env):
     ]
     for extra, message in cases:
         assert message in one_line(*run(env, *base, *extra)[::2]), extra
+    # seed blocks (issue 20): more blocks than seeds; no divisor of N near 20 and no --blocks (never drop seeds)
+    line = one_line(*run(env, *base, "--solver", "heun", "--nfe", "9", "--blocks", "13")[::2])
+    assert "--blocks 13 is larger than the 12 seeds: at most 12" in line
+    many = ("sweep", SMALL, "--seeds", "0-40", "--metric", "sw", "--solver", "heun", "--nfe", "9", "--store", store)
+    line = one_line(*run(env, *many)[::2])
+    assert "41 seeds have no divisor between 10 and 40" in line and "pass --blocks" in line
+    # results stored before the jackknife (no leave-one-out values): read, their value of all N shown, marked
+    code, _, err = run(env, "report", store, "--out", tmp_path / "rep", "--no-plot")
+    assert code == 0, err
+    old = json.loads((tmp_path / "rep" / "results.json").read_text())
+    for c in old["cells"]:
+        for r in (c.get("results") or {}).values():
+            r.pop("loo", None), r.pop("interval", None)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    code, text, err = run(env, "report", tmp_path / "old.json", "--format", "md", "--metric", "sw")
+    assert code == 0 and "[1] stored before the jackknife: value = the metric of all N as stored" in text, err
     # a store of another schema version: refused, untouched
     old = tmp_path / "old.db"
     con = sqlite3.connect(old)

@@ -72,7 +72,7 @@ def test_fid_equals_staged_computation(tmp_path, ref_file):
     # <= n * 2^-53 ~ 3e-14 relative (n <= 300), and FD = |dmu|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)) cancels traces of
     # 22 + 14 = 36 down to 2.8: 13x amplification, 4e-13 < 1e-10.
     assert r.fid == pytest.approx(expected, rel=1e-10)
-    assert (r.n, r.shown, r.extractor_id, r.ref_n, len(r.blocks)) == (120, "single", "proj", 300, 1)
+    assert (r.n, r.extractor_id, r.ref_n, len(r.blocks), r.loo) == (120, "proj", 300, 1, ())
 
 
 def test_same_images_give_zero_and_images_as_ref(ref_file):
@@ -81,23 +81,30 @@ def test_same_images_give_zero_and_images_as_ref(ref_file):
     assert fid(sample, ref=sample, extractor=Proj()).fid == pytest.approx(0, abs=1e-9)
 
 
-def test_blocks_are_disjoint_slices_with_a_t_interval(ref_file):
-    ext, sample = Proj(), images(90, seed=3, hi=220)
-    r = fid(sample, ref=ref_file, extractor=ext, blocks=3, shown="min")
+def _fd(ext, sample, g):
+    f = feats(ext, sample)
+    return frechet_distance(
+        mu1=f.mean(0), sigma1=np.cov(f, rowvar=False), mu2=g.mean(0), sigma2=np.cov(g, rowvar=False)
+    )
+
+
+def test_the_value_is_the_fid_of_all_samples_with_a_jackknife_interval_over_disjoint_blocks(ref_file):
+    # issue 20: value = FD of all N; loo = FD without each block; interval value ± t_{K−1}·SE_jack
+    ext, sample = Proj64(), images(90, seed=3, hi=220)  # features independent of the batch shape (see Proj64)
+    r = fid(sample, ref=ref_file, extractor=ext, blocks=3)
     g = load_statistics(ref_file).features.astype(np.float64)  # the reference's own float32 features (see above)
-    per = []
-    for b in range(3):
-        f = feats(ext, sample[30 * b : 30 * (b + 1)])
-        per.append(
-            frechet_distance(
-                mu1=f.mean(0), sigma1=np.cov(f, rowvar=False), mu2=g.mean(0), sigma2=np.cov(g, rowvar=False)
-            )
-        )
+    per = [_fd(ext, sample[30 * b : 30 * (b + 1)], g) for b in range(3)]
+    loo = [_fd(ext, np.concatenate([sample[30 * j : 30 * (j + 1)] for j in range(3) if j != b]), g) for b in range(3)]
     np.testing.assert_allclose(r.blocks, per, rtol=1e-8)
-    assert r.fid == pytest.approx(min(per)) and r.shown == "min" and r.n == 30
-    half = sps.t.ppf(0.975, 2) * np.std(per, ddof=1) / math.sqrt(3)
-    assert (r.ci_low, r.ci_high) == pytest.approx((np.mean(per) - half, np.mean(per) + half), rel=1e-10)
-    assert r.std == pytest.approx(np.std(per, ddof=1))
+    np.testing.assert_allclose(r.loo, loo, rtol=1e-8)
+    assert r.fid == pytest.approx(_fd(ext, sample, g), rel=1e-8) and r.n == 90 and r.block_n == 30
+    se = math.sqrt(2 / 3 * sum((v - np.mean(loo)) ** 2 for v in loo))
+    half = sps.t.ppf(0.975, 2) * se
+    assert r.se == pytest.approx(se, rel=1e-8)
+    assert (r.ci_low, r.ci_high) == pytest.approx((r.fid - half, r.fid + half), rel=1e-8)
+    assert r.fid_inf == pytest.approx(3 * r.fid - 2 * np.mean(loo), rel=1e-8)
+    with pytest.raises(ConfigError, match="retired"):
+        fid(sample, ref=ref_file, extractor=ext, blocks=3, shown="min")
 
 
 def test_optional_metrics(ref_file):
@@ -135,37 +142,46 @@ def test_samples_straight_from_a_sampler_spec(gmm):
     assert fid(stream, ref=ref, extractor=ext).fid == pytest.approx(fid(written, ref=ref, extractor=ext).fid)
 
 
-def result(blocks, n=1000):
-    v = np.asarray(blocks, dtype=float)
+def result(value, loo, n=1000, seeds=None):
+    from diffbench.metrics.jackknife import jackknife
+
+    j = jackknife(value, loo)
     return FIDResult(
-        fid=v.mean(),
-        shown="mean",
+        fid=value,
         n=n,
-        blocks=tuple(v),
-        mean=v.mean(),
-        std=v.std(ddof=1) if v.size > 1 else math.nan,
-        min=v.min(),
-        ci_low=0,
-        ci_high=0,
+        blocks=(),
+        block_n=None,
+        loo=tuple(loo),
+        se=j.se,
+        ci_low=j.ci_low,
+        ci_high=j.ci_high,
+        fid_inf=j.bias_corrected,
+        inf_low=j.bc_low,
+        inf_high=j.bc_high,
         confidence=0.95,
         extractor_id="x",
         ref=None,
         ref_sha256="r",
         ref_n=None,
+        samples={} if seeds is None else {"seeds": seeds},
     )
 
 
-def test_compare_fid_verdicts():
-    c = compare_fid(result([3.0, 3.1, 2.9]), result([5.0, 5.2, 4.9]))
-    assert c.significant and c.verdict.startswith("a is better") and c.difference == pytest.approx(-2.0333, 1e-3)
-    # Welch's test agrees with scipy's
-    t, _ = sps.ttest_ind([3.0, 3.1, 2.9], [5.0, 5.2, 4.9], equal_var=False)
-    assert c.t == pytest.approx(t, rel=1e-10)
-    noisy = compare_fid(result([3.0, 4.0, 2.0]), result([3.2, 4.1, 2.4]))
-    assert not noisy.significant and noisy.verdict.startswith("within noise")
-    assert compare_fid(result([3.0]), result([4.0])).verdict.startswith("unknown")
+def test_compare_fid_is_the_paired_jackknife_for_shared_seeds_and_says_which_test_ran():
+    # replaces the Welch test over block FIDs (issue 20): cells drawn from the same seeds are paired
+    a = result(3.0, [3.1, 2.9, 3.05, 2.95], seeds="0-99")
+    b = result(3.5, [3.62, 3.38, 3.56, 3.44], seeds="0-99")  # the same block pattern: a real gap of 0.5
+    c = compare_fid(a, b)
+    assert c.significant and c.test.startswith("paired") and c.verdict.startswith("a is better")
+    assert c.difference == pytest.approx(-0.5)
+    # without shared seeds the same numbers are compared unpaired, and it says so; the gap is within noise
+    u = compare_fid(result(3.0, a.loo), result(3.5, b.loo))
+    assert u.test.startswith("unpaired") and not u.significant and u.verdict.startswith("within noise")
+    assert compare_fid(result(3.0, []), result(4.0, [])).verdict.startswith("unknown")
     with pytest.raises(ConfigError, match="different n"):
-        compare_fid(result([3.0, 3.1]), result([3.0, 3.1], n=500))
+        compare_fid(result(3.0, [3.1, 2.9]), result(3.0, [3.1, 2.9], n=500))
+    with pytest.raises(ConfigError, match="same seed blocks"):
+        compare_fid(result(3.0, [3.1, 2.9]), result(3.0, [3.1, 2.9, 3.0]), paired=True)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, ref_file):
@@ -179,6 +195,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, ref_file):
     assert math.isfinite(fid(images(5), ref=ref_file, extractor=Proj(), allow_small_n=True).fid)
     with pytest.raises(ConfigError, match="do not split into 7"):
         fid(sample, ref=ref_file, extractor=Proj(), blocks=7, allow_small_n=True)
+    with pytest.raises(ConfigError, match="larger than the 60 images"):
+        fid(sample, ref=ref_file, extractor=Proj(), blocks=61, allow_small_n=True)
+    # a block may hold fewer samples than the feature dimension; a leave-one-out set may not
+    assert fid(images(20), ref=ref_file, extractor=Proj(), blocks=4).block_n == 5
+    with pytest.raises(ConfigError, match="leave 5 samples in each leave-one-block-out set.*at least 14 seeds"):
+        fid(images(10), ref=ref_file, extractor=Proj(), blocks=2)
     np.savez(tmp_path / "edm.npz", mu=np.zeros(6), sigma=np.eye(6))
     with pytest.raises(ConfigError, match="--keep-features"):
         fid(sample, ref=tmp_path / "edm.npz", extractor=Proj(), kid=True)

@@ -27,7 +27,8 @@ def test_nfe_axis_is_log_with_ticks_at_the_swept_values_only():
     assert ax.xaxis.get_minorticklocs().size == 0  # no 3×10⁰, 4×10⁰ labels
     assert ax.get_xlabel() == "NFE (network evaluations per sample)"
     assert ax.get_ylabel() == "sliced Wasserstein-2 distance to the exact distribution, lower is better"
-    assert ax.get_title() == "gmm: sw vs NFE\nn = 10 per seed block; bars: 95% t-interval over 3 blocks"
+    # the values are of all 30 samples; the bars their jackknife interval over the 3 blocks (issue 20)
+    assert ax.get_title() == "gmm: sw vs NFE\nn = 30; bars: 95% jackknife interval over 3 blocks"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["heun edm", "euler edm"]
 
 
@@ -70,14 +71,15 @@ def test_error_bars_are_clipped_to_the_axis():
 
 def test_full_name_with_feature_space_and_the_floor_line():
     c = cell("heun", 35, blocks=(14.0, 15.0))
-    c["results"] = {"fd": {**c["results"]["sw"], "n": 297, "extractor": "digits-cnn@9a983264d2fc"}}
+    fd = {**c["results"]["sw"], "n": 297 // 2, "n_all": 297, "extractor": "digits-cnn@9a983264d2fc"}
+    c["results"] = {"fd": fd}
     c["provenance"]["model_name"] = "digits-edm"
     t = table([c], "fd")
     t.floor = Floor(13.5, 297, 1, 297, "held-out real digits")
     fig = fig_of(t)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "Fréchet distance (digits-cnn features), lower is better"
-    assert ax.get_title().startswith("digits-edm: fd vs NFE\nn = 297 per seed block")
+    assert ax.get_title().startswith("digits-edm: fd vs NFE\nn = 297;")
     floors = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
     assert len(floors) == 1 and list(floors[0].get_ydata()) == [13.5, 13.5]
     caption = " ".join(t.get_text() for t in fig.texts)

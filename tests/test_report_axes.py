@@ -28,7 +28,8 @@ _ids = itertools.count()
 
 
 def cell(solver, nfe, *, churn=None, blocks=(1.0, 1.2, 0.8), spent=None, note=None, status="done", **spec):
-    """A store row as the runner writes it (the fields the report reads)."""
+    """A store row as the runner writes it (the fields the report reads). The metric behaves as a mean, so the
+    value of all samples is the block mean and each leave-one-out value the mean of the other blocks."""
     options = {"solver": solver, "schedule": spec.pop("schedule", "edm"), "nfe": nfe, "S_churn": churn, **spec}
     label = " ".join([solver, options["schedule"], *(f"churn={churn:g}" for _ in [1] if churn is not None)])
     value = statistics.mean(blocks)
@@ -46,10 +47,14 @@ def cell(solver, nfe, *, churn=None, blocks=(1.0, 1.2, 0.8), spent=None, note=No
         "results": {
             "sw": {
                 "value": value,
+                "all": value,
                 "blocks": list(blocks),
+                "loo": [(sum(blocks) - b) / (len(blocks) - 1) for b in blocks] if len(blocks) > 1 else None,
                 "ci_low": value - 0.5,
                 "ci_high": value + 0.5,
+                "interval": "jackknife",
                 "n": 10,
+                "n_all": 10 * len(blocks),
                 "better": "lower",
             }
         },
@@ -169,7 +174,7 @@ def test_paired_lines_pair_only_cells_at_the_same_counted_nfe():
     # at the exact policy every cell of a column is paired with the column's best, as before
     exact = [cell("heun", 9, blocks=(5.0, 5.5, 6.0)), cell("dpmpp-2m", 9, blocks=(1.0, 1.1, 1.3))]
     (line,) = paired_rows(exact, "sw")
-    assert line.startswith("NFE 9: heun edm − dpmpp-2m edm = +4.367, paired 95% interval")
+    assert line.startswith("NFE 9: heun edm − dpmpp-2m edm = +4.367, paired 95% jackknife interval")
 
 
 def test_cells_of_another_sweep_with_other_seeds_are_not_paired():
@@ -198,16 +203,18 @@ def test_a_bad_axis_fails_before_any_file_is_written(tmp_path):
     assert not list((tmp_path / "out").iterdir())
 
 
-def digits_cell(n_per_block):
+def digits_cell(n_all):
     from diffbench.models.registry import fetch_file
 
     c = cell("heun", 35, blocks=(14.0, 15.0))
-    c["results"] = {"fd": {**c["results"]["sw"], "n": n_per_block, "extractor": "digits-cnn@9a983264d2fc"}}
+    fd = {**c["results"]["sw"], "n": n_all // 2, "n_all": n_all, "extractor": "digits-cnn@9a983264d2fc"}
+    c["results"] = {"fd": fd}
     c["provenance"].update(model_name="digits-edm", ref=str(fetch_file("digits-stats")[0]))
     return c
 
 
 def test_floor_is_the_held_out_digits_at_the_tables_n():
+    # the table's n is the n of its values: all N samples of a cell (issue 20), no longer the block size
     # at n = 297 (the whole held-out split) it is benchmarks/digits_quality.json's floor, 13.512455851557206
     floor, why = heldout_floor([digits_cell(297)], "fd", 297)
     assert why is None and floor.n == 297 and floor.draws == 1
@@ -233,3 +240,47 @@ def test_a_series_may_name_a_setting_every_cell_shares_but_x_may_not():
         ConfigError, match="--x solver: not an axis that varies across these cells; axes that vary: nfe, churn"
     ):
         table(heun, "sw", x="solver", names=NAMES)
+
+
+def legacy_cell(solver, nfe, blocks):
+    """A result stored before the jackknife (issue 20): value = block mean, `all` = the value of all samples,
+    a t-interval over the blocks, no leave-one-out values."""
+    c = cell(solver, nfe, blocks=blocks)
+    r = c["results"]["sw"]
+    r.pop("loo"), r.pop("interval"), r.pop("n_all")
+    r["all"] = r["value"] - 0.25  # the pooled value differs from the block mean (FD's c/n bias)
+    return c
+
+
+def test_results_stored_before_the_jackknife_are_read_with_their_pooled_value_and_marked():
+    old = [legacy_cell("heun", 9, (5.0, 5.5)), legacy_cell("euler", 9, (7.0, 7.5))]
+    t = table(old, "sw")
+    e = t.entry("heun edm", 9)
+    assert e.value == pytest.approx(5.0) and e.ci_low is None and e.footnote == 1
+    assert len(t.footnotes) == 1 and t.footnotes[0].startswith("stored before the jackknife")
+    assert "t-interval over 2 blocks" in t.footnotes[0]
+    md = to_markdown(t, paired_rows(old, "sw"))
+    assert "5.0000 [1]" in md and "±" not in md.split("\n")[4]
+    assert paired_rows(old, "sw") == []  # no leave-one-out values: no paired line
+    from diffbench.sweep.report import paired_difference
+
+    p = paired_difference(old[1], old[0], "sw")
+    assert p.test == "none" and "before the jackknife" in p.verdict()
+
+
+def test_the_estimate_at_infinite_n_is_a_table_in_the_exports_only(tmp_path):
+    from diffbench.sweep.report import inf_metrics
+
+    cells = [cell("heun", 9, blocks=(5.0, 5.5, 6.0)), cell("euler", 9, blocks=(7.0, 7.2, 7.9))]
+    for c in cells:
+        r = c["results"]["sw"]
+        r.update(inf=r["value"] - 1.0, inf_low=r["value"] - 1.5, inf_high=r["value"] - 0.5)
+    assert inf_metrics(cells) == ["sw-inf"]
+    t = table(cells, "sw-inf")
+    assert t.entry("heun edm", 9).value == pytest.approx(4.5) and t.entry("heun edm", 9).half_width == 0.5
+    assert "estimate at infinite n" in to_markdown(t)
+    written = write_reports(cells, tmp_path / "out", plot=False)
+    assert {p.name for p in written} >= {"sw.md", "sw-inf.md", "sw-inf.csv", "sw-inf.json", "sw-inf.tex"}
+    assert (
+        "± is the 95% jackknife interval over 3 blocks of the sw of all 30" in (tmp_path / "out" / "sw.md").read_text()
+    )

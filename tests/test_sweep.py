@@ -103,10 +103,20 @@ def test_cell_values_equal_independent_computations(tiny):
         ref = tiny(ref, torch.full((8,), 0.002, dtype=torch.float64))
         rms = float((x.double() - ref).pow(2).mean().sqrt())
         assert r.metrics["ref-error"]["blocks"][k] == pytest.approx(rms, rel=1e-6)
+    # issue 20: the value is the metric of all 24 samples, `loo` the metric without each block, and the interval
+    # the delete-one-block jackknife (value ± t_{K−1}·SE, SE² = (K−1)/K Σ (θ₍ᵢ₎ − θ̄)²) — written out here
     m = r.metrics["fd-exact"]
-    v = np.array(m["blocks"])
-    half = sps.t.ppf(0.975, 2) * v.std(ddof=1) / math.sqrt(3)
-    assert m["value"] == pytest.approx(v.mean()) and m["ci_high"] == pytest.approx(v.mean() + half)
+    x_all = sample(tiny, seeds=seeds, solver="euler", nfe=6, device="cpu").images
+    assert m["value"] == pytest.approx(exact_frechet(tiny, x_all), rel=1e-9)
+    loo = [exact_frechet(tiny, torch.cat([x_all[: 8 * k], x_all[8 * (k + 1) :]])) for k in range(3)]
+    assert m["loo"] == pytest.approx(loo, rel=1e-9)
+    se = math.sqrt(2 / 3 * sum((v - np.mean(loo)) ** 2 for v in loo))
+    assert m["se"] == pytest.approx(se, rel=1e-9)
+    assert m["ci_high"] == pytest.approx(m["value"] + sps.t.ppf(0.975, 2) * se, rel=1e-9)
+    assert m["inf"] == pytest.approx(3 * m["value"] - 2 * np.mean(loo), rel=1e-9)  # FD at infinite n
+    assert r.metrics["ref-error"]["value"] == pytest.approx(
+        math.sqrt(np.mean(np.square(r.metrics["ref-error"]["blocks"]))), rel=1e-9
+    )
     assert m["n"] == 8 and m["n_all"] == 24 and r.nfe == 6
 
 
@@ -176,12 +186,16 @@ def test_store_reports_every_format_parsed_back(tiny, tmp_path):
     # LaTeX: one row per configuration, the best in \textbf
     tex = to_latex(t)
     assert tex.count("\\\\") == 1 + len(t.configs) and "\\textbf{" in tex and "\\begin{tabular}{lrrr}" in tex
-    # paired difference: per-block differences, t-interval (written out here)
+    # paired difference: the jackknife of θ_A − θ_B over the same blocks (written out here; issue 20)
     a, b = (next(r for r in done if r["config"] == c and r["nfe_requested"] == 9) for c in ("heun edm", "dpmpp-2m edm"))
     p = paired_difference(a, b, "sw")
-    d = np.array(a["results"]["sw"]["blocks"]) - np.array(b["results"]["sw"]["blocks"])
-    half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
-    assert p.difference == pytest.approx(d.mean()) and p.ci_low == pytest.approx(d.mean() - half)
+    ra, rb = a["results"]["sw"], b["results"]["sw"]
+    d = np.array(ra["loo"]) - np.array(rb["loo"])
+    half = sps.t.ppf(0.975, 2) * math.sqrt(2 / 3 * ((d - d.mean()) ** 2).sum())
+    diff = ra["value"] - rb["value"]
+    assert (
+        p.difference == pytest.approx(diff) and p.ci_low == pytest.approx(diff - half) and p.test.startswith("paired")
+    )
 
 
 def test_plot_files_written(tiny, tmp_path):
@@ -207,22 +221,39 @@ def test_compare_regression_gate(tiny, tmp_path):
     c = next(x for x in worse if x["status"] == "done")
     r = c["results"]["sw"]
     r["value"] *= 1.10
-    r["blocks"] = [v * 1.10 for v in r["blocks"]]  # every block worse: outside the paired interval
+    r["loo"] = [v * 1.10 for v in r["loo"]]  # every leave-one-out value worse: outside the paired interval
     res = compare_cells(worse, cells, tolerance=parse_tolerance("2%"))
     assert res.exit_code == 1 and [(x.config, x.metric) for x in res.regressions] == [(c["config"], "sw")]
     assert compare_cells(worse, cells, tolerance=parse_tolerance("20%")).exit_code == 0
     noisy = json.loads(json.dumps(cells))
     r = next(x for x in noisy if x["status"] == "done")["results"]["sw"]
-    shift = [0.3, -0.25, 0.1]  # worse on average, but not consistently over the paired blocks
-    r["blocks"] = [v + s * v for v, s in zip(r["blocks"], shift)]
-    r["value"] = float(np.mean(r["blocks"]))
-    assert compare_cells(noisy, cells, tolerance=parse_tolerance("1%")).exit_code == 0
+    shift = [0.3, -0.25, 0.1]  # worse, but not consistently over the paired blocks
+    r["loo"] = [v + s * v for v, s in zip(r["loo"], shift)]
+    r["value"] *= 1.05
+    quiet = compare_cells(noisy, cells, tolerance=parse_tolerance("1%"))
+    assert quiet.exit_code == 0 and any("within the paired jackknife interval" in x.note for x in quiet.rows)
     with pytest.raises(CompareInputError, match="missing from NEW: 'heun edm' at NFE 5"):
         compare_cells(
             [x for x in cells if (x["config"], x["nfe_requested"]) != ("heun edm", 5)],
             cells,
             tolerance=parse_tolerance("2%"),
         )
+
+
+def test_compare_with_a_baseline_on_other_blocks_is_unpaired_and_says_so(tiny, tmp_path):
+    from diffbench.sweep.compare import compare_cells, parse_tolerance
+
+    _, new = _sweep(tiny, tmp_path / "a.db", blocks=3)
+    _, base = _sweep(tiny, tmp_path / "b.db", blocks=5)
+    res = compare_cells(new["cells"], base["cells"], tolerance=parse_tolerance("5%"))
+    assert res.unpaired.startswith("seed blocks 3 in NEW against 5 in the baseline")
+    done = [r for r in res.rows if r.difference is not None]
+    assert done and all(r.test == "unpaired" for r in done) and not res.unmatched_new
+    # the same blocks: the paired jackknife, and the values of all samples are equal whatever the blocks
+    same = compare_cells(new["cells"], new["cells"], tolerance=parse_tolerance("0%"))
+    assert not same.unpaired and all(r.test == "paired jackknife" for r in same.rows if r.difference is not None)
+    fd = {(r.config, r.nfe): r for r in done if r.metric == "fd-exact"}
+    assert all(r.new == pytest.approx(r.baseline, rel=1e-9) for r in fd.values())
 
 
 def test_import_rules():

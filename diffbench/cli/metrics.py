@@ -157,15 +157,18 @@ def render_fid(result: Any) -> str:
     scored = _scored(result)
     if scored:
         lines.append(scored)
-    if len(result.blocks) > 1:
-        b = len(result.blocks)
+    if len(result.loo) > 1:
+        k = len(result.loo)
         lines.append(
-            f"{b} seed blocks of n={result.n}: "
-            + ", ".join(_fmt(v) for v in result.blocks)
-            + f"; mean {_fmt(result.mean)}, std {_fmt(result.std)}, min {_fmt(result.min)}; "
-            f"{result.confidence:.0%} CI [{_fmt(result.ci_low)}, {_fmt(result.ci_high)}] "
-            f"(t-interval over blocks); shown: {result.shown} (EDM reports the min over 3 blocks)"
+            f"{result.confidence:.0%} jackknife interval over {k} seed blocks of the {name} of all {n}: "
+            f"[{_fmt(result.ci_low)}, {_fmt(result.ci_high)}] (± {_fmt(result.ci_high - result.fid)}, "
+            f"SE {_fmt(result.se)})"
         )
+        lines.append(
+            f"{name.split(' ')[0]}-inf {_fmt(result.fid_inf)} [{_fmt(result.inf_low)}, {_fmt(result.inf_high)}]: "
+            "jackknife bias-corrected estimate at infinite n"
+        )
+        lines.append(f"per block (n={result.block_n} each): " + ", ".join(_fmt(v) for v in result.blocks))
     x = result.extras
     if "kid_mean" in x:
         spread = (
@@ -201,8 +204,15 @@ def fid_cmd(
     ] = None,
     seeds: Annotated[str, typer.Option(help="With --model: seeds, e.g. '0-49999'.")] = "0-49999",
     class_: Annotated[int | None, typer.Option("--class", help="With --model: fixed class.")] = None,
-    blocks: Annotated[int, typer.Option(help="Disjoint seed blocks: FID per block, mean/std/min and a CI.", min=1)] = 1,
-    show: Annotated[Shown, typer.Option(help="Headline over blocks: mean, or min (EDM's choice).")] = Shown.mean,
+    blocks: Annotated[
+        int,
+        typer.Option(
+            help="Disjoint seed blocks K: the FID of all N with its delete-one-block jackknife interval.", min=1
+        ),
+    ] = 1,
+    show: Annotated[
+        Shown | None, typer.Option(help="Retired: the value is the FID of all N (refused with the reason).")
+    ] = None,
     kid: Annotated[bool, typer.Option("--kid", help="Also KID (needs reference features).")] = False,
     pr: Annotated[bool, typer.Option("--pr", help="Also precision/recall (needs reference features).")] = False,
     isc: Annotated[bool, typer.Option("--is", help="Also the Inception Score.")] = False,
@@ -228,13 +238,15 @@ def fid_cmd(
 ) -> None:
     """FID of samples against reference statistics (Inception-v3 pool3, REFERENCE §5).
 
-    Examples: diffbench fid samples/ --ref cifar10-32x32.npz --blocks 3;
+    Examples: diffbench fid samples/ --ref cifar10-32x32.npz --blocks 20;
     diffbench fid --model gmm --nfe 35 --seeds 0-9999 --ref gmm-ref.npz
     """
     from diffbench.errors import ConfigError
     from diffbench.metrics.extractors import check_extractor_name
-    from diffbench.metrics.fid import fid
+    from diffbench.metrics.fid import RETIRED_SHOWN, fid
 
+    if show is not None:
+        raise ConfigError(f"--show is retired: {RETIRED_SHOWN}")
     if extractor is not None:
         check_extractor_name(extractor)
     if model is None and sampler:
@@ -269,7 +281,6 @@ def fid_cmd(
         device=dev,
         batch=batch,
         blocks=blocks,
-        shown=show.value,
         kid=kid,
         precision_recall=pr,
         inception_score=isc,

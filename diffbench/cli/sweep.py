@@ -267,7 +267,12 @@ def sweep_cmd(
         Path | None, typer.Option("--inception-weights", help="Local Inception weights for fid.")
     ] = None,
     blocks: Annotated[
-        int | None, typer.Option(help="Seed blocks per cell: per-block values, intervals, paired differences.", min=1)
+        int | None,
+        typer.Option(
+            help="Seed blocks K per cell (default: about 20, a divisor of the seeds): "
+            "the jackknife interval of the value of all seeds, paired differences.",
+            min=1,
+        ),
     ] = None,
     store: Annotated[
         Path | None, typer.Option("--store", help=f"Results store (SQLite); default {DEFAULT_STORE}.")
@@ -349,7 +354,8 @@ def sweep_cmd(
     ref = pick(ref, "ref", None)
     extractor = pick(extractor, "extractor", None)
     ref, extractor = _reference_and_space(model, ref, extractor)
-    blocks = int(pick(blocks, "blocks", dflt.get("blocks", 1) if seeds is None else 1))
+    picked = pick(blocks, "blocks", None)
+    blocks = None if picked is None else int(picked)  # None: about 20, a divisor of the seeds (resolve_blocks)
     store_path = Path(pick(store, "store", DEFAULT_STORE))
     out = pick(out, "out", None)
     out_named_after_store = out is None and dflt.get("out") is not None
@@ -401,7 +407,7 @@ def sweep_cmd(
         bench.save_images = _image_saver(save_images)
     err.print(
         f"sweep: {len(grid.cells)} cells ({len(grid.skipped)} skipped) on {bench.model_name}, "
-        f"{len(seed_list)} seeds in {blocks} block(s), metrics {', '.join(bench.metrics)}; store {store_path}",
+        f"{len(seed_list)} seeds in {bench.blocks} block(s), metrics {', '.join(bench.metrics)}; store {store_path}",
         soft_wrap=True,
     )
     if out_named_after_store:
@@ -528,7 +534,14 @@ def report_cmd(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write md, csv, json, tex tables, plots and a JSON export here.")
     ] = None,
-    metric: Annotated[str | None, typer.Option("--metric", help="Comma list of metrics to show (default all).")] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            help="Comma list of metrics to show (default all); fd-inf / fid-inf: the jackknife estimate at "
+            "infinite n (always in the --out exports).",
+        ),
+    ] = None,
     fmt: Annotated[
         str | None, typer.Option("--format", help="Print this format (md, csv, json, tex) instead of rich tables.")
     ] = None,
@@ -551,17 +564,26 @@ def report_cmd(
     diffbench report diffbench-sweep.db --floor
     """
     from diffbench.errors import ConfigError, UnknownNameError
-    from diffbench.sweep.report import FORMATS, RENDER, add_floor, layout, metrics_in, table, write_reports
+    from diffbench.sweep.report import (
+        FORMATS,
+        RENDER,
+        add_floor,
+        inf_metrics,
+        layout,
+        metrics_in,
+        table,
+        write_reports,
+    )
     from diffbench.sweep.store import load_cells
 
     cells = load_cells(store, what="results store")
     if not any(c["status"] == "done" for c in cells):
         raise ConfigError(f"{store} holds no finished cells")
     have = metrics_in(cells)
-    metrics = _split(metric) or have
+    metrics = _split(metric) or have  # fd-inf (the estimate at infinite n) only when asked for
     for m in metrics:
-        if m not in have:
-            raise UnknownNameError(f"metric in {store}", m, have)
+        if m not in have and m not in inf_metrics(cells):
+            raise UnknownNameError(f"metric in {store}", m, [*have, *inf_metrics(cells)])
     if fmt is not None and fmt not in FORMATS:
         raise UnknownNameError("report format", fmt, FORMATS)
     lay = _layout_options(x, series)
@@ -601,8 +623,9 @@ def compare_cmd(
         str | None, typer.Option("--metric", help="Comma list of metrics to compare (default all).")
     ] = None,
 ) -> None:
-    """Compare cell by cell; exit 1 when a cell is worse beyond the tolerance and the paired block interval,
-    exit 2 for bad input (a missing or damaged file, a baseline cell missing from NEW or run on other seeds).
+    """Compare cell by cell; exit 1 when a cell is worse beyond the tolerance and the 95% interval of the
+    difference (the paired jackknife over shared seed blocks; unpaired, and said so, when the baseline ran other
+    seeds or blocks), exit 2 for bad input (a missing or damaged file, a baseline cell missing from NEW).
     NEW cells without a baseline (an extended sweep) are listed and pass.
 
     Example: diffbench compare new.json baseline.json --tolerance 2%
@@ -612,8 +635,9 @@ def compare_cmd(
     from diffbench.sweep.compare import compare_paths
 
     res = compare_paths(new, baseline, tolerance=tolerance, metrics=_split(metric))
-    rt = RichTable(title=f"NEW − BASELINE (tolerance {res.tolerance}; interval: paired seed blocks, 95%)")
-    for col in ("config", "NFE", "metric", "new", "baseline", "Δ", "paired interval", "verdict"):
+    how = "unpaired where the runs differ" if res.unpaired else "paired jackknife over the shared seed blocks"
+    rt = RichTable(title=f"NEW − BASELINE (tolerance {res.tolerance}; 95% interval of Δ: {how})")
+    for col in ("config", "NFE", "metric", "new", "baseline", "Δ", "interval", "verdict"):
         rt.add_column(col, justify="left" if col in ("config", "metric", "verdict") else "right")
 
     def f(v: float | None) -> str:
@@ -627,6 +651,13 @@ def compare_cmd(
         rt.add_row(r.config, str(r.nfe), r.metric, f(r.new), f(r.baseline), f(r.difference), ci, verdict)
     con = _console()
     con.print(rt)
+    if res.unpaired:
+        con.print(
+            f"compared unpaired (the two jackknife SEs combined): NEW and the baseline differ in {res.unpaired}; "
+            "rerun with the baseline's seeds and blocks for the paired test",
+            markup=False,
+            soft_wrap=True,
+        )
     if res.unmatched_new:
         con.print(f"{len(res.unmatched_new)} cell(s) of NEW have no baseline (not compared, they pass):", markup=False)
         for label in res.unmatched_new:

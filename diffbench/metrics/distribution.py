@@ -87,8 +87,8 @@ def _check_exact_fd(ctx: Any) -> None:
 
     if not ctx.allow_small_n:
         d = int(ctx.model.mean().numel())
-        per_block = " per block" if ctx.block_size != ctx.n_all else ""
-        check_enough(ctx.block_size, d, what="fd-exact: samples" + per_block)
+        loo = " in each leave-one-block-out set" if ctx.loo_n != ctx.n_all else ""
+        check_enough(ctx.loo_n, d, what="fd-exact: samples" + loo)
 
 
 def _sw_value(states: Sequence[Any], ctx: Any) -> tuple[float, dict[str, Any]]:
@@ -119,6 +119,7 @@ def _register() -> None:
             sample_moments,
             _exact_fd_value,
             check=_check_exact_fd,
+            infinite_n=True,
         )
     )
     register_metric(

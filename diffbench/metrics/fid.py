@@ -36,28 +36,35 @@ from diffbench.metrics.stats import (
     cached_statistics,
     check_enough,
     check_finite,
+    check_loo_enough,
     is_statistics_file,
     load_statistics,
 )
 
-__all__ = ["FIDResult", "Comparison", "fid", "compare_fid", "fid_result_of", "block_summary", "SHOWN"]
+__all__ = ["FIDResult", "Comparison", "fid", "compare_fid", "fid_result_of", "block_summary", "RETIRED_SHOWN"]
 
-SHOWN = ("mean", "min")
+RETIRED_SHOWN = (
+    "the headline is now the FID of all N samples with a jackknife interval over the seed blocks; "
+    "a mean or min of per-block FIDs is no longer shown (the per-block values stay in .blocks)"
+)
 
 
 @dataclass(frozen=True)
 class FIDResult:
-    """FID with its n and, over B seed blocks, mean / std / min and a t-interval (EDM reports min of 3)."""
+    """FID of all N samples; over K seed blocks its delete-one-block jackknife SE, interval and the bias-corrected
+    estimate at infinite n (diffbench.metrics.jackknife); the per-block FIDs (each at n = N/K) are kept."""
 
-    fid: float  # the headline: the single FID, or the blocks' `shown` statistic
-    shown: str  # single | mean | min
-    n: int | None  # samples behind each FID value (per block); None when a statistics file does not say
-    blocks: tuple[float, ...]
-    mean: float
-    std: float  # sample standard deviation over blocks (nan for one block)
-    min: float
-    ci_low: float
+    fid: float  # the FID of all N samples
+    n: int | None  # N, the samples behind `fid`; None when a statistics file does not say
+    blocks: tuple[float, ...]  # per-block FIDs, each at n = block_n
+    block_n: int | None
+    loo: tuple[float, ...]  # the K leave-one-block-out FIDs (empty for one block)
+    se: float  # jackknife standard error (nan for one block)
+    ci_low: float  # fid ± t_{K−1}·se
     ci_high: float
+    fid_inf: float  # jackknife bias-corrected estimate of the FID at infinite n (nan for one block)
+    inf_low: float
+    inf_high: float
     confidence: float
     extractor_id: str | None
     ref: str | None
@@ -70,13 +77,13 @@ class FIDResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (nan becomes None)."""
         d = asdict(self)
-        d["blocks"] = list(self.blocks)
+        d["blocks"], d["loo"] = list(self.blocks), list(self.loo)
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Difference of two FIDs (a − b), its standard error from the block spread, and if it beats noise."""
+    """Difference of two FIDs (a − b), its standard error and interval, which test ran, and if it beats noise."""
 
     difference: float
     stderr: float
@@ -84,11 +91,24 @@ class Comparison:
     t: float
     significant: bool
     verdict: str
+    test: str = ""  # 'paired jackknife over K shared seed blocks' or 'unpaired ...'
+    ci_low: float = math.nan
+    ci_high: float = math.nan
 
 
-def compare_fid(a: FIDResult, b: FIDResult, *, confidence: float = 0.95) -> Comparison:
-    """a − b with a Welch t-test over block FIDs (Welch 1947): significant = it exceeds the block noise."""
+def _same_seeds(a: FIDResult, b: FIDResult) -> bool:
+    sa, sb = a.samples.get("seeds"), b.samples.get("seeds")
+    return sa is not None and sa == sb
+
+
+def compare_fid(a: FIDResult, b: FIDResult, *, paired: bool | None = None, confidence: float = 0.95) -> Comparison:
+    """a − b. Paired (both drawn from the same seeds in the same K blocks; paired=None decides from the samples'
+    provenance): the jackknife of FID_a − FID_b over the shared blocks. Otherwise unpaired: the two jackknife
+    SEs combined, √(SE_a² + SE_b²), with Welch–Satterthwaite degrees of freedom (Welch 1947). `test` says which."""
     from scipy import stats as sps
+
+    from diffbench.metrics.jackknife import jackknife
+    from diffbench.metrics.jackknife import paired as paired_jk
 
     if a.n != b.n:
         raise ConfigError(f"cannot compare FIDs at different n ({a.n} vs {b.n}): FID is biased by n")
@@ -96,24 +116,37 @@ def compare_fid(a: FIDResult, b: FIDResult, *, confidence: float = 0.95) -> Comp
         raise ConfigError(f"cannot compare FIDs from different extractors ({a.extractor_id} vs {b.extractor_id})")
     if a.ref_sha256 != b.ref_sha256:
         raise ConfigError("cannot compare FIDs against different reference statistics")
-    diff = a.mean - b.mean
-    ba, bb = len(a.blocks), len(b.blocks)
-    if ba < 2 or bb < 2:
+    diff = a.fid - b.fid
+    ka, kb = len(a.loo), len(b.loo)
+    if ka < 2 or kb < 2:
         return Comparison(
-            diff, math.nan, math.nan, math.nan, False, "unknown: needs at least 2 seed blocks on each side"
+            diff, math.nan, math.nan, math.nan, False, "unknown: needs at least 2 seed blocks on each side", "none"
         )
-    va, vb = a.std**2 / ba, b.std**2 / bb
-    se = math.sqrt(va + vb)
-    # Welch–Satterthwaite degrees of freedom
-    df = (va + vb) ** 2 / (va**2 / (ba - 1) + vb**2 / (bb - 1)) if se > 0 else float(ba + bb - 2)
-    t = diff / se if se > 0 else (math.inf if diff else 0.0)
-    crit = float(sps.t.ppf(0.5 + confidence / 2, df))
-    significant = abs(t) > crit
-    if significant:
-        verdict = f"{'b' if diff > 0 else 'a'} is better: |Δ| exceeds the {confidence:.0%} block noise"
+    if paired is None:
+        paired = ka == kb and _same_seeds(a, b)
+    if paired:
+        if ka != kb:
+            raise ConfigError(f"a paired comparison needs the same seed blocks on both sides ({ka} vs {kb})")
+        ja = jackknife(a.fid, a.loo, confidence=confidence)
+        jb = jackknife(b.fid, b.loo, confidence=confidence)
+        d = paired_jk(ja, jb)
+        se, df, lo, hi = d.se, float(ka - 1), d.ci_low, d.ci_high
+        test = f"paired jackknife over {ka} shared seed blocks"
     else:
-        verdict = f"within noise: |Δ| below the {confidence:.0%} block noise"
-    return Comparison(diff, se, df, t, significant, verdict)
+        va, vb = a.se**2, b.se**2
+        se = math.sqrt(va + vb)
+        # Welch–Satterthwaite degrees of freedom, K−1 per side
+        df = (va + vb) ** 2 / (va**2 / (ka - 1) + vb**2 / (kb - 1)) if se > 0 else float(ka + kb - 2)
+        half = float(sps.t.ppf(0.5 + confidence / 2, df)) * se
+        lo, hi = diff - half, diff + half
+        test = "unpaired (the samples do not share seeds): jackknife SEs, Welch–Satterthwaite df"
+    t = diff / se if se > 0 else (math.inf if diff else 0.0)
+    significant = not (lo <= 0.0 <= hi)
+    if significant:
+        verdict = f"{'b' if diff > 0 else 'a'} is better: the {confidence:.0%} interval of the difference excludes 0"
+    else:
+        verdict = f"within noise: the {confidence:.0%} interval of the difference contains 0"
+    return Comparison(diff, se, df, t, significant, verdict, test, lo, hi)
 
 
 def _as_source(samples: Any) -> ImageSource | Statistics | None:
@@ -152,7 +185,6 @@ def fid_result_of(
     results: dict[str, dict[str, Any]],
     *,
     metric: str,
-    shown: str,
     n: int | None,
     extractor_id: str | None,
     ref: str | None,
@@ -162,25 +194,32 @@ def fid_result_of(
     samples: dict[str, Any] | None = None,
 ) -> FIDResult:
     """The FIDResult of finished metric results (fid or fd, with KID / P&R / IS as extras): both paths' last step."""
-    blocks = tuple(float(v) for v in results[metric]["blocks"])
-    mean, std, lo, ci_lo, ci_hi = block_summary(blocks, confidence=confidence)
+    from diffbench.metrics.jackknife import jackknife
+
+    r = results[metric]
+    blocks = tuple(float(v) for v in r["blocks"])
+    loo = tuple(float(v) for v in r.get("loo") or ())
+    j = jackknife(float(r["value"]), loo, confidence=confidence)
+    inf = (j.bias_corrected, j.bc_low, j.bc_high) if len(loo) >= 2 else (math.nan,) * 3
     extras: dict[str, float] = {}
     if "kid" in results:
-        extras["kid_mean"], extras["kid_std"] = results["kid"]["all"], results["kid"]["std"]
+        extras["kid_mean"], extras["kid_std"] = results["kid"]["value"], results["kid"]["std"]
     if "precision" in results:
-        extras["precision"], extras["recall"] = results["precision"]["all"], results["recall"]["all"]
+        extras["precision"], extras["recall"] = results["precision"]["value"], results["recall"]["value"]
     if "is" in results:
-        extras["is_mean"], extras["is_std"] = results["is"]["all"], results["is"]["std"]
+        extras["is_mean"], extras["is_std"] = results["is"]["value"], results["is"]["std"]
     return FIDResult(
-        fid=blocks[0] if len(blocks) == 1 else (mean if shown == "mean" else lo),
-        shown="single" if len(blocks) == 1 else shown,
+        fid=j.value,
         n=n,
         blocks=blocks,
-        mean=mean,
-        std=std,
-        min=lo,
-        ci_low=ci_lo,
-        ci_high=ci_hi,
+        block_n=r.get("n") if n is not None else None,
+        loo=loo,
+        se=j.se,
+        ci_low=j.ci_low,
+        ci_high=j.ci_high,
+        fid_inf=inf[0],
+        inf_low=inf[1],
+        inf_high=inf[2],
         confidence=confidence,
         extractor_id=extractor_id,
         ref=ref,
@@ -200,7 +239,7 @@ def fid(
     device: str | torch.device = "cpu",
     batch: int = 100,
     blocks: int = 1,
-    shown: str = "mean",
+    shown: str | None = None,
     confidence: float = 0.95,
     kid: bool = False,
     kid_subsets: int = 100,
@@ -217,12 +256,14 @@ def fid(
     samples: an image folder / zip / npz path, a statistics file (mu, sigma), uint8 NHWC array, a float or
     uint8 image tensor, or an iterable of float [-1, 1] image batches. ref: a statistics file or image source.
     Scored by the registered metrics' accumulators (diffbench.metrics.registry), fed batch by batch and
-    finished as the sweep's cell runner does. Raises ConfigError for unusable input.
+    finished as the sweep's cell runner does. blocks: K disjoint consecutive blocks; the value is the FID of
+    all N, its interval the delete-one-block jackknife. shown: retired (a ConfigError says why).
+    Raises ConfigError for unusable input.
     """
+    if shown is not None:
+        raise ConfigError(f"shown is retired: {RETIRED_SHOWN}")
     if blocks < 1:
         raise ConfigError(f"blocks must be >= 1, got {blocks}")
-    if shown not in SHOWN:
-        raise ConfigError(f"shown must be one of {', '.join(SHOWN)}, got '{shown}'")
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
     need_features = kid or precision_recall
@@ -286,11 +327,12 @@ def fid(
             raise ConfigError(f"feature extractor '{ext.id}' gives no logits, so no Inception Score")
         known = getattr(src, "resolution", None)
         _check_pair(ref_stats, extractor_id=ext.id, dim=ref_stats.dim, resolution=known, what="FID")
-        if not allow_small_n and src is not None:  # fail before featurising anything
-            per = "samples" if blocks == 1 else "samples per block"
-            check_enough(src.count // blocks, ref_stats.dim, what=per)
+        if src is not None and blocks > src.count:
+            raise ConfigError(f"--blocks {blocks} is larger than the {src.count} images: at most {src.count}")
         if src is not None and src.count % blocks:
             raise ConfigError(f"{src.count} images do not split into {blocks} equal seed blocks")
+        if not allow_small_n and src is not None:  # fail before featurising anything
+            check_loo_enough(src.count, blocks, ref_stats.dim)
         if src is None and blocks > 1:
             raise ConfigError("seed blocks need a finite image source; pass blocks=1 for a stream")
         size = src.count // blocks if src is not None else 0
@@ -307,12 +349,12 @@ def fid(
             mu, sigma = m.numpy()
             check_finite(Statistics(mu=mu, sigma=sigma, n=m.n, extractor_id=ex_id), what="samples")
         _check_pair(ref_stats, extractor_id=ex_id, dim=moments[0].dim, resolution=resolution, what="FID")
+        n = ctx.n_all
     if not allow_small_n and n is not None:
-        check_enough(n, ref_stats.dim, what="samples" if blocks == 1 else "samples per block")
+        check_enough(n, ref_stats.dim, what="samples")
     return fid_result_of(
         scoring.finish(),
         metric=names[0],
-        shown=shown,
         n=n,
         extractor_id=ex_id,
         ref=str(ref) if isinstance(ref, str | os.PathLike) else ref_stats.path,

@@ -115,6 +115,7 @@ def _register() -> None:
             FEATURE_MOMENTS,
             _moments_fd,
             space="inception",
+            infinite_n=True,
         )
     )
     register_metric(
@@ -126,6 +127,7 @@ def _register() -> None:
             FEATURE_MOMENTS,
             _moments_fd,
             space="named",
+            infinite_n=True,
         )
     )
 

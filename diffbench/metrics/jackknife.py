@@ -73,7 +73,7 @@ class Jackknife:
         return math.isfinite(self.half_width) and not (self.ci_low <= 0.0 <= self.ci_high)
 
 
-def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
+def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
     """Two-sided Student-t critical value t_{df, (1+confidence)/2} (Student 1908)."""
     from scipy import stats as sps
 

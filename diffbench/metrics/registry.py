@@ -3,10 +3,11 @@ accumulator, how that consumes a batch, its value over any set of blocks, and it
 
 Both scoring paths loop over the requested metrics through `Scoring`: the sweep's cell runner (samples
 straight from a sampler) and `diffbench fid` on files (uint8 images read from disk). Each builds `Batch`es,
-feeds them into one block's accumulators, and finishes the same way: a metric's value on every block and on
-the union of all blocks (`Metric.value` over a list of block states, so a leave-one-block-out set is one
-more call). Metrics never import diffbench.sampling; what needs the sampler (the reference ODE solution of
-ref-error) arrives on the batch, filled in by the cell runner.
+feeds them into one block's accumulators, and finishes the same way: a metric's value on the union of all
+blocks (the headline), on every block, and on every leave-one-block-out set (`Metric.value` over a list of
+block states), which give the jackknife interval (diffbench.metrics.jackknife). Metrics never import
+diffbench.sampling; what needs the sampler (the reference ODE solution of ref-error) arrives on the batch,
+filled in by the cell runner.
 
 Adding a metric: one module that defines its value function and calls `register_metric(Metric(...))`, and
 one import line in `_load_builtin`.
@@ -69,7 +70,7 @@ class Batch:
 class MetricContext:
     """What accumulators and values read besides their states, fixed for one cell or one set of files."""
 
-    block_size: int  # samples per block (n of each block value)
+    block_size: int  # samples per block (n of each block value; a leave-one-out set holds n_all − block_size)
     n_all: int  # samples over all blocks
     ref: Statistics | None = None  # reference statistics (mu, sigma; features when kept)
     extractor_id: str | None = None
@@ -79,6 +80,12 @@ class MetricContext:
     options: dict[str, Any] = field(default_factory=dict)  # kid_subsets, kid_subset_size, pr_k, ref_steps, ...
     meta: dict[str, Any] = field(default_factory=dict)  # written while consuming (ref_method), checkpointed
     memo: dict[Any, Any] = field(default_factory=dict)  # values shared by metrics over one state (P and R)
+
+    @property
+    def loo_n(self) -> int:
+        """Samples behind the smallest set a value is computed on: a leave-one-block-out set, N(K−1)/K (N for
+        one block). Sample-size checks apply to it, not to a block (issue 20)."""
+        return self.n_all - self.block_size if 0 < self.block_size < self.n_all else self.n_all
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,7 @@ class Metric:
     options: Callable[[MetricContext], dict[str, Any]] = field(default=lambda ctx: {})
     check: Callable[[MetricContext], None] | None = None  # refuse before sampling (e.g. too few samples)
     space: str = "any"  # features metrics: any space, Inception only (fid), or a named extractor (fd)
+    infinite_n: bool = False  # biased like c/n (FD): results add the jackknife estimate at infinite n (`<name>-inf`)
 
 
 METRICS: dict[str, Metric] = {}
@@ -221,7 +229,9 @@ def featurize(batch: Batch, extractor: Any, *, logits: bool, ref_dim: int | None
 
 
 def block_summary(values: Iterable[float], *, confidence: float = 0.95) -> tuple[float, float, float, float, float]:
-    """(mean, std, min, ci_low, ci_high) of block values; t-interval mean ± t_{B−1} s/√B (Student 1908)."""
+    """(mean, std, min, ci_low, ci_high) of block values; t-interval mean ± t_{B−1} s/√B (Student 1908).
+
+    The interval of results stored before the jackknife; new results carry the jackknife (block_result)."""
     from scipy import stats as sps
 
     v = np.asarray(list(values), dtype=np.float64)
@@ -233,22 +243,38 @@ def block_summary(values: Iterable[float], *, confidence: float = 0.95) -> tuple
     return mean, std, lo, mean - half, mean + half
 
 
-def block_result(metric: Metric, blocks: list[float], union: float, ctx: MetricContext) -> dict[str, Any]:
-    """A metric's result dict: headline `value` (the single value for one block, else the mean over blocks,
-    as `fid --blocks`), `all` (the metric of the union), the per-block values and their t-interval."""
-    mean, std, lo, ci_lo, ci_hi = block_summary(blocks)
-    return {
-        "value": as_float(union if len(blocks) == 1 else mean),
-        "all": as_float(union),
-        "blocks": [as_float(v) for v in blocks],
-        "mean": as_float(mean),
-        "std": as_float(std),
-        "ci_low": as_float(ci_lo),
-        "ci_high": as_float(ci_hi),
-        "n": ctx.block_size,
-        "n_all": ctx.n_all,
-        "better": metric.better,
-    }
+INTERVAL = "jackknife"  # what a result's ci_low/ci_high are (results stored before it have no "interval")
+
+
+def block_result(
+    metric: Metric, blocks: list[float], value: float, loo: list[float], ctx: MetricContext
+) -> dict[str, Any]:
+    """A metric's result dict (issue 20): `value` is the metric of all N samples; its interval the delete-one-
+    block jackknife over the K blocks (value ± t_{K−1}·SE from the K leave-one-out values `loo`, Efron & Stein
+    1981); `blocks` the per-block values, each at n = N/K (`n` the block size, `n_all` = N). A metric with
+    `infinite_n` adds `inf` (the jackknife bias-corrected estimate at infinite n, Quenouille 1956) with its
+    interval. With one block there is no interval: only the value."""
+    from diffbench.metrics.jackknife import jackknife
+
+    out: dict[str, Any] = {"value": as_float(value), "all": as_float(value)}
+    out["blocks"] = [as_float(v) for v in blocks]
+    if len(loo) >= 2:
+        j = jackknife(value, loo)
+        out.update(
+            {
+                "loo": [as_float(v) for v in loo],
+                "se": as_float(j.se),
+                "ci_low": as_float(j.ci_low),
+                "ci_high": as_float(j.ci_high),
+                "interval": INTERVAL,
+            }
+        )
+        if metric.infinite_n:
+            out.update(
+                {"inf": as_float(j.bias_corrected), "inf_low": as_float(j.bc_low), "inf_high": as_float(j.bc_high)}
+            )
+    out.update({"n": ctx.block_size, "n_all": ctx.n_all, "better": metric.better})
+    return out
 
 
 class Scoring:
@@ -299,7 +325,7 @@ class Scoring:
                 acc.load(s[f"b{i}.{k}"])
 
     def finish(self) -> dict[str, dict[str, Any]]:
-        """Each metric's value per block and over the union of the blocks, in request order."""
+        """Each metric's value of all blocks, per block and without each block (the jackknife), in request order."""
         out: dict[str, dict[str, Any]] = {}
         ctx = self.ctx
         for m in self.metrics:
@@ -311,7 +337,8 @@ class Scoring:
             states = [b[m.state.name] for b in self.blocks]
             per = [m.value([s], ctx) for s in states]
             union, extras = per[0] if len(states) == 1 else m.value(states, ctx)
-            out[m.name] = {**block_result(m, [v for v, _ in per], union, ctx), **extras}
+            loo = [m.value(states[:i] + states[i + 1 :], ctx)[0] for i in range(len(states))] if len(states) > 1 else []
+            out[m.name] = {**block_result(m, [v for v, _ in per], union, loo, ctx), **extras}
         return out
 
     def options(self) -> dict[str, Any]:

@@ -102,6 +102,22 @@ def check_enough(n: int, dim: int, *, what: str) -> None:
         )
 
 
+def check_loo_enough(n: int, blocks: int, dim: int) -> None:
+    """A full-covariance FD needs more than D samples in every set it is computed on: all n, and each
+    leave-one-block-out set of n(K−1)/K (a single block may hold fewer than D samples; issue 20)."""
+    loo = n - n // blocks if blocks > 1 else n
+    if loo >= dim + 1:
+        return
+    if blocks == 1:
+        check_enough(n, dim, what="samples")
+    least = -(-(dim + 1) * blocks // (blocks - 1))  # smallest n with n(K−1)/K ≥ D + 1
+    raise ConfigError(
+        f"{blocks} seed blocks of {n} seeds leave {loo} samples in each leave-one-block-out set, and a "
+        f"full-covariance {dim}x{dim} Fréchet distance needs at least {dim + 1}: use at least {least} seeds "
+        f"with {blocks} blocks, or pass --allow-small-n to compute it anyway"
+    )
+
+
 def check_finite(stats: Statistics, *, what: str) -> None:
     """Refuse statistics holding NaN or Inf."""
     if not (np.isfinite(stats.mu).all() and np.isfinite(stats.sigma).all()):

@@ -15,7 +15,7 @@ from diffbench.errors import ConfigError
 from diffbench.metrics.extractors import INCEPTION_ID, FeatureExtractor, has_logits, load_extractor
 from diffbench.metrics.reference_error import model_fingerprint
 from diffbench.metrics.registry import METRICS, MetricContext, all_metrics, get_metric, parse_metrics
-from diffbench.metrics.stats import Statistics, check_enough, check_finite
+from diffbench.metrics.stats import Statistics, check_enough, check_finite, check_loo_enough
 from diffbench.sampling.run import resolve_device
 from diffbench.sampling.spec import SamplerSpec
 
@@ -132,7 +132,7 @@ def prepare(
     *,
     seeds: Sequence[int],
     metrics: Sequence[str] | None = None,
-    blocks: int = 1,
+    blocks: int | None = 1,
     batch: int = 64,
     device: str | torch.device = "auto",
     ref: Any = None,
@@ -149,7 +149,8 @@ def prepare(
 ) -> Bench:
     """Load what every cell shares and check the metric set against the model before sampling anything.
 
-    model: a Denoiser or a name for diffbench.load. ref: statistics file, image source or Statistics (needed
+    model: a Denoiser or a name for diffbench.load. blocks: seed blocks of the jackknife (None: about 20, a
+    divisor of the number of seeds, see resolve_blocks). ref: statistics file, image source or Statistics (needed
     by the metrics that need ref-moments or ref-features). Raises ConfigError for metrics the model or the
     reference cannot give.
     """
@@ -166,10 +167,7 @@ def prepare(
         raise ConfigError("no seeds given")
     if len(set(seeds)) != len(seeds):
         raise ConfigError("the seed list repeats a seed")
-    if blocks < 1:
-        raise ConfigError(f"blocks must be >= 1, got {blocks}")
-    if len(seeds) % blocks:
-        raise ConfigError(f"{len(seeds)} seeds do not split into {blocks} equal seed blocks")
+    blocks = resolve_blocks(len(seeds), blocks)
     if batch < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch}")
     names = parse_metrics(metrics) if metrics is not None else default_metrics(model, ref=ref, extractor=extractor)
@@ -208,6 +206,33 @@ def prepare(
         if m.check is not None:
             m.check(bench.context())
     return bench
+
+
+def resolve_blocks(n: int, blocks: int | None) -> int:
+    """The number of seed blocks K for n seeds: `blocks` when it divides n, else (None) about 20, a divisor of
+    n (diffbench.metrics.jackknife.default_blocks); one block below 10 seeds. Never drops a seed: n without a
+    divisor near 20, a K above n or one that does not divide n is one clear error."""
+    from diffbench.metrics.jackknife import default_blocks
+
+    if blocks is None:
+        k = default_blocks(n)
+        if k is not None:
+            return k
+        if n < 10:
+            return 1
+        some = [d for d in range(2, n) if n % d == 0][:6]
+        hint = f" (divisors of {n}: {', '.join(map(str, some))})" if some else f" ({n} is prime: --blocks 1 or {n})"
+        raise ConfigError(
+            f"{n} seeds have no divisor between 10 and 40 to split them into about 20 equal seed blocks; "
+            f"pass --blocks K with K dividing {n}{hint}, or change --seeds"
+        )
+    if blocks < 1:
+        raise ConfigError(f"blocks must be >= 1, got {blocks}")
+    if blocks > n:
+        raise ConfigError(f"--blocks {blocks} is larger than the {n} seeds: at most {n} (one seed per block)")
+    if n % blocks:
+        raise ConfigError(f"{n} seeds do not split into {blocks} equal seed blocks")
+    return blocks
 
 
 def _prepare_features(
@@ -272,8 +297,7 @@ def _prepare_features(
         if not bench.allow_small_n:
             if stats.n is not None:
                 check_enough(stats.n, stats.dim, what=label)
-            per = "samples" + (" per block" if bench.blocks > 1 else "")
-            check_enough(bench.block_size, stats.dim, what=per)
+            check_loo_enough(len(bench.seeds), bench.blocks, stats.dim)
         bench.ref, bench.ref_label = stats, label
     shape = tuple(sample_shape(model))
     if len(shape) != 3 or shape[0] not in (1, 3):

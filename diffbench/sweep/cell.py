@@ -5,8 +5,9 @@ sampler: `diffbench fid --model`, `diffbench sweep` and the Python API (`referen
 all call `run_cell`. The batch loop meets the sampler here and nowhere else in scoring: it fills each
 `Batch` with what the requested metrics need (uint8 images, features, logits, the reference-solution
 errors) and feeds it to `Scoring` (diffbench.metrics.registry), the same loop `diffbench fid` runs on files.
-Seeds are split into B consecutive blocks of equal size; every cell of a sweep uses the same seeds, so
-block values of two cells are paired.
+Seeds are split into K consecutive blocks of equal size; a metric's value is that of all N samples, its
+interval the delete-one-block jackknife over the K blocks. Every cell of a sweep uses the same seeds, so the
+leave-one-out values of two cells are paired.
 
 The bench (`Bench`, `prepare`) lives in diffbench.sweep.bench, identity in diffbench.sweep.identity, the
 single-cell APIs in diffbench.sweep.single_cell; their names stay importable from here.
@@ -106,8 +107,8 @@ def run_cell(
     store writes both in one transaction. With checkpoint_every None, after every batch unless writing the
     last checkpoint took more than a tenth of the time since it (a 2048-d FID state is 34 MB), so
     checkpoints cost at most ~10% of the run. When checkpoints happen never changes the numbers.
-    Headline value per metric: the single value for one block, the mean over blocks otherwise (as
-    `fid --blocks`); `all` is the metric on the union of the blocks.
+    Value per metric: the metric of all N samples, with the per-block values (at n = N/K), the K
+    leave-one-block-out values and the jackknife interval (diffbench.metrics.registry.block_result).
     """
     sampler = Sampler(bench.model, spec, device=bench.device)
     ctx = bench.context(sample_dim=int(np.prod(sampler.shape)))

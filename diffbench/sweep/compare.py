@@ -1,12 +1,15 @@
 """`compare`: two stores or JSON exports cell by cell; a CI gate (exit 1 on a regression, 2 on bad input).
 
 A cell regresses when its metric is worse (in that metric's direction) than the baseline's by more than the
-tolerance and, where both sides have seed blocks, the paired interval of the per-block differences lies
-entirely on the worse side (the same seeds make the blocks paired).
+tolerance and the 95% interval of new − baseline lies entirely on the worse side. Where both sides ran the
+same seeds in the same blocks that interval is the paired jackknife of θ_new − θ_base over the shared blocks
+(from the stored leave-one-out values; issue 20). A baseline cell whose sampler NEW ran on other seeds or
+blocks is compared unpaired (the two jackknife SEs combined) and the row says so; a baseline stored before
+the jackknife (no leave-one-out values) is compared on the tolerance alone, and the row says that too.
 
-Every baseline cell must be in NEW (matched by identity: everything that determines its numbers); a baseline
-cell whose sampler NEW ran on other seeds (or another metric set) is reported as such. NEW cells without a
-baseline (an extended sweep) are listed and pass.
+Every baseline cell must be in NEW (matched by identity: everything that determines its numbers, or its
+sampler run on other seeds or blocks); one whose sampler NEW ran with another class or metric set is an
+error. NEW cells without a baseline (an extended sweep) are listed and pass.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffbench.errors import DiffbenchError
-from diffbench.sweep.report import paired_blocks
+from diffbench.sweep.report import paired_jackknife, reading, unpaired_jackknife
 from diffbench.sweep.store import StoreError, load_cells
 
 
@@ -74,6 +77,7 @@ class Row:
     worse: bool  # in the metric's direction
     regression: bool
     note: str = ""
+    test: str = ""  # which interval: paired jackknife, unpaired (other seeds or blocks), or none
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Comparison:
     rows: list[Row]
     tolerance: Tolerance
     unmatched_new: tuple[str, ...] = ()  # labels of NEW cells without a baseline (they pass)
+    unpaired: str = ""  # how NEW's run differs from the baseline's when some cells were compared unpaired
 
     @property
     def regressions(self) -> list[Row]:
@@ -170,27 +175,35 @@ def compare_cells(
     bb = {c["id"]: c for c in baseline if c["status"] == "done"}
     if not bb:
         raise CompareInputError("the baseline holds no finished cells")
+    twin: dict[str, str] = {}  # baseline id -> NEW id of the same sampler run on other seeds or blocks
     missing = [c for i, c in bb.items() if i not in bn]
+    unpaired_note = ""
     if missing:
         by_sampler: dict[str, list[dict[str, Any]]] = {}
         for c in bn.values():
             by_sampler.setdefault(_sampler_key(c), []).append(c)
         rerun = [c for c in missing if _sampler_key(c) in by_sampler]
         gone = [c for c in missing if _sampler_key(c) not in by_sampler]
+        other = [c for c in rerun if not _same_run(c, by_sampler[_sampler_key(c)][0], ("class", "metrics"))]
         parts = []
-        if rerun:
-            twins = [t for c in rerun for t in by_sampler[_sampler_key(c)]]
+        if other:
+            twins = [t for c in other for t in by_sampler[_sampler_key(c)]]
             parts.append(
-                f"{len(rerun)} baseline cell(s) were run differently in NEW ({_differs(twins, rerun)}), so their "
-                f"numbers are not comparable: {_some([_label(c) for c in rerun])}"
+                f"{len(other)} baseline cell(s) were run differently in NEW ({_differs(twins, other)}), so their "
+                f"numbers are not comparable: {_some([_label(c) for c in other])}"
             )
         if gone:
             parts.append(f"{len(gone)} baseline cell(s) missing from NEW: {_some([_label(c) for c in gone])}")
-        raise CompareInputError(". ".join(parts))
-    unmatched = tuple(_label(c) for i, c in bn.items() if i not in bb)
+        if parts:
+            raise CompareInputError(". ".join(parts))
+        for c in rerun:
+            twin[c["id"]] = by_sampler[_sampler_key(c)][0]["id"]
+        if rerun:
+            unpaired_note = _differs([bn[twin[c["id"]]] for c in rerun], rerun)
+    unmatched = tuple(_label(c) for i, c in bn.items() if i not in bb and i not in twin.values())
     rows: list[Row] = []
     for cid, b in bb.items():
-        n = bn[cid]
+        n = bn[twin.get(cid, cid)]
         config = _config(b)
         rb, rn = b.get("results") or {}, n.get("results") or {}
         names = [m for m in rb if metrics is None or m in metrics]
@@ -198,29 +211,46 @@ def compare_cells(
         if absent:
             raise CompareInputError(f"metric {absent[0]} of baseline cell {_label(b)} is missing in NEW")
         for m in names:
-            xb, xn = rb[m], rn[m]
-            better = xb.get("better", "lower")
-            vb, vn = xb.get("value"), xn.get("value")
-            nfe = _nfe(b)
-            if vb is None or vn is None:
-                rows.append(Row(config, nfe, m, better, vn, vb, None, None, None, False, False, "n/a"))
-                continue
-            diff = vn - vb
-            sign = 1.0 if better == "lower" else -1.0  # worse = positive after the sign
-            worse = sign * diff > tolerance.allowed(vb)
-            lo = hi = None
-            blocks_b, blocks_n = xb.get("blocks") or [], xn.get("blocks") or []
-            outside = True
-            note = ""
-            if len(blocks_b) > 1 and len(blocks_b) == len(blocks_n) and None not in blocks_b + blocks_n:
-                _, lo, hi = paired_blocks(blocks_n, blocks_b)
-                outside = (lo > 0) if better == "lower" else (hi < 0)
-                if worse and not outside:
-                    note = "worse, but within the paired block interval"
-            elif worse:
-                note = "no paired blocks: tolerance only"
-            rows.append(Row(config, nfe, m, better, vn, vb, diff, lo, hi, sign * diff > 0, worse and outside, note))
-    return Comparison(rows, tolerance, unmatched)
+            rows.append(_row(config, _nfe(b), m, rn[m], rb[m], tolerance, paired=cid not in twin))
+    return Comparison(rows, tolerance, unmatched, unpaired_note)
+
+
+def _same_run(a: dict[str, Any], b: dict[str, Any], keys: Sequence[str]) -> bool:
+    ia, ib = a.get("identity") or {}, b.get("identity") or {}
+    return all(json.dumps(ia.get(k), default=str) == json.dumps(ib.get(k), default=str) for k in keys)
+
+
+def _row(
+    config: str, nfe: Any, metric: str, xn: dict[str, Any], xb: dict[str, Any], tolerance: Tolerance, *, paired: bool
+) -> Row:
+    """One metric of one cell: worse beyond the tolerance, and the interval of new − baseline on the worse side."""
+    better = xb.get("better", "lower")
+    dn, db = reading(xn), reading(xb)
+    vn, vb = dn.value, db.value
+    if vb is None or vn is None:
+        return Row(config, nfe, metric, better, vn, vb, None, None, None, False, False, "n/a")
+    diff = vn - vb
+    sign = 1.0 if better == "lower" else -1.0  # worse = positive after the sign
+    worse = sign * diff > tolerance.allowed(vb)
+    lo = hi = None
+    outside, note, test = True, "", "none"
+    if dn.loo is not None and db.loo is not None and len(dn.loo) > 1 and len(db.loo) > 1:
+        if paired and len(dn.loo) == len(db.loo):
+            _, lo, hi = paired_jackknife(vn, dn.loo, vb, db.loo)
+            test = "paired jackknife"
+        else:
+            _, lo, hi = unpaired_jackknife(vn, dn.loo, vb, db.loo)
+            test = "unpaired"
+        outside = (lo > 0) if better == "lower" else (hi < 0)
+        if worse and not outside:
+            note = f"worse, but within the {test} interval"
+        elif not paired:
+            note = "unpaired: other seeds or blocks"
+    elif db.legacy or dn.legacy:
+        note = "baseline before the jackknife: tolerance only"
+    elif worse:
+        note = "no seed blocks: tolerance only"
+    return Row(config, nfe, metric, better, vn, vb, diff, lo, hi, sign * diff > 0, worse and outside, note, test)
 
 
 def compare_paths(

@@ -135,9 +135,12 @@ def figure(t: Table) -> Any:
     better = "lower is better" if t.better == "lower" else "higher is better"
     ax.set_ylabel(f"{metric_name(t)}, {better}", fontsize=9)
     title = f"{t.model + ': ' if t.model else ''}{t.metric} vs {'NFE' if t.x == NFE else t.x}"
-    detail = (f"n = {t.n} per seed block" if t.blocks and t.blocks > 1 else f"n = {t.n}") if t.n else ""
+    n_all = t.n_all or t.n
+    detail = f"n = {n_all}" if n_all else ""
+    if t.infinite_n:
+        detail = "estimate at infinite n (jackknife bias-corrected)"
     if t.blocks and t.blocks > 1:
-        detail += f"; bars: 95% t-interval over {t.blocks} blocks"
+        detail += f"; bars: 95% jackknife interval over {t.blocks} blocks"
     ax.set_title(title + (f"\n{detail}" if detail else ""), fontsize=9)
     if lines:
         ax.legend(fontsize=7)

@@ -1,9 +1,16 @@
 """Tables from store rows (no rich here): rows = series (sampler configurations), columns = any swept axis
 (NFE by default); Markdown, CSV, JSON, LaTeX.
 
+Values and intervals (issue 20): a cell's value is the metric of all N samples; ± is the 95% delete-one-block
+jackknife interval over its K seed blocks (diffbench.metrics.jackknife). `<metric>-inf` (fd-inf, fid-inf) is
+the jackknife bias-corrected estimate at infinite n, a table of its own in the exports.
+
 Paired differences: every cell of a sweep uses the same seeds, so block k of cell A and block k of cell B
-share their latents; the t-interval of the B per-block differences (Student 1908) is far tighter than
-either cell's own interval. Only cells that spent the same counted NFE are paired.
+share their latents; the jackknife of θ_A − θ_B over the same blocks (from the stored leave-one-out values)
+is far tighter than either cell's own interval. Only cells that spent the same counted NFE are paired.
+
+Results stored before the jackknife (no "loo") are read: their value is the stored metric of all N (`all`),
+shown without an interval and marked in a footnote (finished cells keep no block moments to recompute one).
 """
 
 from __future__ import annotations
@@ -53,29 +60,85 @@ class Entry:
 class Reading:
     """What a table reads from one metric result of a cell (the one place the result dict is read)."""
 
-    value: float | None
-    ci_low: float | None
+    value: float | None  # the metric of all n_all samples
+    ci_low: float | None  # its jackknife interval (None without one)
     ci_high: float | None
     better: str | None
     blocks: int | None  # seed blocks behind the interval
     n: int | None  # samples per block
     extractor: str | None  # feature space id, for feature metrics
     note: str | None
+    n_all: int | None = None  # samples behind the value
+    loo: tuple[float, ...] | None = None  # leave-one-block-out values (None: stored before the jackknife)
+    legacy: str | None = None  # why a result stored before the jackknife shows no interval
+
+
+INF = "-inf"  # suffix of the jackknife bias-corrected metrics: fd-inf is fd at infinite n
+
+
+def legacy_note(blocks: int | None) -> str:
+    """The one line that marks a result stored before the jackknife."""
+    over = f"{blocks} blocks" if blocks else "its blocks"
+    return (
+        f"stored before the jackknife: value = the metric of all N as stored; its old interval (a t-interval over "
+        f"{over}, around the block mean) is not shown and the store keeps no block moments of finished cells to "
+        "recompute one; rerun the cell for a jackknife interval"
+    )
 
 
 def reading(result: Mapping[str, Any]) -> Reading:
-    """A metric result as stored by the cell runner -> Reading."""
+    """A metric result as stored by the cell runner -> Reading (also results stored before the jackknife)."""
     blocks = result.get("blocks")
+    k = len(blocks) if blocks else None
+    n = result.get("n") if blocks else None
+    n_all = result.get("n_all") or (n * k if n and k else None)
+    loo = result.get("loo")
+    old = result.get("value") is not None and loo is None and k is not None and k > 1
     return Reading(
-        value=result.get("value"),
-        ci_low=result.get("ci_low"),
-        ci_high=result.get("ci_high"),
+        value=result.get("all", result.get("value")) if old else result.get("value"),
+        ci_low=None if old else result.get("ci_low"),
+        ci_high=None if old else result.get("ci_high"),
         better=result.get("better"),
-        blocks=len(blocks) if blocks else None,
-        n=result.get("n") if blocks else None,
+        blocks=k,
+        n=n,
         extractor=result.get("extractor"),
         note=result.get("note"),
+        n_all=n_all,
+        loo=tuple(loo) if loo else None,
+        legacy=legacy_note(k) if old else None,
     )
+
+
+def result_of(cell: Mapping[str, Any], metric: str) -> Mapping[str, Any] | None:
+    """A cell's stored result of `metric`; `<m>-inf` is m's bias-corrected estimate read as a result of its own."""
+    results = cell.get("results") or {}
+    if metric in results or not metric.endswith(INF):
+        return results.get(metric)
+    base = results.get(metric[: -len(INF)])
+    if base is None or base.get("inf") is None:
+        return None
+    return {
+        "value": base["inf"],
+        "ci_low": base.get("inf_low"),
+        "ci_high": base.get("inf_high"),
+        "better": base.get("better"),
+        "blocks": base.get("blocks"),
+        "n": base.get("n"),
+        "n_all": base.get("n_all"),
+        "extractor": base.get("extractor"),
+        "loo": base.get("loo"),  # the base metric's: marks a jackknife result (not paired on)
+        "infinite_n": True,
+    }
+
+
+def inf_metrics(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """`<m>-inf` for each stored metric that carries a bias-corrected estimate (fd, fid): export tables."""
+    out: list[str] = []
+    for c in cells:
+        for m, r in (c.get("results") or {}).items():
+            if isinstance(r, Mapping) and r.get("inf") is not None and m + INF not in out:
+                out.append(m + INF)
+    return out
 
 
 @dataclass(frozen=True)
@@ -116,6 +179,12 @@ class Table:
     x_log: bool = True  # the x axis is a budget or a sigma (plots use a log x axis)
     floor: Floor | None = None
     floor_skipped: str | None = None  # why no floor was computed, when one was asked for
+    n_all: int | None = None  # samples behind each value (N); n is the block size N/K
+
+    @property
+    def infinite_n(self) -> bool:
+        """The table of a bias-corrected estimate at infinite n (fd-inf)."""
+        return self.metric.endswith(INF)
 
     @property
     def nfes(self) -> list[Any]:
@@ -347,7 +416,7 @@ def table(
     placed: dict[tuple[str, Any], int] = {}
     conventions: dict[str, str] = {}
     footnotes: list[str] = []
-    better, blocks, n, model, extractor = "lower", None, None, None, None
+    better, blocks, n, n_all, model, extractor = "lower", None, None, None, None, None
     without_x = 0
     for i, (c, p) in enumerate(zip(cells, per)):
         nfe = c.get("nfe_requested") if c.get("nfe_requested") is not None else c.get("nfe")
@@ -367,6 +436,10 @@ def table(
                     f"add {'it' if len(differ) == 1 else 'them'} to --series"
                 )
         note = cell_note(c)
+        r = result_of(c, metric) if c["status"] != "skipped" else None
+        rd = reading(r) if r is not None else None
+        if rd is not None and rd.legacy is not None:
+            note = rd.legacy if note is None else f"{note}; {rd.legacy}"
         mark = None
         if note is not None:
             if note not in footnotes:
@@ -375,13 +448,11 @@ def table(
         if c["status"] == "skipped":
             e = Entry(None, note=f"skipped: {c.get('skip_reason')}", nfe_requested=nfe, cell_id=c["id"], footnote=mark)
         else:
-            r = (c.get("results") or {}).get(metric)
-            if r is None:
+            if rd is None:
                 continue
-            rd = reading(r)
             better = rd.better or better
             if rd.blocks:
-                blocks, n = rd.blocks, rd.n
+                blocks, n, n_all = rd.blocks, rd.n, rd.n_all
             extractor = rd.extractor or extractor
             model = model or (c.get("provenance") or {}).get("model_name")
             e = Entry(
@@ -430,6 +501,7 @@ def table(
         model=model,
         extractor=extractor,
         x_log=spec_key in LOG_AXES,
+        n_all=n_all,
     )
 
 
@@ -451,7 +523,15 @@ def fmt_value(e: Entry | None, *, digits: int = 4, interval: bool = True) -> str
 
 def _caption(t: Table) -> str:
     arrow = "lower is better" if t.better == "lower" else "higher is better"
-    extra = f"; ± is the 95% t-interval over {t.blocks} seed blocks of n={t.n}" if t.blocks and t.blocks > 1 else ""
+    base = t.metric[: -len(INF)] if t.infinite_n else t.metric
+    of = f"the {base.upper() if base in ('fd', 'fid') else base} of all {t.n_all or 'N'}"
+    extra = ""
+    if t.infinite_n:
+        extra = f"; estimate at infinite n: the jackknife bias-corrected {base} (K·θ − (K−1)·θ̄ over {t.blocks} blocks)"
+        if t.blocks and t.blocks > 1:
+            extra += ", ± its 95% jackknife interval"
+    elif t.blocks and t.blocks > 1:
+        extra = f"; ± is the 95% jackknife interval over {t.blocks} blocks of {of}"
     by = "NFE" if t.x == NFE else t.x
     return f"{t.metric} by {by} ({arrow}; best per column marked{extra})"
 
@@ -485,7 +565,7 @@ def to_markdown(t: Table, paired: Sequence[str] = ()) -> str:
         lines += ["", *below]
     if paired:
         head = "Paired differences against the best of each column at the same counted NFE"
-        lines += ["", f"{head} (same seeds, per-block differences):", ""]
+        lines += ["", f"{head} (same seeds: jackknife of the difference over the shared blocks):", ""]
         lines += [f"- {p}" for p in paired]
     return "\n".join(lines) + "\n"
 
@@ -539,6 +619,8 @@ def to_json(t: Table) -> str:
         "nfes": t.columns,
         "blocks": t.blocks,
         "n": t.n,
+        "n_all": t.n_all,
+        "interval": "95% delete-one-block jackknife of the value of all n_all samples",
         "rows": rows,
     }
     if t.x != NFE:
@@ -610,14 +692,15 @@ def write_reports(
     if not metrics:
         raise ConfigError("no finished cells to report")
     layout(cells, x=x, series=series, names=names)  # a bad axis fails before any file is written
-    for m in metrics:
+    for m in [*metrics, *inf_metrics(cells)]:  # the estimates at infinite n: on in the exports
         t = table(cells, m, x=x, series=series, names=names)
         if floor:
             add_floor(t, cells)
         stem = m.replace("/", "_")
         for fmt, fn in RENDER.items():
             p = folder / f"{stem}.{fmt}"
-            p.write_text(to_markdown(t, paired_rows(cells, m, table_=t)) if fmt == "md" else fn(t))
+            paired = paired_rows(cells, m, table_=t) if fmt == "md" and not t.infinite_n else []
+            p.write_text(to_markdown(t, paired) if fmt == "md" else fn(t))
             written.append(p)
         if plot:
             try:
@@ -642,7 +725,7 @@ def heldout_floor(cells: Sequence[Mapping[str, Any]], metric: str, n: int | None
         return None, f"a floor is defined for fd in the digits feature space, not for {metric}"
     done = [c for c in cells if c.get("status") == "done" and metric in (c.get("results") or {})]
     if not done or not n:
-        return None, "no finished cells with seed blocks to take n from"
+        return None, "no finished cells to take n from"
     prov = done[0].get("provenance") or {}
     ex = reading(done[0]["results"][metric]).extractor or prov.get("extractor") or ""
     if not str(ex).startswith("digits"):
@@ -674,7 +757,7 @@ def heldout_floor(cells: Sequence[Mapping[str, Any]], metric: str, n: int | None
 def add_floor(t: Table, cells: Sequence[Mapping[str, Any]]) -> Table:
     """Set t.floor (or t.floor_skipped with the reason); a floor that cannot be computed is never an error."""
     try:
-        t.floor, t.floor_skipped = heldout_floor(cells, t.metric, t.n)
+        t.floor, t.floor_skipped = heldout_floor(cells, t.metric, t.n_all or t.n)
     except Exception as exc:  # an optional line on a finished report: say why, keep the rest
         t.floor, t.floor_skipped = None, f"could not compute it ({exc})"
     return t
@@ -685,7 +768,10 @@ def add_floor(t: Table, cells: Sequence[Mapping[str, Any]]) -> Table:
 
 @dataclass(frozen=True)
 class Paired:
-    """a − b over paired seed blocks: the mean difference, its t-interval, and whether it excludes 0."""
+    """a − b of two cells' values: the difference, its 95% interval, and which test gave it.
+
+    test: 'paired jackknife' (same seeds and blocks: the jackknife of θ_A − θ_B over the shared blocks),
+    'unpaired' (other seeds or blocks: the two jackknife SEs combined), or 'none' (no interval)."""
 
     metric: str
     difference: float
@@ -693,33 +779,47 @@ class Paired:
     ci_high: float
     blocks: int
     better: str
+    test: str = "paired jackknife"
+    why: str = ""  # why there is no interval (test 'none')
 
     @property
     def significant(self) -> bool:
-        return not (self.ci_low <= 0 <= self.ci_high)
+        return math.isfinite(self.ci_low) and not (self.ci_low <= 0 <= self.ci_high)
 
     def verdict(self, a: str = "a", b: str = "b") -> str:
         if not math.isfinite(self.ci_low):
-            return "unknown: needs at least 2 paired seed blocks"
+            return f"unknown: {self.why or 'needs at least 2 seed blocks'}"
         if not self.significant:
-            return "within noise (the paired interval contains 0)"
+            return f"within noise (the {self.test} interval contains 0)"
         a_better = (self.difference < 0) == (self.better == "lower")
-        return f"{a if a_better else b} is better (the paired interval excludes 0)"
+        return f"{a if a_better else b} is better (the {self.test} interval excludes 0)"
 
 
-def paired_blocks(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
-    """Mean of per-block differences a_k − b_k and its 95% t-interval (Student 1908)."""
-    from scipy import stats as sps
+def paired_jackknife(
+    value_a: float, loo_a: Sequence[float], value_b: float, loo_b: Sequence[float]
+) -> tuple[float, float, float]:
+    """θ_A − θ_B and its 95% jackknife interval over the same K blocks, from each side's leave-one-out values."""
+    from diffbench.metrics.jackknife import jackknife, paired
 
-    if len(a) != len(b) or not a:
-        raise ConfigError(f"paired differences need the same seed blocks on both sides ({len(a)} vs {len(b)})")
-    d = [x - y for x, y in zip(a, b)]
-    mean = sum(d) / len(d)
-    if len(d) < 2:
-        return mean, math.nan, math.nan
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
-    half = float(sps.t.ppf(0.975, len(d) - 1)) * sd / math.sqrt(len(d))
-    return mean, mean - half, mean + half
+    if len(loo_a) != len(loo_b) or len(loo_a) < 2:
+        raise ConfigError(f"paired differences need the same seed blocks on both sides ({len(loo_a)} vs {len(loo_b)})")
+    d = paired(jackknife(value_a, loo_a), jackknife(value_b, loo_b))
+    return d.value, d.ci_low, d.ci_high
+
+
+def unpaired_jackknife(
+    value_a: float, loo_a: Sequence[float], value_b: float, loo_b: Sequence[float]
+) -> tuple[float, float, float]:
+    """θ_A − θ_B of cells on different seeds: ± t·√(SE_A² + SE_B²), Welch–Satterthwaite df (Welch 1947)."""
+    from diffbench.metrics.jackknife import jackknife, t_quantile
+
+    ja, jb = jackknife(value_a, loo_a), jackknife(value_b, loo_b)
+    va, vb = ja.se**2, jb.se**2
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (ja.k - 1) + vb**2 / (jb.k - 1)) if se > 0 else float(ja.k + jb.k - 2)
+    half = t_quantile(df) * se if se > 0 else 0.0
+    diff = value_a - value_b
+    return diff, diff - half, diff + half
 
 
 def _seeds(cell: dict[str, Any]) -> Any:
@@ -727,19 +827,31 @@ def _seeds(cell: dict[str, Any]) -> Any:
     return ident.get("seeds"), ident.get("blocks"), ident.get("class")
 
 
-def paired_difference(a: dict[str, Any], b: dict[str, Any], metric: str) -> Paired:
-    """a − b of two finished cells that used the same seeds and blocks."""
-    if _seeds(a) != _seeds(b):
+def paired_difference(a: dict[str, Any], b: dict[str, Any], metric: str, *, unpaired: bool = False) -> Paired:
+    """a − b of two finished cells: the paired jackknife when both used the same seeds and blocks; cells on other
+    seeds raise ConfigError, or with unpaired=True get the unpaired test (and say so)."""
+    if metric.endswith(INF):
+        raise ConfigError(f"{metric} is an estimate at infinite n: paired differences are of the values of all N")
+    same = _seeds(a) == _seeds(b)
+    if not same and not unpaired:
         raise ConfigError("the two cells used different seeds or blocks, so their blocks are not paired")
-    ra, rb = (a.get("results") or {}).get(metric), (b.get("results") or {}).get(metric)
+    ra, rb = result_of(a, metric), result_of(b, metric)
     if ra is None or rb is None or ra.get("value") is None or rb.get("value") is None:
         raise ConfigError(f"metric {metric} is missing in one of the two cells")
-    ba, bb = ra.get("blocks") or [], rb.get("blocks") or []
-    if len(ba) > 1 and None not in ba and None not in bb:
-        mean, lo, hi = paired_blocks(ba, bb)
-    else:
-        mean, lo, hi = ra["value"] - rb["value"], math.nan, math.nan
-    return Paired(metric, mean, lo, hi, len(ba), ra.get("better", "lower"))
+    da, db = reading(ra), reading(rb)
+    assert da.value is not None and db.value is not None
+    better = ra.get("better", "lower")
+    k = da.blocks or 0
+    diff = da.value - db.value
+    if da.loo is None or db.loo is None or len(da.loo) < 2 or len(db.loo) < 2:
+        legacy = da.legacy or db.legacy
+        why = "a cell was stored before the jackknife (no leave-one-out values)" if legacy else "needs 2+ seed blocks"
+        return Paired(metric, diff, math.nan, math.nan, k, better, "none", why)
+    if same:
+        _, lo, hi = paired_jackknife(da.value, da.loo, db.value, db.loo)
+        return Paired(metric, diff, lo, hi, k, better, "paired jackknife")
+    _, lo, hi = unpaired_jackknife(da.value, da.loo, db.value, db.loo)
+    return Paired(metric, diff, lo, hi, k, better, "unpaired")
 
 
 def find_cell(cells: Sequence[dict[str, Any]], config: str, nfe: int) -> dict[str, Any]:
@@ -760,7 +872,8 @@ def paired_rows(
     names: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Per column: each row minus the best of the cells that spent the same counted NFE (under nfe_policy
-    nearest a column can hold several), over paired seed blocks (needs blocks > 1)."""
+    nearest a column can hold several), the paired jackknife over the shared seed blocks (needs blocks > 1 and
+    results with leave-one-out values)."""
     t = table_ if table_ is not None else table(cells, metric, x=x, series=series, names=names)
     by_id = {c["id"]: c for c in cells}
     pick = min if t.better == "lower" else max
@@ -790,7 +903,7 @@ def paired_rows(
                 if not math.isfinite(p.ci_low):
                     continue
                 lines.append(
-                    f"{head}: {cfg} − {bcfg} = {p.difference:+.4g}, paired 95% interval "
+                    f"{head}: {cfg} − {bcfg} = {p.difference:+.4g}, paired 95% jackknife interval "
                     f"[{p.ci_low:+.3g}, {p.ci_high:+.3g}] over {p.blocks} blocks: {p.verdict(cfg, bcfg)}"
                 )
     return lines

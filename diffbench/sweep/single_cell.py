@@ -64,14 +64,13 @@ def reference_error(
     )
 
 
-def fid_result(bench: Bench, result: CellResult, *, shown: str = "mean", metric: str | None = None) -> FIDResult:
+def fid_result(bench: Bench, result: CellResult, *, metric: str | None = None) -> FIDResult:
     """A cell's Fréchet distance (fid or fd) with its blocks, KID / P&R / IS extras, as `diffbench fid` shows it."""
     name = metric or next(m for m in ("fid", "fd") if m in result.metrics)
     return fid_result_of(
         result.metrics,
         metric=name,
-        shown=shown,
-        n=bench.block_size,
+        n=len(bench.seeds),
         extractor_id=bench.extractor_id,
         ref=bench.ref_label,
         ref_sha256=bench.ref_sha256,
@@ -91,7 +90,7 @@ def fid_of_spec(
     device: str | torch.device = "auto",
     batch: int = 100,
     blocks: int = 1,
-    shown: str = "mean",
+    shown: str | None = None,
     class_label: int | None = None,
     kid: bool = False,
     precision_recall: bool = False,
@@ -103,7 +102,12 @@ def fid_of_spec(
     """FID (or FD in another feature space) of a sampler spec on a model, straight from the sampler.
 
     The same cell runner as `diffbench sweep`: a one-cell sweep with the same seeds gives the same number.
+    shown: retired (the value is the FID of all seeds; a ConfigError says so).
     """
+    if shown is not None:
+        from diffbench.metrics.fid import RETIRED_SHOWN
+
+        raise ConfigError(f"shown is retired: {RETIRED_SHOWN}")
     metrics = ["fid" if _is_inception(extractor) else "fd"]
     metrics += ["kid"] * kid + ["pr"] * precision_recall + ["is"] * inception_score
     bench = prepare(
@@ -125,4 +129,4 @@ def fid_of_spec(
         if progress is not None:
             progress(p.images_done, p.images_total)
 
-    return fid_result(bench, run_cell(bench, spec, on_batch=on_batch), shown=shown)
+    return fid_result(bench, run_cell(bench, spec, on_batch=on_batch))
