@@ -90,6 +90,8 @@ def summarise(values: np.ndarray, halves: np.ndarray, target: float, df: int) ->
         "mean_reported_se": se,
         "se_over_sd": se / sd if sd > 0 else math.nan,
         "mean_half_width": float(np.mean(halves)),
+        # the width measure: the reported 95% half-width against the real spread's (1.96 sd)
+        "half_width_over_1.96sd": float(np.mean(halves)) / (1.959964 * sd) if sd > 0 else math.nan,
         "target": float(target),
         "coverage": float(np.mean(np.abs(values - target) <= halves)),
         "lower_bound_below_zero": float(np.mean(values - halves < 0)),
