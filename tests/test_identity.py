@@ -117,3 +117,13 @@ def test_a_rerun_after_editing_the_grid_file_gives_the_fresh_number(tmp_path):
     second = run()
     assert "already in the store" not in second
     assert fd(second) != fd(first)
+
+
+def test_options_left_unset_are_not_in_the_identity_so_new_options_keep_old_ids(tiny):
+    # a new SamplerSpec option defaults to None: cells that do not use it keep their ids (and CI baselines match)
+    spec = SamplerSpec.make(solver="euler", nfe=5)
+    _, identity = ident(bench_of(tiny), spec, tiny)
+    assert all(v is not None for v in identity["spec"].values())
+    assert "guidance" not in identity["spec"] and identity["spec"]["solver"] == "euler"
+    guided = ident(bench_of(tiny), SamplerSpec.make(solver="euler", nfe=5, S_churn=1.0), tiny)[1]
+    assert guided["spec"]["S_churn"] == 1.0

@@ -75,15 +75,16 @@ def files_read(bench: Bench, spec: SamplerSpec | None) -> dict[str, str]:
 def cell_identity(bench: Bench, spec: SamplerSpec, plan: Plan | None) -> tuple[str, dict[str, Any]]:
     """(id, identity) of a cell: sha256 of everything that determines its numbers, nothing that does not.
 
-    In: the planned sigmas (exact float64; None for a cell that could not be planned), files_read, the full
-    spec (endpoint and requested NFE included), the NFE spent, seeds, class, blocks, metrics and their
-    options, extractor id, sampler and model dtypes, and the kind of device of the random generators (a CPU
-    and a CUDA generator give different streams for one seed, REFERENCE §1).
+    In: the planned sigmas (exact float64; None for a cell that could not be planned), files_read, the spec's
+    options (endpoint and requested NFE included; an option left unset (None) is left out, so a new option
+    does not change the identity of cells that do not use it), the NFE spent, seeds, class, blocks, metrics
+    and their options, extractor id, sampler and model dtypes, and the kind of device of the random
+    generators (a CPU and a CUDA generator give different streams for one seed, REFERENCE §1).
     """
     identity = {
         "files_read": files_read(bench, spec),
         "sigmas": None if plan is None else sigma_grid(plan.sigmas),
-        "spec": spec.to_dict(),
+        "spec": {k: v for k, v in spec.to_dict().items() if v is not None},
         "nfe": -1 if plan is None else int(plan.nfe),
         "seeds": compact_seeds(bench.seeds),
         "class": bench.class_label,
