@@ -66,12 +66,21 @@ def check_output(out: Path, *, overwrite: bool) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"cannot write {out}: {probe} is a file, not a folder")
+    exc = probe_writable(probe)
+    if exc is not None:
+        raise ConfigError(f"cannot write {out}: {probe} is not writable ({exc.strerror})")
+
+
+def probe_writable(folder: Path) -> OSError | None:
+    """Create and remove a file in an existing folder (the one test of writability that works for root too):
+    None when it worked, else the OSError."""
     try:
-        fd, name = tempfile.mkstemp(dir=probe, prefix=".diffbench-probe-")
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".diffbench-probe-")
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
-        raise ConfigError(f"cannot write {out}: {probe} is not writable ({exc.strerror})") from None
+        return exc
+    return None
 
 
 def replace_aside(out: Path) -> None:

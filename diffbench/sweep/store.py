@@ -464,15 +464,12 @@ OWNER_FILE = ".diffbench-store"  # in an output folder: which store its tables, 
 
 
 def _probe_folder(folder: Path, what: str) -> None:
-    """Create and remove a file in an existing folder: the one test of writability that works for root too."""
-    import tempfile
+    """One line when an existing folder cannot be written (diffbench.io.probe_writable)."""
+    from diffbench.io import probe_writable
 
-    try:
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".diffbench-probe-")
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise StoreError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from None
+    exc = probe_writable(folder)
+    if exc is not None:
+        raise StoreError(f"{what}: cannot write in {folder} ({exc.strerror or exc})")
 
 
 def _nearest_existing(path: Path, what: str) -> Path:
