@@ -99,36 +99,32 @@ def plan_spec(model: Denoiser, spec: SamplerSpec, guidance: Guidance | None = No
         _check_interval(model, spec, guidance)
     return plan(
         model,
-        solver=spec.solver,
-        schedule=spec.schedule,
+        **_grid_options(spec),
         nfe=spec.nfe,
         steps=spec.steps,
-        endpoint=spec.endpoint,
-        denoise_to_zero=spec.denoise_to_zero,
         nfe_policy=spec.nfe_policy,
-        sigma_min=spec.sigma_min,
-        sigma_max=spec.sigma_max,
-        schedule_options=spec.schedule_options(),
-        solver_options=spec.solver_options(),
         cost=guidance.cost if guidance is not None and guidance.active else None,
     )
+
+
+def _grid_options(spec: SamplerSpec) -> dict[str, Any]:
+    """The spec's keywords of plan() that fix the grid and the solver (all but the budget)."""
+    return {
+        "solver": spec.solver,
+        "schedule": spec.schedule,
+        "endpoint": spec.endpoint,
+        "denoise_to_zero": spec.denoise_to_zero,
+        "sigma_min": spec.sigma_min,
+        "sigma_max": spec.sigma_max,
+        "schedule_options": spec.schedule_options(),
+        "solver_options": spec.solver_options(),
+    }
 
 
 def _check_interval(model: Denoiser, spec: SamplerSpec, guidance: Guidance) -> None:
     """The guidance interval must lie in the sigma range the run samples ([sigma_min, sigma_max] of its grid, the
     model's range clamped by the schedule): HI in (sigma_min, sigma_max]. One line when it does not."""
-    unit = plan(
-        model,
-        solver=spec.solver,
-        schedule=spec.schedule,
-        steps=get_solver(spec.solver).min_steps,
-        endpoint=spec.endpoint,
-        denoise_to_zero=spec.denoise_to_zero,
-        sigma_min=spec.sigma_min,
-        sigma_max=spec.sigma_max,
-        schedule_options=spec.schedule_options(),
-        solver_options=spec.solver_options(),
-    )
+    unit = plan(model, **_grid_options(spec), steps=get_solver(spec.solver).min_steps)
     lo, hi = unit.sigma_min, unit.sigma_max
     if not lo < guidance.hi <= hi:
         raise ConfigError(
