@@ -296,6 +296,14 @@ def sweep_cmd(
         ),
     ] = None,
     class_: Annotated[int | None, typer.Option("--class", help="Fixed class of a conditional model.")] = None,
+    eval_classifier: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-classifier",
+            help="Clean classifier of class-accuracy / inv-prob: package.module:factory (a module x in [-1, 1] "
+            "-> logits); default: the built-in digits classifier.",
+        ),
+    ] = None,
     batch: Annotated[int | None, typer.Option(help="Batch size (not part of a cell's identity).", min=1)] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
     checkpoint_every: Annotated[
@@ -402,6 +410,7 @@ def sweep_cmd(
         weights_path=inception_weights,
         class_label=class_,
         allow_small_n=allow_small_n,
+        eval_classifier=eval_classifier,
     )
     if save_images is not None:
         bench.save_images = _image_saver(save_images)

@@ -13,6 +13,7 @@ from diffbench.denoiser import MAIN, Denoiser, Evaluator, check_denoiser, plain,
 from diffbench.errors import ConfigError, NonFiniteError
 from diffbench.provenance import compact_seeds, environment, model_info
 from diffbench.sampling.guidance import (
+    CLASSIFIER_NET,
     GUIDE_NET,
     NFE_CONVENTION,
     NULL,
@@ -103,7 +104,7 @@ def plan_spec(model: Denoiser, spec: SamplerSpec, guidance: Guidance | None = No
         nfe=spec.nfe,
         steps=spec.steps,
         nfe_policy=spec.nfe_policy,
-        cost=guidance.cost if guidance is not None and guidance.active else None,
+        cost=guidance.cost if guidance is not None and guidance.any_active else None,
     )
 
 
@@ -137,11 +138,20 @@ def planned_counts(model: Denoiser, p: Plan, guidance: Guidance | None, options:
     """Network evaluations per sample the plan spends, per network (main, and null or guide when guided)."""
     from diffbench.sampling.plan import step_costs
 
-    if guidance is None or not guidance.active:
+    if guidance is None or not guidance.any_active:
         return {MAIN: float(p.nfe)}
-    evaluations = sum(step_costs(model, get_solver(p.solver), p.sigmas, options, None))
-    ref = NULL_NET if guidance.guide == NULL else GUIDE_NET
-    return {MAIN: float(evaluations), ref: float(p.nfe - evaluations)}
+    info = get_solver(p.solver)
+    evaluations = sum(step_costs(model, info, p.sigmas, options, None))
+    out = {MAIN: float(evaluations)}
+    classifier = 0
+    if guidance.classifier_active:  # one classifier evaluation (forward + backward) where it acts
+        g = guidance
+        classifier = sum(step_costs(model, info, p.sigmas, options, lambda s: 1 + g.classifier_inside(s))) - evaluations
+        out[CLASSIFIER_NET] = float(classifier)
+    if guidance.active:
+        ref = NULL_NET if guidance.guide == NULL else GUIDE_NET
+        out[ref] = float(p.nfe - evaluations - classifier)
+    return out
 
 
 class Sampler:
@@ -194,7 +204,7 @@ class Sampler:
             labels = noise.labels(self.label_dim)  # drawn even when fixed, to keep streams aligned
             if class_labels is not None:
                 labels = class_labels.to(dev)
-        combine = self.guidance.combine if self.guidance is not None and self.guidance.active else plain
+        combine = self.guidance.combine if self.guidance is not None and self.guidance.any_active else plain
         evaluator = Evaluator(self.networks, len(seeds), class_labels=labels, combine=combine)
 
         def step(info: StepInfo) -> None:
@@ -238,6 +248,11 @@ class Sampler:
         record: dict[str, Any] = {"weight": g.weight, "guide": g.guide, "interval": [g.lo, hi]}
         if g.guide != NULL:
             record["guide_model"] = model_info(load_guide(g.guide))
+        if g.classifier is not None:
+            from diffbench.models.noisy_classifier import load_classifier
+
+            record["classifier_weight"] = g.classifier_weight
+            record["classifier"] = load_classifier(g.classifier).info()
         record["nfe_convention"] = NFE_CONVENTION
         return record
 

@@ -123,6 +123,15 @@ class SamplerSpec:
     guidance_interval: str | None = option(
         help="LO,HI: guidance only where LO < sigma <= HI (in a sweep list write LO:HI)."
     )
+    classifier_guidance: float | None = option(
+        help="Classifier guidance scale s: D + s sigma^2 grad log p(c|x,sigma) (Dhariwal & Nichol; 0 = none). "
+        "Each evaluation adds 1 classifier evaluation (forward + backward) to the NFE.",
+        min=0,
+    )
+    classifier: str | None = option(
+        help="Noise-conditional classifier of --classifier-guidance: digits-noisy-classifier or "
+        "package.module:factory (a module (x, sigma) -> logits)."
+    )
 
     def __post_init__(self) -> None:
         from diffbench.sampling.solvers import get_solver  # the registries load torch: not at import (--help)
@@ -170,7 +179,16 @@ class SamplerSpec:
         self._check_guidance()
 
     def _check_guidance(self) -> None:
-        """--guide and --guidance-interval need --guidance; the interval must read LO,HI with 0 <= LO < HI."""
+        """--guide and --guidance-interval need --guidance; the interval must read LO,HI with 0 <= LO < HI;
+        --classifier-guidance and --classifier come together."""
+        if (self.classifier_guidance is None) != (self.classifier is None):
+            raise ConfigError(
+                "--classifier-guidance W needs --classifier NAME (e.g. digits-noisy-classifier)"
+                if self.classifier is None
+                else "--classifier applies only with classifier guidance (give --classifier-guidance W)"
+            )
+        if self.classifier_guidance is not None and not math.isfinite(self.classifier_guidance):
+            raise ConfigError(f"--classifier-guidance must be a finite number >= 0, got {self.classifier_guidance}")
         if self.guidance is None:
             given = [k for k in ("guide", "guidance_interval") if getattr(self, k) is not None]
             if given:
