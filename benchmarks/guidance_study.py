@@ -75,7 +75,7 @@ SWEEPS = {
         "--solver",
         "dpmpp-2m",
         "--guidance",
-        "1.5,2,2.5,3",
+        "1.5,2,2.5,3,4",
         "--guide",
         "digits-edm-cond-early",
         "--nfe",
@@ -99,7 +99,8 @@ def run_sweep(name: str, args: list[str], *, seeds: str, blocks: int, work: Path
     out = work / name
     cmd = [str(Path(sys.executable).with_name("diffbench")), "sweep", "digits-edm-cond", *args, "--metric", METRICS]
     cmd += ["--seeds", seeds, "--blocks", str(blocks), "--store", str(work / f"{name}.db"), "--out", str(out)]
-    cmd += ["--x", "guidance", "--device", "cpu", "--overwrite"]
+    x = "classifier-guidance" if "--classifier-guidance" in args else "guidance"
+    cmd += ["--x", x, "--device", "cpu", "--overwrite"]
     print("$ diffbench", " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -333,6 +334,10 @@ def main() -> None:
         cells = run_sweep(name, SWEEPS[name], seeds=a.seeds, blocks=a.blocks, work=a.work)
         out["sweeps"][name] = {"args": SWEEPS[name], "wall_s": time.perf_counter() - t0, "cells": summarize(cells)}
         a.json.write_text(json.dumps({**out, "sweeps": _strip(out["sweeps"])}, indent=1))
+    for name, sweep in out["sweeps"].items():  # sweeps not run now: their cells from the work folder, if kept
+        kept = a.work / name / "results.json"
+        if kept.exists() and not any("_cell" in r for r in sweep["cells"]):
+            sweep["cells"] = summarize(json.loads(kept.read_text())["cells"])
     if "B_dpmpp2m_even_budgets" in out["sweeps"]:
         plot(out["sweeps"]["B_dpmpp2m_even_budgets"]["cells"], a.png)
     out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
