@@ -205,8 +205,9 @@ def best_at_equal_nfe(sweeps: dict, nfe: int = 18) -> list[dict]:
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """FD, accuracy and E[1/p] against W, one line per counted NFE (sweep B)."""
+def plot(rows: list[dict], path: Path, others: dict[str, list[dict]] | None = None) -> None:
+    """FD, accuracy and E[1/p] against W, one line per counted NFE (sweep B); `others` adds dashed lines at
+    NFE 18 for other references (label -> cells of sweep D or E)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,6 +222,12 @@ def plot(rows: list[dict], path: Path) -> None:
         axes[1].plot(w, [r["class-accuracy"]["value"] for r in pts], "o-", label=f"NFE {nfe}")
         axes[2].plot(w, [r["inv-prob"]["value"] for r in pts], "o-", label=f"NFE {nfe}")
         axes[3].plot(w, [r["inv-prob"]["q99"] for r in pts], "o-", label=f"NFE {nfe}")
+    for label, cells in (others or {}).items():
+        pts = sorted((r for r in cells if r["status"] == "done" and r["nfe"] == 18), key=lambda r: r["guidance"])
+        w = [r["guidance"] for r in pts]
+        for ax, key in zip(axes, ("fd", "class-accuracy", "inv-prob"), strict=False):
+            ax.plot(w, [r[key]["value"] for r in pts], "s--", label=f"{label}, NFE 18")
+        axes[3].plot(w, [r["inv-prob"]["q99"] for r in pts], "s--", label=f"{label}, NFE 18")
     titles = ("FD (digits features)", "class accuracy", "E[1/p(c|x)]", "99th percentile of 1/p")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xlabel("guidance W (1 = none)")
@@ -228,8 +235,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[2].set_yscale("log")
     axes[3].set_yscale("log")
-    axes[0].legend()
-    fig.suptitle("digits-edm-cond, dpmpp-2m, classifier-free guidance (null label) at equal counted NFE")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("digits-edm-cond, dpmpp-2m: guidance by the null label (solid), by other models (dashed), equal NFE")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -291,6 +298,12 @@ def markdown_summary(best: list[dict], shifts: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _others(sweeps: dict) -> dict[str, list[dict]]:
+    """The dashed lines of the plot: the unconditional guide (D) and autoguidance (E)."""
+    names = {"guide digits-edm": "D_uncond_guide_nfe18", "autoguidance": "E_autoguidance_nfe18"}
+    return {label: sweeps[name]["cells"] for label, name in names.items() if name in sweeps}
+
+
 def _strip(sweeps: dict) -> dict:
     """The sweeps without the kept cells (what the JSON holds)."""
     return {
@@ -307,10 +320,14 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SWEEPS), help="comma list of sweeps to run (A_..., B_..., C_...)")
     ap.add_argument("--json", type=Path, default=HERE / "guidance_study.json")
     ap.add_argument("--png", type=Path, default=HERE / "guidance_study.png")
-    ap.add_argument("--tables-only", action="store_true", help="rewrite the .md tables from the JSON, run nothing")
+    ap.add_argument(
+        "--tables-only", action="store_true", help="rewrite the .md tables and the plot from the JSON, run nothing"
+    )
     a = ap.parse_args()
     if a.tables_only:
         data = json.loads(a.json.read_text())
+        if "B_dpmpp2m_even_budgets" in data["sweeps"]:
+            plot(data["sweeps"]["B_dpmpp2m_even_budgets"]["cells"], a.png, _others(data["sweeps"]))
         text = markdown_summary(data.get("best_at_nfe18", []), data.get("per_seed_vs_unguided_nfe18", []))
         a.json.with_suffix(".md").write_text(text + "\n" + markdown(data["sweeps"]))
         return
@@ -339,7 +356,7 @@ def main() -> None:
         if kept.exists() and not any("_cell" in r for r in sweep["cells"]):
             sweep["cells"] = summarize(json.loads(kept.read_text())["cells"])
     if "B_dpmpp2m_even_budgets" in out["sweeps"]:
-        plot(out["sweeps"]["B_dpmpp2m_even_budgets"]["cells"], a.png)
+        plot(out["sweeps"]["B_dpmpp2m_even_budgets"]["cells"], a.png, _others(out["sweeps"]))
     out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     out["best_at_nfe18"] = best_at_equal_nfe(out["sweeps"])
     shifts = per_seed_against_unguided(out["sweeps"])
