@@ -172,9 +172,11 @@ def check_classifier(model: Denoiser, name: str) -> None:
     if loaded.num_classes is not None and loaded.num_classes != label_dim:
         raise ConfigError(f"classifier {name} has {loaded.num_classes} classes, the model {label_dim}")
     shape = sample_shape(model)
+    params = list(loaded.module.parameters()) if isinstance(loaded.module, torch.nn.Module) else []
+    dev = params[0].device if params else torch.device("cpu")  # a sampler may have moved the cached module
     try:
         with torch.no_grad():
-            logits = loaded.module(torch.zeros((1, *shape)), torch.ones(1))
+            logits = loaded.module(torch.zeros((1, *shape), device=dev), torch.ones(1, device=dev))
     except Exception as exc:  # the user's classifier cannot read these samples
         raise ConfigError(
             f"classifier {name} fails on samples of shape {list(shape)} with sigma: {type(exc).__name__}: "
