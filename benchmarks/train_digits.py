@@ -24,7 +24,7 @@ warm-up, and an exponential moving average of the weights whose half-life grows 
 
 Run (needs the training extra: pip install -e '.[train]'):
   python benchmarks/train_digits.py --part uncond   # digits-edm and digits-edm-early
-  python benchmarks/train_digits.py --part cond     # digits-edm-cond
+  python benchmarks/train_digits.py --part cond     # digits-edm-cond and digits-edm-cond-early
   python benchmarks/train_digits.py --part classifier   # classifier, data and statistics
   python benchmarks/train_digits.py --part noisy-classifier   # digits-noisy-classifier (classifier guidance)
 Each part is reproducible on the same machine and thread count (fixed seeds, --threads, default 1); pass

@@ -135,7 +135,8 @@ def _check_interval(model: Denoiser, spec: SamplerSpec, guidance: Guidance) -> N
 
 
 def planned_counts(model: Denoiser, p: Plan, guidance: Guidance | None, options: dict[str, Any]) -> dict[str, float]:
-    """Network evaluations per sample the plan spends, per network (main, and null or guide when guided)."""
+    """Network evaluations per sample the plan spends, per network: main; null or guide where --guidance acts;
+    classifier (one forward + backward pass each) where classifier guidance acts."""
     from diffbench.sampling.plan import step_costs
 
     if guidance is None or not guidance.any_active:
