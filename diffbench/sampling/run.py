@@ -162,6 +162,7 @@ class Sampler:
         for name, net in self.networks.items():
             if isinstance(net, torch.nn.Module):
                 self.networks[name] = net.to(self.device).eval()
+        _precision(self.networks, spec, self.device)
         if self.info.ode_axes:
             self.options["ode"] = TimeParam.make(
                 spec.sigma_t, spec.scaling, sigma_min=self.plan.sigma_min, sigma_max=self.plan.sigma_max
@@ -256,7 +257,29 @@ class Sampler:
             "seeds": compact_seeds(list(seeds)),
             "num_images": len(seeds),
             "dtype": self.spec.dtype,
+            "network": self.network_record(),
         }
+
+    def network_record(self) -> dict[str, Any]:
+        """The network's precision as it ran: net dtype, autocast, channels_last, compilation, TF32 (CUDA)."""
+        from diffbench.sampling.precision import FastNetwork
+
+        main = self.networks[MAIN]
+        record = main.record if isinstance(main, FastNetwork) else {"net_dtype": "native", "compile": "off"}
+        if self.device.type == "cuda":
+            record["tf32"] = bool(self.spec.tf32)
+        return record
+
+
+def _precision(nets: dict[str, Any], spec: SamplerSpec, device: torch.device) -> None:
+    """Wrap the networks for --net-dtype / --compile in place and set TF32 (sampling/precision.py)."""
+    from diffbench.errors import NotApplicableError
+    from diffbench.sampling.precision import set_tf32, wrap_networks
+
+    if spec.tf32 and device.type != "cuda":
+        raise NotApplicableError(f"--tf32 applies on CUDA only (TF32 does not exist on {device.type})")
+    set_tf32(device, bool(spec.tf32))
+    nets.update(wrap_networks(nets, device=device, net_dtype=spec.net_dtype, compile=bool(spec.compile)))
 
 
 def _inputs(seeds: Sequence[int] | None, latents: torch.Tensor | None) -> list[int]:
