@@ -27,6 +27,15 @@ def digits():
     return diffbench.load("digits-edm", device="cpu")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these small convolutions only lose to thread hand-offs on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_spec_net_dtype_defaults_leave_identity_unchanged(digits):
     bench = prepare(digits, seeds=range(4), metrics=["ref-error"], device="cpu")
     base = SamplerSpec(steps=4)
@@ -43,7 +52,7 @@ def test_spec_net_dtype_defaults_leave_identity_unchanged(digits):
 def test_bf16_fd_close_to_fp32_on_digits(digits):
     """bf16 network evaluations on digits-edm: every image and the FD stay close to the fp32 run."""
     ref = str(resolve_reference("digits-stats"))
-    bench = prepare(digits, seeds=range(96), metrics=["fd"], ref=ref, extractor="digits", blocks=1, device="cpu")
+    bench = prepare(digits, seeds=range(80), metrics=["fd"], ref=ref, extractor="digits", blocks=1, device="cpu")
     fp32 = run_cell(bench, SamplerSpec(steps=8, net_dtype="fp32"))
     bf16 = run_cell(bench, SamplerSpec(steps=8, net_dtype="bf16"))
     a, b = fp32.metrics["fd"]["value"], bf16.metrics["fd"]["value"]
