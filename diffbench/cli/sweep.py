@@ -296,7 +296,10 @@ def sweep_cmd(
         ),
     ] = None,
     class_: Annotated[int | None, typer.Option("--class", help="Fixed class of a conditional model.")] = None,
-    batch: Annotated[int | None, typer.Option(help="Batch size (not part of a cell's identity).", min=1)] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(help="Batch size, or auto (CUDA: the largest that fits; CPU: 64); not part of a cell's identity."),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
     checkpoint_every: Annotated[
         int | None,
@@ -362,7 +365,9 @@ def sweep_cmd(
     if out_named_after_store:  # outputs belong to their store: b4.db -> b4/
         out = default_out_folder(store_path)
     class_ = pick(class_, "class", None)
-    batch = int(pick(batch, "batch", 64))
+    from diffbench.sampling.autobatch import AUTO, CPU_BATCH, parse_batch
+
+    batch_size = parse_batch(pick(batch, "batch", 64))
     device = str(pick(device, "device", "auto"))
     axes = {k: v for k, v in dflt.get("axes", {}).items() if not (cfg and (k in cfg.axes or k in cfg.fixed))}
     axes.update(dict(cfg.axes) if cfg else {})
@@ -395,7 +400,7 @@ def sweep_cmd(
         seeds=seed_list,
         metrics=metric_list,
         blocks=blocks,
-        batch=batch,
+        batch=CPU_BATCH if batch_size == AUTO else int(batch_size),
         device=device,
         ref=ref,
         extractor=extractor,
@@ -405,6 +410,17 @@ def sweep_cmd(
     )
     if save_images is not None:
         bench.save_images = _image_saver(save_images)
+    if batch_size == AUTO:
+        bench.batch_auto = True
+        err.print(
+            f"--batch auto on {bench.device.type}: "
+            + (
+                "each cell starts at the size remembered, else 4096, halved on out-of-memory"
+                if bench.device.type == "cuda"
+                else f"batch {CPU_BATCH} (no out-of-memory search off CUDA)"
+            ),
+            soft_wrap=True,
+        )
     err.print(
         f"sweep: {len(grid.cells)} cells ({len(grid.skipped)} skipped) on {bench.model_name}, "
         f"{len(seed_list)} seeds in {bench.blocks} block(s), metrics {', '.join(bench.metrics)}; store {store_path}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -309,9 +310,15 @@ def iter_batches(
     device: str | torch.device = "auto",
     progress: Callable[[Progress], None] | None = None,
     sampler: Sampler | None = None,
+    fit: Any = None,
     **spec: Any,
 ) -> Iterator[Batch]:
-    """Yield finished batches in seed order (edm2 style: a thin caller writes them as they come)."""
+    """Yield finished batches in seed order (edm2 style: a thin caller writes them as they come).
+
+    fit: a sampling.autobatch.BatchFit (--batch auto): each batch is run in the parts that fit the device,
+    halved on out-of-memory, and yielded whole (the same seeds, the same images)."""
+    if fit is not None and latents is not None:
+        raise ConfigError("--batch auto samples from seeds; give a fixed batch size with latents")
     if batch < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch}")
     run = sampler or Sampler(denoiser, SamplerSpec.make(**spec), device=device)
@@ -324,12 +331,16 @@ def iter_batches(
             if progress is not None:
                 progress(Progress(b, len(chunks), info.i + 1, info.n, done, len(seeds)))
 
-        out = run.run(
-            [seeds[i] for i in idx],
-            latents=None if latents is None else latents[idx.start : idx.stop],
-            class_labels=None if labels is None else labels[idx.start : idx.stop],
-            on_step=on_step,
-        )
+        part_labels = None if labels is None else labels[idx.start : idx.stop]
+        if fit is not None:
+            out = fit.run(partial(run.run, on_step=on_step), [seeds[i] for i in idx], part_labels)
+        else:
+            out = run.run(
+                [seeds[i] for i in idx],
+                latents=None if latents is None else latents[idx.start : idx.stop],
+                class_labels=part_labels,
+                on_step=on_step,
+            )
         if progress is not None:
             progress(Progress(b, len(chunks), run.plan.steps, run.plan.steps, idx.stop, len(seeds)))
         yield out

@@ -85,6 +85,7 @@ class Bench:
     ref_steps: int = 1024
     cache: bool = True
     save_images: Callable[[Any, torch.Tensor, list[int], torch.Tensor | None], None] | None = None
+    batch_auto: bool = False  # --batch auto: each cell runs at the size that fits (sampling/autobatch.py)
 
     @property
     def block_size(self) -> int:
