@@ -20,6 +20,7 @@ from diffbench.sweep.cell import cell_identity, prepare, run_cell
 
 # bfloat16 keeps 8 significant bits (7 stored + the implicit one): unit roundoff u = 2^-8
 BF16_U = 2.0**-8
+BIN = str(Path(sys.executable).parent / "diffbench")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def test_spec_net_dtype_defaults_leave_identity_unchanged(digits):
     assert SamplerSpec(steps=4, compile=False, tf32=False) == base  # False is the default, left out
     ids = {cell_identity(bench, s, None)[0] for s in (base, SamplerSpec(steps=4, compile=False))}
     assert len(ids) == 1
-    others = [SamplerSpec(steps=4, net_dtype=d) for d in ("fp32", "bf16", "fp16")] + [SamplerSpec(steps=4, compile=True)]
+    others = [SamplerSpec(steps=4, net_dtype=d) for d in ("fp32", "bf16", "fp16")]
+    others.append(SamplerSpec(steps=4, compile=True))
     ids |= {cell_identity(bench, s, None)[0] for s in others}
     assert len(ids) == 5  # a bf16 cell is not an fp32 cell, nor a compiled one an eager one
     with pytest.raises(UnknownNameError, match="net dtype .fp8."):
@@ -153,8 +155,7 @@ def test_bad_precision_inputs_through_the_command(tmp_path):
     ]
     for extra, needle in cases:
         p = subprocess.run(
-            [str(Path(sys.executable).parent / "diffbench"), "sample", "digits-edm", "--seeds", "0-1", "--nfe", "3", "-o"]
-            + [str(tmp_path / "o"), *extra],
+            [BIN, "sample", "digits-edm", "--seeds", "0-1", "--nfe", "3", "-o", str(tmp_path / "o"), *extra],
             capture_output=True,
             text=True,
             timeout=120,

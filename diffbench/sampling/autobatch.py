@@ -116,7 +116,7 @@ class BatchFit:
         return parts[0] if len(parts) == 1 else join(parts)
 
     def _save(self) -> None:
-        if self.cache is None:
+        if self.cache is None or self.key is None:
             return
         data = _read(self.cache)
         if data.get(self.key) == self.size:

@@ -266,7 +266,9 @@ class Sampler:
         from diffbench.sampling.precision import FastNetwork
 
         main = self.networks[MAIN]
-        record = main.record if isinstance(main, FastNetwork) else {"net_dtype": "native", "compile": "off"}
+        record: dict[str, Any] = (
+            main.record if isinstance(main, FastNetwork) else {"net_dtype": "native", "compile": "off"}
+        )
         if self.device.type == "cuda":
             record["tf32"] = bool(self.spec.tf32)
         return record
