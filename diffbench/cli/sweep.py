@@ -295,6 +295,13 @@ def sweep_cmd(
             help="A sweep TOML file: settings, tables axes and fixed, and per-cell overrides (tables named cell).",
         ),
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="Run a published table (see `diffbench recipes`); a smaller --seeds is a quick look, marked as such.",
+        ),
+    ] = None,
     class_: Annotated[int | None, typer.Option("--class", help="Fixed class of a conditional model.")] = None,
     batch: Annotated[
         str | None,
@@ -341,6 +348,14 @@ def sweep_cmd(
         default_out_folder,
     )
 
+    the_recipe = None
+    if recipe is not None:
+        from diffbench.recipes import get_recipe
+
+        if config is not None:
+            raise ConfigError("--recipe is a sweep config itself: give --recipe or --config, not both")
+        the_recipe = get_recipe(recipe)
+        config = the_recipe.path
     cfg = load_config(config, aliases=_aliases()) if config is not None else None
     settings = dict(cfg.settings) if cfg else {}
 
@@ -432,6 +447,7 @@ def sweep_cmd(
         with _Display(grid, len(seed_list)) as display:
             rows = run_sweep(bench, grid, st, on_event=display, checkpoint_every=checkpoint_every)
         _record_notes(st, grid, rows)
+        published = _published(st, the_recipe, grid, rows, seeds_text, out, err) if the_recipe else None
         if as_json:
             from diffbench.sweep.store import to_json_text
 
@@ -443,8 +459,33 @@ def sweep_cmd(
             con = _console()
             for line in _note_lines(grid, rows, footnotes=True):
                 con.print(line, soft_wrap=True, markup=False)
+        if published:
+            (_console(stderr=True) if as_json else _console()).print("\n".join(published), soft_wrap=True, markup=False)
         if out is not None:
             _write_outputs(st, Path(out), plot=plot, err=err, x=x, series=series)
+            if published:
+                (Path(out) / "published.md").write_text("\n".join(published) + "\n")
+
+
+def _published(
+    st: Any, recipe: Any, grid: Any, rows: list[dict[str, Any]], seeds: str, out: Any, err: Any
+) -> list[str]:
+    """--recipe: each measured value beside the published one, recorded under `published` in the cell's
+    provenance (so `report` and the JSON export carry it), as text lines for the terminal and published.md."""
+    from diffbench.recipes import comparison, comparison_lines
+    from diffbench.seeds import parse_seeds
+
+    quick = parse_seeds(seeds) != parse_seeds(recipe.seeds)
+    table = comparison(recipe, list(grid.cells), rows, quick=quick)
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for cell, row in zip(grid.cells, rows):
+        entries = [t for t in table if t["cell"] == cell.config and t["nfe"] == row.get("nfe")]
+        if entries and row.get("status") == "done":
+            by_cell[row["id"]] = entries
+            row["provenance"] = {**(row.get("provenance") or {}), "published": entries}
+    for cid, entries in by_cell.items():
+        st.record_published(cid, entries)
+    return comparison_lines(recipe, table)
 
 
 def _record_notes(st: Any, grid: Any, rows: list[dict[str, Any]]) -> None:
