@@ -55,7 +55,7 @@ def tiny_release(path, name: str):
     res, ch, labels = e.resolution, e.channels, e.label_dim
     torch.manual_seed(0)
     if e.network == "SongUNet":
-        kw = dict(model_channels=8, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[res // 2])
+        kw = dict(model_channels=8, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[res // 2 if res < 64 else 0])
         if e.architecture == "NCSN++":
             kw.update(
                 embedding_type="fourier",
@@ -64,8 +64,8 @@ def tiny_release(path, name: str):
                 channel_mult_noise=2,
                 resample_filter=[1, 3, 3, 1],
             )
-    else:
-        kw = dict(model_channels=8, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[res // 2])
+    else:  # an attention layer at 32x32 alone would cost most of the test's time
+        kw = dict(model_channels=8, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[res // 2 if res < 64 else 0])
     net = build_network(
         e.network, {"img_resolution": res, "in_channels": ch, "out_channels": ch, "label_dim": labels, **kw}
     )
@@ -106,9 +106,9 @@ def inception(tmp_path_factory):
     return path
 
 
-def run_first_cell(name, tmp_path, cli, ext, seeds="0-5", metric=()):
-    """`sweep MODEL --recipe NAME --seeds 0-5` on a tiny format-true EDM pickle, restricted to the recipe's first
-    published cell; returns (recipe, stdout, store rows)."""
+def run_first_cell(name, tmp_path, cli, ext, seeds="0-2", metric=()):
+    """`sweep MODEL --recipe NAME --seeds 0-2 --blocks 1` on a tiny format-true EDM pickle, restricted to the
+    recipe's first published cell; returns (recipe, stdout, store rows)."""
     recipe = get_recipe(name)
     model = tiny_release(tmp_path / f"{recipe.model}.pkl", recipe.model)
     size = registry.get_entry(recipe.model).resolution
@@ -119,7 +119,7 @@ def run_first_cell(name, tmp_path, cli, ext, seeds="0-5", metric=()):
     only = [a for k, v in first.where.items() for a in (f"--{k.replace('_', '-')}", str(v))]  # its first cell
     code, out, err = cli(
         "sweep", model, "--recipe", name, "--seeds", seeds, "--ref", tmp_path / "ref.npz", *ext, "--allow-small-n",
-        "--store", tmp_path / "s.db", "--out", tmp_path / "out", "--no-plot", *only, *metric,
+        "--blocks", "1", "--store", tmp_path / "s.db", "--out", tmp_path / "out", "--no-plot", *only, *metric,
     )  # fmt: skip
     assert code == 0, err
     from diffbench.sweep.store import Store
@@ -130,8 +130,10 @@ def run_first_cell(name, tmp_path, cli, ext, seeds="0-5", metric=()):
     return recipe, out, rows
 
 
-# ImageNet's stochastic recipe is 511 NFE on a 1000-class 64x64 network: 30 s on this CPU even when tiny
-FAST = [pytest.param(n, marks=pytest.mark.slow) if "imagenet" in n else n for n in RECIPES]
+# ImageNet's stochastic recipe is 511 NFE on a 1000-class 64x64 network (30 s on this CPU even when tiny) and the
+# 64x64 rows take 8 s each: the default suite runs one 64x64 row (ffhq-vp), -m slow the others
+SLOW = ("imagenet", "ffhq-ve", "afhqv2")
+FAST = [pytest.param(n, marks=pytest.mark.slow) if any(k in n for k in SLOW) else n for n in RECIPES]
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -158,8 +160,27 @@ def _published_is_beside_measured(name, tmp_path, cli, inception):
     assert entry["measured"] == measured(rows[0]["results"]["fid"], first.statistic)
 
 
-def test_measured_beside_published_with_inception(tmp_path, cli, inception):
-    _published_is_beside_measured("edm-table2-cifar10-uncond-vp", tmp_path, cli, inception)
+def test_measured_beside_published_through_the_command(tmp_path, cli, monkeypatch):
+    """The comparison path (--recipe lookup, table, quick-look mark, store, published.md) on a recipe of our own
+    scored in a cheap feature space: Inception on a CPU takes minutes (the slow tests below use it)."""
+    import diffbench.recipes as recipes
+
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    text = get_recipe("diff-sampler-cifar10-ipndm").path.read_text().replace('"fid"', '"fd"')
+    (folder / "own.toml").write_text(text)
+    monkeypatch.setattr(recipes, "recipe_dir", lambda: folder)
+    recipe, out, rows = run_first_cell("own", tmp_path, cli, ("--extractor", "extmod_recipes:make"))
+    first = recipe.published[0]
+    assert "QUICK LOOK" in out and recipe.title in out and recipe.source in out
+    line = next(li for li in out.splitlines() if li.startswith("| ") and f"| {first.nfe} |" in li)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    got, pub, diff = float(cells[3]), float(cells[4]), float(cells[5])
+    assert pub == pytest.approx(first.value) and diff == pytest.approx(got - pub, rel=1e-3, abs=1e-3)
+    assert "difference" in (tmp_path / "out" / "published.md").read_text()
+    entry = rows[0]["provenance"]["published"][0]
+    assert entry["published"] == first.value and entry["quick_look"] is True
+    assert entry["measured"] == measured(rows[0]["results"]["fd"], first.statistic)
 
 
 @pytest.mark.slow
