@@ -204,6 +204,10 @@ def wrap_networks(
 ) -> dict[str, Any]:
     """The evaluator's networks, each wrapped once (a network that appears under two names, the null-label
     alias of guidance, is wrapped once and shared)."""
+    if device.type == "cuda":  # a channels_last network of an earlier bf16 cell goes back to NCHW first
+        for net in nets.values():
+            if isinstance(net, torch.nn.Module):
+                net.to(memory_format=torch.contiguous_format)
     if net_dtype is None and not compile:
         return nets
     if net_dtype is not None:
