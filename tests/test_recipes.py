@@ -187,3 +187,24 @@ def test_measured_beside_published_through_the_command(tmp_path, cli, monkeypatc
 @pytest.mark.parametrize("name", RECIPES)
 def test_measured_beside_published_every_recipe(name, tmp_path, cli, inception):
     _published_is_beside_measured(name, tmp_path, cli, inception)
+
+
+def test_bad_recipe_inputs_through_the_command(tmp_path):
+    """An unknown recipe, and --recipe with --config: one line each, exit 2, no store created."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_ = str(Path(sys.executable).parent / "diffbench")
+    (tmp_path / "c.toml").write_text("[axes]\nnfe = [3]\n")
+    cases = [
+        (["--recipe", "edm-table9"], "recipe 'edm-table9'"),
+        (["--recipe", "edm-table2-ffhq-vp", "--config", str(tmp_path / "c.toml")], "--recipe or --config"),
+    ]
+    for extra, needle in cases:
+        p = subprocess.run(
+            [bin_, "sweep", *extra, "--store", str(tmp_path / "s.db")], capture_output=True, text=True, timeout=120
+        )
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], (extra, p.returncode, p.stderr)
+        assert not (tmp_path / "s.db").exists()
