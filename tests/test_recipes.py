@@ -181,6 +181,9 @@ def test_measured_beside_published_through_the_command(tmp_path, cli, monkeypatc
     entry = rows[0]["provenance"]["published"][0]
     assert entry["published"] == first.value and entry["quick_look"] is True
     assert entry["measured"] == measured(rows[0]["results"]["fd"], first.statistic)
+    code, report, err = cli("report", tmp_path / "s.db")  # the report shows them again, from the store alone
+    assert code == 0, err
+    assert "measured beside published" in report and "QUICK LOOK" in report and line in report.splitlines()
 
 
 @pytest.mark.slow

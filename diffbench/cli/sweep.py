@@ -447,7 +447,7 @@ def sweep_cmd(
         with _Display(grid, len(seed_list)) as display:
             rows = run_sweep(bench, grid, st, on_event=display, checkpoint_every=checkpoint_every)
         _record_notes(st, grid, rows)
-        published = _published(st, the_recipe, grid, rows, seeds_text, out, err) if the_recipe else None
+        published = _published(st, the_recipe, grid, rows, seeds_text) if the_recipe else None
         if as_json:
             from diffbench.sweep.store import to_json_text
 
@@ -467,9 +467,7 @@ def sweep_cmd(
                 (Path(out) / "published.md").write_text("\n".join(published) + "\n")
 
 
-def _published(
-    st: Any, recipe: Any, grid: Any, rows: list[dict[str, Any]], seeds: str, out: Any, err: Any
-) -> list[str]:
+def _published(st: Any, recipe: Any, grid: Any, rows: list[dict[str, Any]], seeds: str) -> list[str]:
     """--recipe: each measured value beside the published one, recorded under `published` in the cell's
     provenance (so `report` and the JSON export carry it), as text lines for the terminal and published.md."""
     from diffbench.recipes import comparison, comparison_lines
@@ -477,14 +475,11 @@ def _published(
 
     quick = parse_seeds(seeds) != parse_seeds(recipe.seeds)
     table = comparison(recipe, list(grid.cells), rows, quick=quick)
-    by_cell: dict[str, list[dict[str, Any]]] = {}
-    for cell, row in zip(grid.cells, rows):
-        entries = [t for t in table if t["cell"] == cell.config and t["nfe"] == row.get("nfe")]
-        if entries and row.get("status") == "done":
-            by_cell[row["id"]] = entries
+    for row in rows:
+        entries = [t for t in table if t["id"] == row["id"]]
+        if entries:
+            st.record_published(row["id"], entries)
             row["provenance"] = {**(row.get("provenance") or {}), "published": entries}
-    for cid, entries in by_cell.items():
-        st.record_published(cid, entries)
     return comparison_lines(recipe, table)
 
 
@@ -667,6 +662,10 @@ def report_cmd(
             typer.echo(RENDER[fmt](add_floor(t, cells) if floor else t), nl=False)
     else:
         _print_tables(cells, metrics, floor=floor, x=x, series=series)
+        from diffbench.recipes import stored_lines
+
+        for line in stored_lines(cells):  # a recipe's published values beside the measured ones
+            typer.echo(line)
 
 
 @app.command("compare")

@@ -118,6 +118,7 @@ def comparison(recipe: Recipe, cells: list[Any], rows: list[dict[str, Any]], *, 
             m = measured(results[p.metric], p.statistic)
             out.append(
                 {
+                    "id": row.get("id"),
                     "cell": cell.config,
                     "nfe": row.get("nfe"),
                     "published_nfe": p.nfe,
@@ -133,11 +134,17 @@ def comparison(recipe: Recipe, cells: list[Any], rows: list[dict[str, Any]], *, 
     return out
 
 
-def comparison_lines(recipe: Recipe, table: list[dict[str, Any]]) -> list[str]:
-    """The comparison as text lines (a Markdown table), with the source and, for a quick look, the warning."""
-    lines = [f"{recipe.title}", f"source: {recipe.source}"]
+def comparison_lines(recipe: Recipe | None, table: list[dict[str, Any]]) -> list[str]:
+    """The comparison as text lines (a Markdown table) with the source and, for a quick look, the warning.
+    recipe None: the lines of entries read back from a store (`report`), their sources from the entries."""
+    if not table:
+        return []
+    sources = sorted({str(r["source"]) for r in table})
+    lines = [recipe.title] if recipe is not None else ["measured beside published"]
+    lines.append(f"source: {'; '.join(sources)}")
     if any(r["quick_look"] for r in table):
-        lines.append(f"QUICK LOOK: other seeds than the recipe's {recipe.seeds}; not comparable to the paper's numbers")
+        seeds = f" {recipe.seeds}" if recipe is not None else ""
+        lines.append(f"QUICK LOOK: other seeds than the recipe's{seeds}; not comparable to the paper's numbers")
     lines += ["", "| cell | NFE | metric | measured | published | difference |", "|---|---|---|---|---|---|"]
     for r in table:
         stat = " (lowest block)" if r["statistic"] == "min-block" else ""
@@ -146,3 +153,9 @@ def comparison_lines(recipe: Recipe, table: list[dict[str, Any]]) -> list[str]:
             f"| {r['difference']:+.4g} |"
         )
     return lines
+
+
+def stored_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The comparison recorded in a store's cells (under `published` in their provenance), for `report`."""
+    table = [e for r in rows for e in ((r.get("provenance") or {}).get("published") or [])]
+    return comparison_lines(None, table)
