@@ -101,6 +101,9 @@ def test_compile_fallback_when_torch_cannot_compile(digits, monkeypatch, capsys)
     assert out.provenance["network"]["compile"].startswith("fell back to eager: RuntimeError: no C++ compiler")
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("warning: --compile:"), err
+    again = sample(digits, seeds=range(3), steps=3, device="cpu", compile=True)  # the next cell of a sweep
+    assert again.provenance["network"]["compile"] == out.provenance["network"]["compile"]
+    assert torch.equal(again.images, eager.images) and not capsys.readouterr().err.strip()  # no second warning
     precision._COMPILED.clear()
 
 

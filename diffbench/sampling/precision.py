@@ -106,6 +106,7 @@ class FastNetwork:
         self.compile_status = "off"
         self._warn = warn if warn is not None else _stderr_line
         self._compiled: Any = None
+        self._key: tuple[Any, ...] = ()
         if compile:
             self._compiled = self._make_compiled()
 
@@ -132,6 +133,10 @@ class FastNetwork:
             per_net = _COMPILED.setdefault(self.net, {})
         except TypeError:  # not weak-referenceable: compile without sharing
             per_net = {}
+        self._key = key
+        if isinstance(per_net.get(key), str):  # it failed for an earlier cell: eager, without a second warning
+            self.compile_status = per_net[key]
+            return None
         if key not in per_net:
             net, dtype, kind = self.net, self.dtype if self.autocast else None, self.device.type
             last, force = self.channels_last, self.force_fp32
@@ -161,6 +166,10 @@ class FastNetwork:
             except Exception as exc:  # the compiler failed (it compiles lazily, at the first call per shape)
                 self._compiled = None
                 self._fallback(exc)
+                try:  # later cells of the sweep run eagerly at once (one warning per run, not per cell)
+                    _COMPILED.setdefault(self.net, {})[self._key] = self.compile_status
+                except TypeError:
+                    pass
         return self._eager(x, sigma, class_labels)
 
     @property
