@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -173,6 +174,7 @@ class Sampler:
         for name, net in self.networks.items():
             if isinstance(net, torch.nn.Module):
                 self.networks[name] = net.to(self.device).eval()
+        _precision(self.networks, spec, self.device)
         if self.info.ode_axes:
             self.options["ode"] = TimeParam.make(
                 spec.sigma_t, spec.scaling, sigma_min=self.plan.sigma_min, sigma_max=self.plan.sigma_max
@@ -272,7 +274,31 @@ class Sampler:
             "seeds": compact_seeds(list(seeds)),
             "num_images": len(seeds),
             "dtype": self.spec.dtype,
+            "network": self.network_record(),
         }
+
+    def network_record(self) -> dict[str, Any]:
+        """The network's precision as it ran: net dtype, autocast, channels_last, compilation, TF32 (CUDA)."""
+        from diffbench.sampling.precision import FastNetwork
+
+        main = self.networks[MAIN]
+        record: dict[str, Any] = (
+            main.record if isinstance(main, FastNetwork) else {"net_dtype": "native", "compile": "off"}
+        )
+        if self.device.type == "cuda":
+            record["tf32"] = bool(self.spec.tf32)
+        return record
+
+
+def _precision(nets: dict[str, Any], spec: SamplerSpec, device: torch.device) -> None:
+    """Wrap the networks for --net-dtype / --compile in place and set TF32 (sampling/precision.py)."""
+    from diffbench.errors import NotApplicableError
+    from diffbench.sampling.precision import set_tf32, wrap_networks
+
+    if spec.tf32 and device.type != "cuda":
+        raise NotApplicableError(f"--tf32 applies on CUDA only (TF32 does not exist on {device.type})")
+    set_tf32(device, bool(spec.tf32))
+    nets.update(wrap_networks(nets, device=device, net_dtype=spec.net_dtype, compile=bool(spec.compile)))
 
 
 def _inputs(seeds: Sequence[int] | None, latents: torch.Tensor | None) -> list[int]:
@@ -302,9 +328,15 @@ def iter_batches(
     device: str | torch.device = "auto",
     progress: Callable[[Progress], None] | None = None,
     sampler: Sampler | None = None,
+    fit: Any = None,
     **spec: Any,
 ) -> Iterator[Batch]:
-    """Yield finished batches in seed order (edm2 style: a thin caller writes them as they come)."""
+    """Yield finished batches in seed order (edm2 style: a thin caller writes them as they come).
+
+    fit: a sampling.autobatch.BatchFit (--batch auto): each batch is run in the parts that fit the device,
+    halved on out-of-memory, and yielded whole (the same seeds, the same images)."""
+    if fit is not None and latents is not None:
+        raise ConfigError("--batch auto samples from seeds; give a fixed batch size with latents")
     if batch < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch}")
     run = sampler or Sampler(denoiser, SamplerSpec.make(**spec), device=device)
@@ -317,12 +349,16 @@ def iter_batches(
             if progress is not None:
                 progress(Progress(b, len(chunks), info.i + 1, info.n, done, len(seeds)))
 
-        out = run.run(
-            [seeds[i] for i in idx],
-            latents=None if latents is None else latents[idx.start : idx.stop],
-            class_labels=None if labels is None else labels[idx.start : idx.stop],
-            on_step=on_step,
-        )
+        part_labels = None if labels is None else labels[idx.start : idx.stop]
+        if fit is not None:
+            out = fit.run(partial(run.run, on_step=on_step), [seeds[i] for i in idx], part_labels)
+        else:
+            out = run.run(
+                [seeds[i] for i in idx],
+                latents=None if latents is None else latents[idx.start : idx.stop],
+                class_labels=part_labels,
+                on_step=on_step,
+            )
         if progress is not None:
             progress(Progress(b, len(chunks), run.plan.steps, run.plan.steps, idx.stop, len(seeds)))
         yield out

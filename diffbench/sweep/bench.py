@@ -86,6 +86,7 @@ class Bench:
     cache: bool = True
     eval_classifier: str | None = None  # class-accuracy / inv-prob: a user's clean classifier (module:factory)
     save_images: Callable[[Any, torch.Tensor, list[int], torch.Tensor | None], None] | None = None
+    batch_auto: bool = False  # --batch auto: each cell runs at the size that fits (sampling/autobatch.py)
 
     @property
     def block_size(self) -> int:
