@@ -189,6 +189,7 @@ class _Display:
         rt.add_column("NFE", justify="right")
         rt.add_column("state")
         style = {"done": "green", "cached": "green", "running": "bold yellow", "skipped": "dim", "waiting": ""}
+        style["other shard"] = "dim"
         for i, c in enumerate(self.grid.cells):
             st = self.status[i]
             text = st
@@ -230,6 +231,8 @@ class _Display:
                 )
         elif ev.kind == "skipped":
             self.status[i] = "skipped"
+        elif ev.kind == "elsewhere":
+            self.status[i] = "other shard"
         if self.live is not None:
             self.live.update(self._render())
 
@@ -316,6 +319,14 @@ def sweep_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the grid's rows as JSON instead of tables.")] = False,
     x: Annotated[str | None, typer.Option("--x", help=X_HELP)] = None,
     series: Annotated[str | None, typer.Option("--series", help=SERIES_HELP)] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="I/N: run only shard I of N (numbered from 0) of the grid's cells, chosen by cell identity, into "
+            "this store; 'diffbench merge' combines the shards' stores.",
+        ),
+    ] = None,
     *,
     sampler: dict[str, list[Any]],
 ) -> None:
@@ -371,6 +382,9 @@ def sweep_cmd(
     if inception_weights is not None and not inception_weights.exists():
         raise ConfigError(f"--inception-weights {inception_weights} does not exist")
     seed_list = parse_seeds(seeds_text)
+    from diffbench.sweep.shard import parse_shard
+
+    shard_of = None if shard is None else parse_shard(shard)
     # every output path is checked, and the whole grid validated, before anything is created
     check_store_path(store_path)
     if out is not None:
@@ -414,7 +428,12 @@ def sweep_cmd(
         err.print(f"outputs go to {out}/, named after the store (--out chooses another folder)", soft_wrap=True)
     with Store(store_path) as st:
         with _Display(grid, len(seed_list)) as display:
-            rows = run_sweep(bench, grid, st, on_event=display, checkpoint_every=checkpoint_every)
+            rows = run_sweep(bench, grid, st, on_event=display, checkpoint_every=checkpoint_every, shard=shard_of)
+        if shard_of is not None:
+            from diffbench.sweep.runner import shard_grid
+
+            err.print(f"shard {shard_of}: {len(rows)} of the grid's {len(grid.cells)} cells are in {st.path}")
+            grid = shard_grid(grid, bench, shard_of)  # the notes below are of this shard's cells
         _record_notes(st, grid, rows)
         if as_json:
             from diffbench.sweep.store import to_json_text

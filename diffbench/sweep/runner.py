@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -11,12 +11,14 @@ from diffbench.sweep.bench import Bench
 from diffbench.sweep.cell import BatchProgress, CellResult, run_cell
 from diffbench.sweep.grid import Cell, Grid, check_grid
 from diffbench.sweep.identity import cell_identity, skipped_identity
+from diffbench.sweep.shard import Shard
 from diffbench.sweep.store import Store
 
 
 @dataclass(frozen=True)
 class Event:
-    """Progress of a sweep, for a display: kind is start | batch | done | cached | skipped."""
+    """Progress of a sweep, for a display: kind is start | batch | done | cached | skipped | elsewhere (a cell
+    of another shard)."""
 
     kind: str
     index: int  # position of the cell in the grid
@@ -43,6 +45,19 @@ def cell_info(cell: Cell, bench: Bench) -> dict[str, Any]:
     }
 
 
+def _identity(cell: Cell, bench: Bench) -> tuple[str, dict[str, Any]]:
+    if cell.skipped is not None or cell.spec is None or cell.plan is None:
+        return skipped_identity(cell, bench)
+    return cell_identity(bench, cell.spec, cell.plan)
+
+
+def shard_grid(grid: Grid, bench: Bench, shard: Shard | None) -> Grid:
+    """The grid with only the cells of `shard` (all of them for None), in grid order."""
+    if shard is None:
+        return grid
+    return replace(grid, cells=tuple(c for c in grid.cells if shard.owns(_identity(c, bench)[0])))
+
+
 def run_sweep(
     bench: Bench,
     grid: Grid,
@@ -50,20 +65,31 @@ def run_sweep(
     *,
     on_event: Callable[[Event], None] | None = None,
     checkpoint_every: int | None = None,
+    shard: Shard | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every runnable cell not yet finished in the store; returns the store rows of the grid's cells."""
+    """Run every runnable cell not yet finished in the store; returns the store rows of the grid's cells.
+
+    shard: run (and record) only the cells of this shard (diffbench.sweep.shard); each keeps its position in
+    the whole grid, so the stores of all shards merged hold what one store of the whole grid would."""
     check_grid(grid)
     total = len(grid.cells)
     emit = on_event or (lambda e: None)
     ids: list[str] = []
+    idents = [_identity(c, bench) for c in grid.cells]
+    mine = [shard is None or shard.owns(cid) for cid, _ in idents]
     for i, cell in enumerate(grid.cells):
+        if not mine[i]:
+            emit(Event("elsewhere", i, total, cell))
+    for i, cell in enumerate(grid.cells):
+        if not mine[i]:
+            continue
         if cell.skipped is not None or cell.spec is None or cell.plan is None:
-            cid, ident = skipped_identity(cell, bench)
+            cid, ident = idents[i]
             store.skip(cid, position=i, info=cell_info(cell, bench), identity=ident, reason=cell.skipped or "")
             ids.append(cid)
             emit(Event("skipped", i, total, cell))
             continue
-        cid, ident = cell_identity(bench, cell.spec, cell.plan)
+        cid, ident = idents[i]
         ids.append(cid)
         row = store.get(cid)
         if row is not None and row["status"] == "done":
@@ -88,6 +114,8 @@ def run_sweep(
         prov = dict(result.provenance)
         prov["wall_s"], prov["images_per_s"] = result.wall_s, result.images_per_s
         prov["nfe_requested"], prov["nfe_spent"] = cell.nfe, result.nfe
+        if shard is not None:
+            prov["shard"] = str(shard)
         store.finish(
             cid,
             nfe=result.nfe,
