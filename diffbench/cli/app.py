@@ -87,6 +87,7 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so every command's cleanup (sidecars, partial files) runs."""
 
 
+COMMAND: list[str] = []  # the arguments of this run (diffbench.cli.distributed compares them across ranks)
 _RECEIVED: list[int] = []  # signals received: typer >= 0.2x turns an interrupt into a silent exit code 130
 
 
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, _on_signal)
     _register()
     args = sys.argv[1:] if argv is None else argv
+    COMMAND[:] = [str(a) for a in args]  # what the ranks of a torchrun launch compare before any work
     if not args:
         typer.echo(typer.main.get_command(app).get_help(_context()))
         sys.exit(0)
@@ -124,8 +126,11 @@ def main(argv: list[str] | None = None) -> None:
         rv = app(args=args, prog_name="diffbench", standalone_mode=False)
     except DiffbenchError as exc:
         from diffbench.cli.options import flag_message
+        from diffbench.distributed import env_rank
 
-        typer.echo(f"error: {flag_message(str(exc))}", err=True)
+        rank = env_rank()  # under torchrun: an error all ranks know is printed by rank 0 alone
+        if not (rank and getattr(exc, "all_ranks", False)):
+            typer.echo(f"error: {f'(rank {rank}) ' if rank else ''}{flag_message(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _interrupted()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+from diffbench.distributed import SINGLE, World
 from diffbench.sweep.bench import Bench
 from diffbench.sweep.cell import BatchProgress, CellResult, run_cell
 from diffbench.sweep.grid import Cell, Grid, check_grid
@@ -61,19 +62,24 @@ def shard_grid(grid: Grid, bench: Bench, shard: Shard | None) -> Grid:
 def run_sweep(
     bench: Bench,
     grid: Grid,
-    store: Store,
+    store: Store | None,
     *,
     on_event: Callable[[Event], None] | None = None,
     checkpoint_every: int | None = None,
     shard: Shard | None = None,
+    world: World | None = None,
 ) -> list[dict[str, Any]]:
     """Run every runnable cell not yet finished in the store; returns the store rows of the grid's cells.
 
     shard: run (and record) only the cells of this shard (diffbench.sweep.shard); each keeps its position in
-    the whole grid, so the stores of all shards merged hold what one store of the whole grid would."""
+    the whole grid, so the stores of all shards merged hold what one store of the whole grid would.
+    world: the ranks of a torchrun launch: every rank runs every cell's share of batches (run_cell); rank 0
+    alone holds the store (the others pass None), decides what is cached or resumed, writes and emits events;
+    the others return []."""
+    world = world or SINGLE
     check_grid(grid)
     total = len(grid.cells)
-    emit = on_event or (lambda e: None)
+    emit = on_event if on_event is not None and world.main else (lambda e: None)
     ids: list[str] = []
     idents = [_identity(c, bench) for c in grid.cells]
     mine = [shard is None or shard.owns(cid) for cid, _ in idents]
@@ -85,18 +91,25 @@ def run_sweep(
             continue
         if cell.skipped is not None or cell.spec is None or cell.plan is None:
             cid, ident = idents[i]
-            store.skip(cid, position=i, info=cell_info(cell, bench), identity=ident, reason=cell.skipped or "")
+            if store is not None:
+                store.skip(cid, position=i, info=cell_info(cell, bench), identity=ident, reason=cell.skipped or "")
             ids.append(cid)
             emit(Event("skipped", i, total, cell))
             continue
         cid, ident = idents[i]
         ids.append(cid)
-        row = store.get(cid)
-        if row is not None and row["status"] == "done":
+        row = state = None
+        if world.main:
+            assert store is not None
+            row = store.get(cid)
+        cached = world.broadcast(row is not None and row["status"] == "done", what="reading the store")
+        if cached:
             emit(Event("cached", i, total, cell))
             continue
-        store.begin(cid, position=i, info=cell_info(cell, bench), identity=ident)
-        state = store.state(cid)
+        if world.main:
+            assert store is not None
+            store.begin(cid, position=i, info=cell_info(cell, bench), identity=ident)
+            state = store.state(cid)
         resumed = 0 if row is None else int(row.get("n_done") or 0)
         emit(Event("start", i, total, cell, resumed_from=resumed if state is not None else 0))
 
@@ -107,10 +120,13 @@ def run_sweep(
             bench,
             cell.spec,
             state=state,
-            checkpoint=partial(store.checkpoint, cid),
+            checkpoint=None if store is None else partial(store.checkpoint, cid),
             checkpoint_every=checkpoint_every,
             on_batch=on_batch,
+            world=world,
         )
+        if store is None:
+            continue
         prov = dict(result.provenance)
         prov["wall_s"], prov["images_per_s"] = result.wall_s, result.images_per_s
         prov["nfe_requested"], prov["nfe_spent"] = cell.nfe, result.nfe
@@ -126,5 +142,7 @@ def run_sweep(
             n_done=len(bench.seeds),
         )
         emit(Event("done", i, total, cell, result=result))
+    if store is None:
+        return []
     rows = [store.get(c) for c in ids]
     return [r for r in rows if r is not None]
