@@ -180,12 +180,37 @@ def world() -> World:
     return w
 
 
+def farewell() -> None:
+    """After an error every rank knows: wait (10 s at most) until every rank reached this point, so rank 0 has
+    printed the line before torchrun stops the ranks that exit first."""
+    if not _WORLD or _WORLD[0].size == 1:
+        return
+    import torch.distributed as dist
+
+    with contextlib.suppress(Exception):
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=10), wait_all_ranks=True)
+
+
 def _leave() -> None:
     import torch.distributed as dist
 
     with contextlib.suppress(Exception):
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def load_on_ranks(w: World, load: Callable[[], T]) -> T:
+    """`load()` on every rank, the node's first rank first (a download lands once per node); a rank that
+    cannot load stops every rank with its one line. Then every rank must hold the same file (sha256)."""
+    if w.size == 1:
+        return load()
+    first = w.everywhere("loading the model", load if w.local_rank == 0 else lambda: None)
+    rest = w.everywhere("loading the model", (lambda: None) if w.local_rank == 0 else load)
+    model = first if w.local_rank == 0 else rest
+    from diffbench.sweep.bench import model_sha256
+
+    w.agree("the model file (sha256)", model_sha256(model), describe=lambda a, b: f"{a[:12]} vs {b[:12]}")
+    return model  # type: ignore[return-value]
 
 
 def _attempt(fn: Callable[[], T]) -> tuple[T | None, tuple[str, int] | None]:
@@ -205,4 +230,4 @@ def _raise_first(errors: list[Any], what: str) -> None:
     raise RankError(msg if same or len(errors) == 1 else f"rank {r}: {msg}", exit_code=code)
 
 
-__all__ = ["World", "RankError", "SINGLE", "world", "launched", "env_rank", "timeout_s"]
+__all__ = ["load_on_ranks", "World", "RankError", "SINGLE", "world", "launched", "env_rank", "timeout_s"]

@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         rank = env_rank()  # under torchrun: an error all ranks know is printed by rank 0 alone
         if not (rank and getattr(exc, "all_ranks", False)):
             typer.echo(f"error: {f'(rank {rank}) ' if rank else ''}{flag_message(str(exc))}", err=True)
+        if getattr(exc, "all_ranks", False):
+            from diffbench.distributed import farewell
+
+            farewell()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _interrupted()

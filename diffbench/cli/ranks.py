@@ -7,13 +7,10 @@ helper here is the plain one-process path.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from diffbench.distributed import World, world
-
-T = TypeVar("T")
+from diffbench.distributed import World, load_on_ranks, world
 
 
 def _fingerprint(config: Path | None) -> dict[str, Any]:
@@ -59,20 +56,6 @@ def rank_device(device: str, w: World) -> str:
         if torch.cuda.is_available():
             return f"cuda:{w.local_rank}"
     return device
-
-
-def load_on_ranks(w: World, load: Callable[[], T]) -> T:
-    """`load()` on every rank, the node's first rank first (a download lands once per node); a rank that
-    cannot load stops every rank with its one line. Then every rank must hold the same file (sha256)."""
-    if w.size == 1:
-        return load()
-    first = w.everywhere("loading the model", load if w.local_rank == 0 else lambda: None)
-    rest = w.everywhere("loading the model", (lambda: None) if w.local_rank == 0 else load)
-    model = first if w.local_rank == 0 else rest
-    from diffbench.sweep.bench import model_sha256
-
-    w.agree("the model file (sha256)", model_sha256(model), describe=lambda a, b: f"{a[:12]} vs {b[:12]}")
-    return model  # type: ignore[return-value]
 
 
 __all__ = ["join", "rank_device", "load_on_ranks"]
