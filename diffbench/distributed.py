@@ -227,7 +227,7 @@ def _raise_first(errors: list[Any], what: str) -> None:
         return
     r, (msg, code) = failed[0]
     same = all(e == failed[0][1] for _, e in failed) and len(failed) == len(errors)
-    raise RankError(msg if same or len(errors) == 1 else f"rank {r}: {msg}", exit_code=code)
+    raise RankError(msg if same or len(errors) == 1 else f"rank {r}, {what}: {msg}", exit_code=code)
 
 
 __all__ = ["load_on_ranks", "World", "RankError", "SINGLE", "world", "launched", "env_rank", "timeout_s"]
