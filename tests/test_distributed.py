@@ -134,3 +134,16 @@ def test_ranks_that_disagree_or_cannot_load_stop_before_any_work(tmp_path, env):
     (r1 / "m.pt").write_bytes((r0 / "m.pt").read_bytes())
     line = one_line(by_rank(env, [r0, r1], *args, extra=["--batch", "7"]))
     assert "disagree on the command" in line and "--batch 7" in line
+
+
+def test_commands_that_do_not_share_work_are_refused_under_torchrun(tmp_path, monkeypatch, cli):
+    from conftest import one_error_line
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = cli("sample", "gmm", "--out", tmp_path / "x")
+    assert code == 2 and "runs in one process" in one_error_line(code, err)
+    (tmp_path / "imgs").mkdir()
+    code, _, err = cli("fid", tmp_path / "imgs", "--ref", "digits")
+    assert code == 2 and "only with --model" in one_error_line(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]

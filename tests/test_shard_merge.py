@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 import pytest
+from conftest import one_error_line
 
 from diffbench.errors import ConfigError
 from diffbench.sweep.cell import prepare
@@ -15,8 +16,6 @@ from diffbench.sweep.merge import MergeError, merge_stores
 from diffbench.sweep.runner import run_sweep
 from diffbench.sweep.shard import Shard, parse_shard, shard_of
 from diffbench.sweep.store import Store, StoreError
-
-from conftest import one_error_line
 
 pytestmark = pytest.mark.usefixtures("home")
 
@@ -130,7 +129,9 @@ def test_bad_input_through_the_command(tmp_path, cli):
     _run(tmp_path / "o.db", model=OTHER, axes={"solver": ["euler"], "nfe": [4]})
     (tmp_path / "notes.txt").write_text("not a store")
     for shard in ("3/3", "0/0", "x"):
-        code, _, err = cli("sweep", TINY, "--nfe", "4", "--seeds", "0-9", "--store", tmp_path / "s.db", "--shard", shard)
+        code, _, err = cli(
+            "sweep", TINY, "--nfe", "4", "--seeds", "0-9", "--store", tmp_path / "s.db", "--shard", shard
+        )
         assert code == 2 and "--shard" in one_error_line(code, err)
     assert not (tmp_path / "s.db").exists()
     for args, needle in [

@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(typer.main.get_command(app).get_help(_context()))
         sys.exit(0)
     try:
+        _check_launch(args)
         rv = app(args=args, prog_name="diffbench", standalone_mode=False)
     except DiffbenchError as exc:
         from diffbench.cli.options import flag_message
@@ -159,6 +160,24 @@ def main(argv: list[str] | None = None) -> None:
     if _RECEIVED:
         _interrupted()
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+RANKED = ("sweep", "fid")  # the commands that share their work across the ranks of a torchrun launch
+
+
+def _check_launch(args: list[str]) -> None:
+    """Under torchrun, only the commands that share work across ranks run (the others would write one output
+    from every rank at once)."""
+    from diffbench.distributed import launched
+
+    name = next((a for a in args if not a.startswith("-")), None)
+    if launched() and name is not None and name not in RANKED:
+        from diffbench.errors import UsageError
+
+        raise UsageError(
+            f"diffbench {name} runs in one process; under torchrun only 'sweep' and 'fid --model' share their "
+            "work across ranks: run it without torchrun"
+        )
 
 
 def _context():
