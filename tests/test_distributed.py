@@ -144,6 +144,6 @@ def test_commands_that_do_not_share_work_are_refused_under_torchrun(tmp_path, mo
     code, _, err = cli("sample", "gmm", "--out", tmp_path / "x")
     assert code == 2 and "runs in one process" in one_error_line(code, err)
     (tmp_path / "imgs").mkdir()
-    code, _, err = cli("fid", tmp_path / "imgs", "--ref", "digits")
+    code, _, err = cli("fid", tmp_path / "imgs", "--ref", "digits-stats")
     assert code == 2 and "only with --model" in one_error_line(code, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]

@@ -247,6 +247,10 @@ def fid_cmd(
 
     if show is not None:
         raise ConfigError(f"--show is retired: {RETIRED_SHOWN}")
+    from diffbench.distributed import launched
+
+    if model is None and launched():
+        raise ConfigError("under torchrun, diffbench fid runs only with --model (files are scored in one process)")
     if extractor is not None:
         check_extractor_name(extractor)
     if model is None and sampler:
@@ -271,10 +275,6 @@ def fid_cmd(
 
         extractor = _reference_and_space(model or "", ref, None)[1] or "inception-v3-compat"
     w = None
-    from diffbench.distributed import launched
-
-    if model is None and launched():
-        raise ConfigError("under torchrun, diffbench fid runs only with --model (files are scored in one process)")
     if model is not None:  # under torchrun: the ranks share each batch round, rank 0 prints
         from diffbench.cli.ranks import join, rank_device
 
