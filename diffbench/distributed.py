@@ -123,6 +123,28 @@ class World:
         _raise_first([self.broadcast(err, what=what)], what)
         return value
 
+    def exchange(self, produce: Callable[[], Any] | None, *, what: str) -> list[Any]:
+        """One round of shared work: each rank runs `produce` (None: no work for it this round); rank 0
+        receives the products in rank order, the others []. A DiffbenchError on any rank stops every rank
+        with that rank's line (RankError), after the round, so no rank waits for one that failed."""
+        if self.size == 1:
+            return [] if produce is None else [produce()]
+        sent: tuple[str, Any] = ("idle", None)
+        if produce is not None:
+            try:
+                sent = ("ok", produce())
+            except DiffbenchError as exc:
+                sent = ("error", (str(exc), exc.exit_code))
+        got = self.gather(sent, what=what)
+        status = None
+        if got is not None:
+            failed = [(r, v) for r, (kind, v) in enumerate(got) if kind == "error"]
+            status = None if not failed else (f"rank {failed[0][0]}: {failed[0][1][0]}", failed[0][1][1])
+        status = self.broadcast(status, what=what)
+        if status is not None:
+            raise RankError(status[0], exit_code=status[1])
+        return [] if got is None else [v for kind, v in got if kind == "ok"]
+
     def agree(self, what: str, value: Any, *, describe: Callable[[Any, Any], str] | None = None) -> None:
         """Refuse (one line, on every rank) when the ranks hold different values of `what`."""
         if self.size == 1:

@@ -1,5 +1,5 @@
-"""One cell across many processes: `torchrun -m diffbench sweep / fid --model` on 2 CPU processes (gloo) gives
-the numbers of one process bit for bit; only rank 0 writes and prints; a resumed launch finishes the cell; ranks
+"""One cell across many processes: `torchrun -m diffbench sweep / fid --model / sample` on 2 CPU processes
+(gloo) gives the numbers (and images) of one process bit for bit; only rank 0 writes and prints; a resumed launch finishes the cell; ranks
 that disagree on the command or the model file, or cannot load it, stop before any work with one line."""
 
 from __future__ import annotations
@@ -73,12 +73,21 @@ def test_torchrun_sweep_equals_one_process(tmp_path, env, cli):
 
 
 @pytest.mark.slow
-def test_torchrun_fid_model_and_resume_after_kill(tmp_path, env):
+def test_torchrun_fid_model_sample_and_resume_after_kill(tmp_path, env):
     fid = ["fid", "--model", "digits-edm", "--solver", "heun", "--nfe", "5", "--seeds", "0-79", "--batch", "16"]
     two, one = torchrun(env, tmp_path, *fid, "--json"), single(env, tmp_path, *fid, "--json")
     assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
     a, b = json.loads(one.stdout), json.loads(two.stdout)
     assert a["fid"] == b["fid"] and a["blocks"] == b["blocks"] and b["samples"]["processes"] == 2
+    # sample: the same .npz, byte for byte, and the same PNGs
+    for out in ("s.npz", "png"):
+        sample = ["sample", "digits-edm", "--nfe", "5", "--seeds", "0-39", "--batch", "8"]
+        assert torchrun(env, tmp_path, *sample, "--out", f"two-{out}").returncode == 0
+        assert single(env, tmp_path, *sample, "--out", f"one-{out}").returncode == 0
+    assert (tmp_path / "two-s.npz").read_bytes() == (tmp_path / "one-s.npz").read_bytes()
+    pngs = sorted(p.name for p in (tmp_path / "one-png").glob("*.png"))
+    assert len(pngs) == 40 and pngs == sorted(p.name for p in (tmp_path / "two-png").glob("*.png"))
+    assert all((tmp_path / "one-png" / n).read_bytes() == (tmp_path / "two-png" / n).read_bytes() for n in pngs)
     # kill a launch mid-cell (SIGTERM to torchrun, which stops both ranks) and launch it again
     args = ["sweep", TINY, "--solver", "heun", "--nfe", "35", "--seeds", "0-479", "--blocks", "4", "--batch", "8"]
     args += ["--checkpoint-every", "1"]
@@ -141,7 +150,7 @@ def test_commands_that_do_not_share_work_are_refused_under_torchrun(tmp_path, mo
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    code, _, err = cli("sample", "gmm", "--out", tmp_path / "x")
+    code, _, err = cli("stats", tmp_path / "imgs", "-o", tmp_path / "s.npz")
     assert code == 2 and "runs in one process" in one_error_line(code, err)
     (tmp_path / "imgs").mkdir()
     code, _, err = cli("fid", tmp_path / "imgs", "--ref", "digits-stats")

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
-RANKED = ("sweep", "fid")  # the commands that share their work across the ranks of a torchrun launch
+RANKED = ("sweep", "fid", "sample")  # the commands that share their work across the ranks of a torchrun launch
 
 
 def _check_launch(args: list[str]) -> None:
@@ -175,8 +175,8 @@ def _check_launch(args: list[str]) -> None:
         from diffbench.errors import UsageError
 
         raise UsageError(
-            f"diffbench {name} runs in one process; under torchrun only 'sweep' and 'fid --model' share their "
-            "work across ranks: run it without torchrun"
+            f"diffbench {name} runs in one process; under torchrun only 'sweep', 'sample' and 'fid --model' "
+            "share their work across ranks: run it without torchrun"
         )
 
 

@@ -34,6 +34,7 @@ def sample_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from diffbench.cli.ranks import join, load_on_ranks, rank_device
     from diffbench.device import check_device
     from diffbench.io import (
         ImageSink,
@@ -53,24 +54,40 @@ def sample_cmd(
     # everything that can be refused is refused before the first network call and before any output exists
     seed_list = parse_seeds(seeds)
     spec = SamplerSpec.make(**sampler)
-    dev = check_device(device)
-    if out.suffix != ".npz" and out.suffix and not out.is_dir():
-        from diffbench.errors import ConfigError
+    w = join()  # torchrun: the ranks' commands compared before any work (one process: nothing)
+    dev = check_device(rank_device(device, w))
 
-        raise ConfigError(f"--out {out}: an output is a folder of PNGs (no extension) or a file ending in .npz")
-    check_output(out, overwrite=overwrite)
-    if grid is not None:
-        if grid.suffix.lower() != ".png":
+    def check_outputs() -> None:  # rank 0 alone writes the images and the sidecar
+        if out.suffix != ".npz" and out.suffix and not out.is_dir():
             from diffbench.errors import ConfigError
 
-            raise ConfigError(f"--grid {grid}: the grid is a PNG file; give a path ending in .png")
-        check_output(grid, overwrite=overwrite)
+            raise ConfigError(f"--out {out}: an output is a folder of PNGs (no extension) or a file ending in .npz")
+        check_output(out, overwrite=overwrite)
+        if grid is not None:
+            if grid.suffix.lower() != ".png":
+                from diffbench.errors import ConfigError
+
+                raise ConfigError(f"--grid {grid}: the grid is a PNG file; give a path ending in .png")
+            check_output(grid, overwrite=overwrite)
+
+    w.on_main("checking the output paths", check_outputs)
     from diffbench.cli.checkpoints import download_progress
 
-    with download_progress(f"fetch {model}", console=err) as fetch_bar:
-        denoiser = load(model, device="cpu", offline=offline, progress=fetch_bar)
-    run = Sampler(denoiser, spec, device=dev)
-    run.class_indices(class_, len(seed_list))
+    def load_model() -> Any:
+        with download_progress(f"fetch {model}", console=err) as fetch_bar:
+            return load(model, device="cpu", offline=offline, progress=fetch_bar)
+
+    denoiser = load_on_ranks(w, load_model)
+
+    def plan() -> Sampler:
+        run = Sampler(denoiser, spec, device=dev)
+        run.class_indices(class_, len(seed_list))
+        return run
+
+    run = w.everywhere("planning the sampler", plan)
+    if not w.main:
+        _follow(w, run, seed_list, class_, batch)
+        return
     p = run.plan
     merged = (
         f", {p.merged_steps} merged by round_sigma ({p.distinct_levels} distinct sigma levels)"
@@ -84,9 +101,12 @@ def sample_cmd(
     )
     provenance = dict(run.provenance(seed_list), command=_command_line(), class_=class_)
     provenance["class"] = provenance.pop("class_")
+    if w.size > 1:
+        provenance["processes"] = w.size  # not in the run's identity: the images are those of one process
     if len(run.shape) != 3 or run.shape[0] not in (1, 3):
         from diffbench.errors import ConfigError
 
+        w.broadcast(None, what="starting")  # the others stop too (they wait for the resume point)
         raise ConfigError(
             f"{model} gives samples of shape {tuple(run.shape)}, not images with 1 or 3 channels; "
             "use the Python API (diffbench.sample) for it"
@@ -102,7 +122,12 @@ def sample_cmd(
             "batch": batch,
         }
     )
-    done = None if overwrite or out.suffix != ".npz" else finished_shards(out, identity, seed_list)
+    try:
+        done = None if overwrite or out.suffix != ".npz" else finished_shards(out, identity, seed_list)
+    except BaseException:
+        w.broadcast(None, what="starting")  # the other ranks stop too
+        raise
+    w.broadcast(len(done.seeds) if done is not None else 0, what="starting")
     err.print(
         f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {grid_text}, "
         f"endpoint {p.endpoint}{merged}; device {run.device}",
@@ -135,8 +160,12 @@ def sample_cmd(
 
         todo = seed_list[start:]
         try:
-            batches = iter_batches(
-                denoiser, seeds=todo, class_labels=class_, batch=batch, sampler=run, progress=progress
+            batches = (
+                iter_batches(denoiser, seeds=todo, class_labels=class_, batch=batch, sampler=run, progress=progress)
+                if w.size == 1
+                else _ranked_batches(
+                    w, run, todo, class_, batch, lambda n: bar.update(images_task, completed=start + n)
+                )
             )
             for b in batches if todo else ():
                 sink.write(b.images, b.seeds, b.class_labels)
@@ -152,6 +181,42 @@ def sample_cmd(
     if grid is not None and kept:
         save_image_atomic(grid_image(torch.cat(kept)), grid)
     err.print(f"wrote {len(seed_list)} images to {out}")
+
+
+def _chunks(n: int, batch: int) -> list[tuple[int, int]]:
+    return [(i, min(i + batch, n)) for i in range(0, n, batch)]  # as iter_batches cuts them
+
+
+def _ranked_batches(w: Any, run: Any, todo: list[int], class_: int | None, batch: int, shown: Any = None) -> Any:
+    """torchrun: the batches of one process, dealt out in rounds (rank r runs batch r of a round); on rank 0
+    they come back in seed order, on the CPU; the other ranks yield nothing."""
+    from diffbench.sampling.run import Batch
+
+    labels = run.class_indices(class_, len(todo))
+    chunks = _chunks(len(todo), batch)
+    for r0 in range(0, len(chunks), w.size):
+        round_ = chunks[r0 : r0 + w.size]
+
+        def produce(round_: list[tuple[int, int]] = round_) -> Any:
+            a, b = round_[w.rank]
+            out = run.run(todo[a:b], class_labels=None if labels is None else labels[a:b])
+            lab = None if out.class_labels is None else out.class_labels.detach().cpu()
+            return out.images.detach().cpu(), list(out.seeds), lab
+
+        got = w.exchange(produce if w.rank < len(round_) else None, what="gathering a round of images")
+        for images, seeds, lab in got:
+            yield Batch(images=images, seeds=seeds, class_labels=lab, nfe=run.plan.nfe)
+        if shown is not None and w.main:
+            shown(round_[-1][1])
+
+
+def _follow(w: Any, run: Any, seed_list: list[int], class_: int | None, batch: int) -> None:
+    """A rank > 0 of a torchrun launch: sample its share of each round from rank 0's resume point."""
+    start = w.broadcast(None, what="starting")
+    if start is None:  # rank 0 refused the run
+        return
+    for _ in _ranked_batches(w, run, seed_list[start:], class_, batch):
+        pass
 
 
 def _command_line() -> str:

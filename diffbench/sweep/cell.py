@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffbench.distributed import SINGLE, RankError, World
-from diffbench.errors import DiffbenchError
+from diffbench.distributed import SINGLE, World
 from diffbench.io import quantize
 from diffbench.metrics.accumulators import pack, unpack
 from diffbench.metrics.reference_error import reference_samples, squared_errors
@@ -268,45 +267,28 @@ def _exchange(
 ) -> list[tuple[int, Batch]]:
     """One round: rank r produces batch r of the round; rank 0 receives them all in seed order (on the CPU,
     only the fields the metrics read). An error on any rank stops every rank with that rank's line."""
-    sent: tuple[str, Any]
-    if world.rank < len(round_):
+
+    def produce() -> tuple[int, Batch, Any]:
         b, start, stop = round_[world.rank]
-        try:
-            batch = _produce(bench, sampler, bench.seeds[start:stop], wants, ref_range, meta)
-            wire = Batch(
-                images=_cpu(batch.images) if wants.images else None,
-                seeds=batch.seeds,
-                labels=_cpu(batch.labels),
-                uint8=_cpu(batch.uint8) if wants.uint8 else None,
-                features=_cpu(batch.features),
-                logits=_cpu(batch.logits),
-                ref_sq_errors=_cpu(batch.ref_sq_errors),
-                ref_cached=batch.ref_cached,
-            )
-            sent = ("ok", (b, wire, meta.get("ref_method")))
-        except DiffbenchError as exc:
-            sent = ("error", (str(exc), exc.exit_code))
-    else:
-        sent = ("idle", None)
-    got = world.gather(sent, what="gathering a round of batches")
-    status = None
-    if world.main:
-        assert got is not None
-        failed = [(r, v) for r, (kind, v) in enumerate(got) if kind == "error"]
-        status = None if not failed else (f"rank {failed[0][0]}: {failed[0][1][0]}", failed[0][1][1])
-    status = world.broadcast(status, what="gathering a round of batches")
-    if status is not None:
-        raise RankError(status[0], exit_code=status[1])
-    if not world.main:
-        return []
-    assert got is not None
+        batch = _produce(bench, sampler, bench.seeds[start:stop], wants, ref_range, meta)
+        wire = Batch(
+            images=_cpu(batch.images) if wants.images else None,
+            seeds=batch.seeds,
+            labels=_cpu(batch.labels),
+            uint8=_cpu(batch.uint8) if wants.uint8 else None,
+            features=_cpu(batch.features),
+            logits=_cpu(batch.logits),
+            ref_sq_errors=_cpu(batch.ref_sq_errors),
+            ref_cached=batch.ref_cached,
+        )
+        return b, wire, meta.get("ref_method")
+
+    got = world.exchange(produce if world.rank < len(round_) else None, what="gathering a round of batches")
     out = []
-    for kind, v in got:
-        if kind == "ok":
-            b, wire, method = v
-            if method is not None:
-                meta["ref_method"] = method
-            out.append((b, wire))
+    for b, wire, method in got:
+        if method is not None:
+            meta["ref_method"] = method
+        out.append((b, wire))
     return out
 
 
