@@ -1,13 +1,14 @@
 """One cell across processes and many cells across shards, on this machine's CPUs.
 
 A. `torchrun --nproc-per-node 2 -m diffbench sweep` (gloo, one torch thread per rank) against one process
-   (one thread, and as many threads as ranks) on the same cells of the built-in digits model: wall time of
-   the whole command, the cells' own wall time from the store, and whether the results are bit-identical.
+   (one thread; with --threads also as many threads as ranks) on the same cells of the built-in digits model:
+   wall time of the whole command, the cells' own wall time from the store, and whether the results are
+   bit-identical.
 B. The same grid run whole and as 3 shards (one after the other, as 3 machines would run them at once) plus
    `diffbench merge`: the work each shard repeats (start-up, model, grid) and the merge's own cost, and whether
    the merged export equals the whole one. Also the merge's cost for 3 stores of 200 cells each.
 
-Run: python benchmarks/distributed_speed.py [--seeds 0-255] [--nfe 9,35]
+Run: python benchmarks/distributed_speed.py [--seeds 0-127] [--nfe 9,35] [--threads]
 Results go to stdout as a small table (benchmarks/README.md keeps them).
 """
 
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's diffbench, also for the in-process merge below
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -43,7 +45,7 @@ def _port() -> int:
 
 def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
     t = time.perf_counter()
-    p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
     if p.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
     return time.perf_counter() - t, p.stdout
@@ -61,13 +63,15 @@ def _results(stdout: str) -> list[dict]:
     return [r["results"] for r in json.loads(stdout)]
 
 
-def ranks_vs_one(work: Path, args: list[str], ranks: int = 2) -> None:
+def ranks_vs_one(work: Path, args: list[str], ranks: int = 2, *, threads_variant: bool = False) -> None:
     py = [sys.executable, "-m", "diffbench"]
     rows = []
     base = None
+    variants = [("1 process, 1 thread", py, 1)]
+    if threads_variant:  # off by default: on a shared, oversubscribed machine an OpenMP team spins for minutes
+        variants.append((f"1 process, {ranks} threads", py, ranks))
     for label, cmd, threads in [
-        ("1 process, 1 thread", py, 1),
-        (f"1 process, {ranks} threads", py, ranks),
+        *variants,
         (
             f"torchrun {ranks} ranks x 1 thread (gloo)",
             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks)]
@@ -80,11 +84,12 @@ def ranks_vs_one(work: Path, args: list[str], ranks: int = 2) -> None:
         res = _results(out)
         base = base if base is not None else res
         rows.append((label, wall, _cells_wall(store), res == base))
+        print(f"  ({label}: {wall:.1f} s)", flush=True)
     print(f"\nA. one cell across processes: diffbench sweep {' '.join(args[1:])}")
     print("| run | command wall s | cells wall s | results equal to 1 process |")
     print("|---|---:|---:|---|")
     for label, wall, cells, same in rows:
-        print(f"| {label} | {wall:.1f} | {cells:.1f} | {'bit-identical' if same else 'DIFFER'} |")
+        print(f"| {label} | {wall:.1f} | {cells:.1f} | {'bit-identical' if same else 'DIFFER'} |", flush=True)
 
 
 def shards_vs_whole(work: Path, args: list[str], n: int = 3) -> None:
@@ -134,9 +139,10 @@ def merge_cost(work: Path, cells: int = 200, n: int = 3) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", default="0-255")
+    ap.add_argument("--seeds", default="0-127")
     ap.add_argument("--nfe", default="9,35")
     ap.add_argument("--batch", default="32")
+    ap.add_argument("--threads", action="store_true", help="also 1 process with 2 threads (an idle machine only)")
     a = ap.parse_args()
     import torch
 
@@ -147,7 +153,7 @@ def main() -> None:
     sweep = ["sweep", "digits-edm", "--solver", "heun", "--nfe", a.nfe, "--seeds", a.seeds, "--batch", a.batch]
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        ranks_vs_one(work, sweep)
+        ranks_vs_one(work, sweep, threads_variant=a.threads)
         grid = ["sweep", "digits-edm", "--solver", "euler,heun,dpmpp-2m", "--nfe", "5,9", "--seeds", "0-175"]
         shards_vs_whole(work, [*grid, "--batch", a.batch])
         merge_cost(work)

@@ -12,7 +12,7 @@ from diffbench.sweep.bench import Bench
 from diffbench.sweep.cell import BatchProgress, CellResult, run_cell
 from diffbench.sweep.grid import Cell, Grid, check_grid
 from diffbench.sweep.identity import cell_identity, skipped_identity
-from diffbench.sweep.shard import Shard
+from diffbench.sweep.shard import Shard, assign
 from diffbench.sweep.store import Store
 
 
@@ -52,11 +52,19 @@ def _identity(cell: Cell, bench: Bench) -> tuple[str, dict[str, Any]]:
     return cell_identity(bench, cell.spec, cell.plan)
 
 
+def _mine(grid: Grid, ids: list[str], shard: Shard | None) -> list[bool]:
+    """Which of the grid's cells belong to `shard` (diffbench.sweep.shard.assign; cost: the NFE spent)."""
+    if shard is None:
+        return [True] * len(ids)
+    costs = [float(c.plan.nfe) if c.plan is not None and c.skipped is None else 0.0 for c in grid.cells]
+    to = assign(list(zip(ids, costs)), shard.count)
+    return [to[cid] == shard.index for cid in ids]
+
+
 def shard_grid(grid: Grid, bench: Bench, shard: Shard | None) -> Grid:
     """The grid with only the cells of `shard` (all of them for None), in grid order."""
-    if shard is None:
-        return grid
-    return replace(grid, cells=tuple(c for c in grid.cells if shard.owns(_identity(c, bench)[0])))
+    mine = _mine(grid, [_identity(c, bench)[0] for c in grid.cells], shard)
+    return replace(grid, cells=tuple(c for c, m in zip(grid.cells, mine) if m))
 
 
 def run_sweep(
@@ -82,7 +90,7 @@ def run_sweep(
     emit = on_event if on_event is not None and world.main else (lambda e: None)
     ids: list[str] = []
     idents = [_identity(c, bench) for c in grid.cells]
-    mine = [shard is None or shard.owns(cid) for cid, _ in idents]
+    mine = _mine(grid, [cid for cid, _ in idents], shard)
     for i, cell in enumerate(grid.cells):
         if not mine[i]:
             emit(Event("elsewhere", i, total, cell))

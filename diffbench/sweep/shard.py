@@ -1,14 +1,16 @@
 """Many cells across many machines: `--shard I/N` runs only the cells whose identity hashes to shard I.
 
-Shards are numbered from 0 (0/3, 1/3, 2/3), as SLURM's array task ids run with `--array=0-2`. A cell belongs
-to shard int(id[:16], 16) mod N, its id being the sha256 of what determines its numbers
-(diffbench.sweep.identity): the assignment depends on nothing but the cell itself, so any N works, a rerun of
-shard I picks up exactly its own cells (finished ones from its store), and a cell added to the grid later
-does not move the others. Counts per shard are balanced only on average (a hash, not a schedule).
+Shards are numbered from 0 (0/3, 1/3, 2/3), as SLURM's array task ids run with `--array=0-2`. The cells are
+dealt out by their cost (NFE, the sampling work per image) and identity alone (`assign`): longest first,
+each to the shard with the least work so far, ties broken by the cell id (the sha256 of what determines its
+numbers, diffbench.sweep.identity). So every machine computes the same assignment from the same grid, any N
+works, shards finish at about the same time, and a rerun of shard I picks up exactly its own cells (finished
+ones from its store). A changed grid may move cells between shards: run it into a new set of stores.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from diffbench.errors import ConfigError
@@ -24,14 +26,18 @@ class Shard:
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
-    def owns(self, cell_id: str) -> bool:
-        """True when the cell with this id (a sha256 hex digest) belongs to this shard."""
-        return shard_of(cell_id, self.count) == self.index
 
-
-def shard_of(cell_id: str, count: int) -> int:
-    """The shard (0-based) of a cell id among `count` shards: its first 64 bits modulo count."""
-    return int(cell_id[:16], 16) % count
+def assign(cells: Sequence[tuple[str, float]], count: int) -> dict[str, int]:
+    """{cell id: shard} for cells given as (id, cost): longest processing time first (Graham 1969), each cell
+    to the shard with the least total cost so far (the lowest index among equals), cells of equal cost in id
+    order. Deterministic in the set of cells alone (their order does not matter)."""
+    load = [0.0] * count
+    out: dict[str, int] = {}
+    for cid, cost in sorted(cells, key=lambda c: (-float(c[1]), c[0])):
+        k = min(range(count), key=lambda i: (load[i], i))
+        out[cid] = k
+        load[k] += float(cost)
+    return out
 
 
 def parse_shard(text: str) -> Shard:
@@ -53,4 +59,4 @@ def parse_shard(text: str) -> Shard:
     return Shard(index, count)
 
 
-__all__ = ["Shard", "parse_shard", "shard_of"]
+__all__ = ["Shard", "parse_shard", "assign"]
