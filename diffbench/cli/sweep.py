@@ -323,8 +323,8 @@ def sweep_cmd(
         str | None,
         typer.Option(
             "--shard",
-            help="I/N: run only shard I of N (numbered from 0) of the grid's cells, chosen by cell identity, into "
-            "this store; 'diffbench merge' combines the shards' stores.",
+            help="I/N: run only shard I of N (numbered from 0) of the grid's cells (dealt out by NFE and cell "
+            "identity: the same split on every machine) into this store; 'diffbench merge' combines the stores.",
         ),
     ] = None,
     *,
