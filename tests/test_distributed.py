@@ -1,6 +1,7 @@
 """One cell across many processes: `torchrun -m diffbench sweep / fid --model / sample` on 2 CPU processes
-(gloo) gives the numbers (and images) of one process bit for bit; only rank 0 writes and prints; a resumed launch finishes the cell; ranks
-that disagree on the command or the model file, or cannot load it, stop before any work with one line."""
+(gloo) gives the numbers (and images) of one process bit for bit; only rank 0 writes and prints; a resumed
+launch finishes the cell; ranks that disagree on the command or the model file, or cannot load it, stop
+before any work with one line."""
 
 from __future__ import annotations
 
