@@ -44,7 +44,7 @@ def _register() -> None:
     """Attach every command group; each module adds its commands to `app`."""
     from diffbench.cli import listing, sample  # noqa: F401
 
-    for name in ("metrics", "checkpoints", "sweep"):
+    for name in ("metrics", "checkpoints", "sweep", "scale"):
         try:
             __import__(f"diffbench.cli.{name}")
         except ModuleNotFoundError as exc:  # a group not yet present in this build
@@ -87,6 +87,7 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so every command's cleanup (sidecars, partial files) runs."""
 
 
+COMMAND: list[str] = []  # the arguments of this run (diffbench.cli.distributed compares them across ranks)
 _RECEIVED: list[int] = []  # signals received: typer >= 0.2x turns an interrupt into a silent exit code 130
 
 
@@ -117,15 +118,24 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, _on_signal)
     _register()
     args = sys.argv[1:] if argv is None else argv
+    COMMAND[:] = [str(a) for a in args]  # what the ranks of a torchrun launch compare before any work
     if not args:
         typer.echo(typer.main.get_command(app).get_help(_context()))
         sys.exit(0)
     try:
+        _check_launch(args)
         rv = app(args=args, prog_name="diffbench", standalone_mode=False)
     except DiffbenchError as exc:
         from diffbench.cli.options import flag_message
+        from diffbench.distributed import env_rank
 
-        typer.echo(f"error: {flag_message(str(exc))}", err=True)
+        rank = env_rank()  # under torchrun: an error all ranks know is printed by rank 0 alone
+        if not (rank and getattr(exc, "all_ranks", False)):
+            typer.echo(f"error: {f'(rank {rank}) ' if rank else ''}{flag_message(str(exc))}", err=True)
+        if getattr(exc, "all_ranks", False):
+            from diffbench.distributed import farewell
+
+            farewell()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _interrupted()
@@ -150,6 +160,24 @@ def main(argv: list[str] | None = None) -> None:
     if _RECEIVED:
         _interrupted()
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+RANKED = ("sweep", "fid", "sample")  # the commands that share their work across the ranks of a torchrun launch
+
+
+def _check_launch(args: list[str]) -> None:
+    """Under torchrun, only the commands that share work across ranks run (the others would write one output
+    from every rank at once)."""
+    from diffbench.distributed import launched
+
+    name = next((a for a in args if not a.startswith("-")), None)
+    if launched() and name is not None and name not in RANKED:
+        from diffbench.errors import UsageError
+
+        raise UsageError(
+            f"diffbench {name} runs in one process; under torchrun only 'sweep', 'sample' and 'fid --model' "
+            "share their work across ranks: run it without torchrun"
+        )
 
 
 def _context():

@@ -247,6 +247,10 @@ def fid_cmd(
 
     if show is not None:
         raise ConfigError(f"--show is retired: {RETIRED_SHOWN}")
+    from diffbench.distributed import launched
+
+    if model is None and launched():
+        raise ConfigError("under torchrun, diffbench fid runs only with --model (files are scored in one process)")
     if extractor is not None:
         check_extractor_name(extractor)
     if model is None and sampler:
@@ -270,8 +274,14 @@ def fid_cmd(
         from diffbench.cli.sweep import _reference_and_space
 
         extractor = _reference_and_space(model or "", ref, None)[1] or "inception-v3-compat"
+    w = None
+    if model is not None:  # under torchrun: the ranks share each batch round, rank 0 prints
+        from diffbench.cli.ranks import join, rank_device
+
+        w = join()
+        device = rank_device(device, w)
     dev = _device(device)
-    bar, update = _progress("samples" if model is not None else "features")
+    bar, update = _progress("samples" if model is not None else "features") if w is None or w.main else (None, None)
     if bar is not None:
         bar.start()
     common = dict(  # the scoring options, the same whether images come from files or straight from a sampler
@@ -293,12 +303,14 @@ def fid_cmd(
             from diffbench.seeds import parse_seeds
             from diffbench.sweep.single_cell import fid_of_spec
 
-            result = fid_of_spec(model, spec=spec, seeds=parse_seeds(seeds), class_label=class_, **common)
+            result = fid_of_spec(model, spec=spec, seeds=parse_seeds(seeds), class_label=class_, world=w, **common)
         else:
             result = fid(samples, **common)
     finally:
         if bar is not None:
             bar.stop()
+    if w is not None and not w.main:
+        return
     if as_json:
         typer.echo(dumps_json(result.to_dict()))
     else:

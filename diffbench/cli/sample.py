@@ -36,6 +36,7 @@ def sample_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from diffbench.cli.ranks import join, load_on_ranks, rank_device
     from diffbench.device import check_device
     from diffbench.io import (
         ImageSink,
@@ -58,24 +59,44 @@ def sample_cmd(
 
     batch_size = parse_batch(batch)
     spec = SamplerSpec.make(**sampler)
-    dev = check_device(device)
-    if out.suffix != ".npz" and out.suffix and not out.is_dir():
+    w = join()  # torchrun: the ranks' commands compared before any work (one process: nothing)
+    if w.size > 1 and batch_size == AUTO:  # every rank must cut the seeds into the same batches
         from diffbench.errors import ConfigError
 
-        raise ConfigError(f"--out {out}: an output is a folder of PNGs (no extension) or a file ending in .npz")
-    check_output(out, overwrite=overwrite)
-    if grid is not None:
-        if grid.suffix.lower() != ".png":
+        raise ConfigError("--batch auto does not apply under torchrun: give every rank the same --batch N")
+    dev = check_device(rank_device(device, w))
+
+    def check_outputs() -> None:  # rank 0 alone writes the images and the sidecar
+        if out.suffix != ".npz" and out.suffix and not out.is_dir():
             from diffbench.errors import ConfigError
 
-            raise ConfigError(f"--grid {grid}: the grid is a PNG file; give a path ending in .png")
-        check_output(grid, overwrite=overwrite)
+            raise ConfigError(f"--out {out}: an output is a folder of PNGs (no extension) or a file ending in .npz")
+        check_output(out, overwrite=overwrite)
+        if grid is not None:
+            if grid.suffix.lower() != ".png":
+                from diffbench.errors import ConfigError
+
+                raise ConfigError(f"--grid {grid}: the grid is a PNG file; give a path ending in .png")
+            check_output(grid, overwrite=overwrite)
+
+    w.on_main("checking the output paths", check_outputs)
     from diffbench.cli.checkpoints import download_progress
 
-    with download_progress(f"fetch {model}", console=err) as fetch_bar:
-        denoiser = load(model, device="cpu", offline=offline, progress=fetch_bar)
-    run = Sampler(denoiser, spec, device=dev)
-    run.class_indices(class_, len(seed_list))
+    def load_model() -> Any:
+        with download_progress(f"fetch {model}", console=err) as fetch_bar:
+            return load(model, device="cpu", offline=offline, progress=fetch_bar)
+
+    denoiser = load_on_ranks(w, load_model)
+
+    def plan() -> Sampler:
+        run = Sampler(denoiser, spec, device=dev)
+        run.class_indices(class_, len(seed_list))
+        return run
+
+    run = w.everywhere("planning the sampler", plan)
+    if not w.main:
+        _follow(w, run, seed_list, class_, int(batch_size))
+        return
     p = run.plan
     merged = (
         f", {p.merged_steps} merged by round_sigma ({p.distinct_levels} distinct sigma levels)"
@@ -89,9 +110,12 @@ def sample_cmd(
     )
     provenance = dict(run.provenance(seed_list), command=_command_line(), class_=class_)
     provenance["class"] = provenance.pop("class_")
+    if w.size > 1:
+        provenance["processes"] = w.size  # not in the run's identity: the images are those of one process
     if len(run.shape) != 3 or run.shape[0] not in (1, 3):
         from diffbench.errors import ConfigError
 
+        w.broadcast(None, what="starting")  # the others stop too (they wait for the resume point)
         raise ConfigError(
             f"{model} gives samples of shape {tuple(run.shape)}, not images with 1 or 3 channels; "
             "use the Python API (diffbench.sample) for it"
@@ -107,7 +131,12 @@ def sample_cmd(
             "batch": batch_size,
         }
     )
-    done = None if overwrite or out.suffix != ".npz" else finished_shards(out, identity, seed_list)
+    try:
+        done = None if overwrite or out.suffix != ".npz" else finished_shards(out, identity, seed_list)
+    except BaseException:
+        w.broadcast(None, what="starting")  # the other ranks stop too
+        raise
+    w.broadcast(len(done.seeds) if done is not None else 0, what="starting")
     err.print(
         f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {grid_text}, "
         f"endpoint {p.endpoint}{merged}; device {run.device}",
@@ -142,8 +171,14 @@ def sample_cmd(
         fit = _batch_fit(run, denoiser, len(todo), err) if batch_size == AUTO else None
         size = fit.size if fit is not None else int(batch_size)
         try:
-            batches = iter_batches(
-                denoiser, seeds=todo, class_labels=class_, batch=size, sampler=run, progress=progress, fit=fit
+            batches = (
+                iter_batches(
+                    denoiser, seeds=todo, class_labels=class_, batch=size, sampler=run, progress=progress, fit=fit
+                )
+                if w.size == 1
+                else _ranked_batches(
+                    w, run, todo, class_, size, lambda n: bar.update(images_task, completed=start + n)
+                )
             )
             for b in batches if todo else ():
                 sink.write(b.images, b.seeds, b.class_labels)
@@ -169,6 +204,42 @@ def _batch_fit(run: Any, denoiser: Any, n_seeds: int, err: Any) -> Any:
     fit = BatchFit.auto(fit_key(model_sha256(denoiser), run.device, run.spec, run.shape), run.device, n_seeds=n_seeds)
     err.print(describe(fit, run.device), soft_wrap=True)
     return fit
+
+
+def _chunks(n: int, batch: int) -> list[tuple[int, int]]:
+    return [(i, min(i + batch, n)) for i in range(0, n, batch)]  # as iter_batches cuts them
+
+
+def _ranked_batches(w: Any, run: Any, todo: list[int], class_: int | None, batch: int, shown: Any = None) -> Any:
+    """torchrun: the batches of one process, dealt out in rounds (rank r runs batch r of a round); on rank 0
+    they come back in seed order, on the CPU; the other ranks yield nothing."""
+    from diffbench.sampling.run import Batch
+
+    labels = run.class_indices(class_, len(todo))
+    chunks = _chunks(len(todo), batch)
+    for r0 in range(0, len(chunks), w.size):
+        round_ = chunks[r0 : r0 + w.size]
+
+        def produce(round_: list[tuple[int, int]] = round_) -> Any:
+            a, b = round_[w.rank]
+            out = run.run(todo[a:b], class_labels=None if labels is None else labels[a:b])
+            lab = None if out.class_labels is None else out.class_labels.detach().cpu()
+            return out.images.detach().cpu(), list(out.seeds), lab
+
+        got = w.exchange(produce if w.rank < len(round_) else None, what="gathering a round of images")
+        for images, seeds, lab in got:
+            yield Batch(images=images, seeds=seeds, class_labels=lab, nfe=run.plan.nfe)
+        if shown is not None and w.main:
+            shown(round_[-1][1])
+
+
+def _follow(w: Any, run: Any, seed_list: list[int], class_: int | None, batch: int) -> None:
+    """A rank > 0 of a torchrun launch: sample its share of each round from rank 0's resume point."""
+    start = w.broadcast(None, what="starting")
+    if start is None:  # rank 0 refused the run
+        return
+    for _ in _ranked_batches(w, run, seed_list[start:], class_, batch):
+        pass
 
 
 def _command_line() -> str:

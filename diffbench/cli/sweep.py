@@ -189,6 +189,7 @@ class _Display:
         rt.add_column("NFE", justify="right")
         rt.add_column("state")
         style = {"done": "green", "cached": "green", "running": "bold yellow", "skipped": "dim", "waiting": ""}
+        style["other shard"] = "dim"
         for i, c in enumerate(self.grid.cells):
             st = self.status[i]
             text = st
@@ -230,6 +231,8 @@ class _Display:
                 )
         elif ev.kind == "skipped":
             self.status[i] = "skipped"
+        elif ev.kind == "elsewhere":
+            self.status[i] = "other shard"
         if self.live is not None:
             self.live.update(self._render())
 
@@ -334,6 +337,14 @@ def sweep_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the grid's rows as JSON instead of tables.")] = False,
     x: Annotated[str | None, typer.Option("--x", help=X_HELP)] = None,
     series: Annotated[str | None, typer.Option("--series", help=SERIES_HELP)] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="I/N: run only shard I of N (numbered from 0) of the grid's cells (dealt out by NFE and cell "
+            "identity: the same split on every machine) into this store; 'diffbench merge' combines the stores.",
+        ),
+    ] = None,
     *,
     sampler: dict[str, list[Any]],
 ) -> None:
@@ -345,8 +356,7 @@ def sweep_cmd(
     from diffbench.errors import ConfigError
     from diffbench.seeds import parse_seeds
     from diffbench.sweep import default_model, default_setup
-    from diffbench.sweep.cell import prepare
-    from diffbench.sweep.grid import check_grid, load_config, make_grid
+    from diffbench.sweep.grid import load_config
     from diffbench.sweep.runner import run_sweep
     from diffbench.sweep.store import (
         Store,
@@ -399,39 +409,60 @@ def sweep_cmd(
     if inception_weights is not None and not inception_weights.exists():
         raise ConfigError(f"--inception-weights {inception_weights} does not exist")
     seed_list = parse_seeds(seeds_text)
-    # every output path is checked, and the whole grid validated, before anything is created
-    check_store_path(store_path)
-    if out is not None:
-        check_out_folder(out, store_path, overwrite=overwrite)
-    if save_images is not None:
-        check_writable_folder(save_images, f"--save-images {save_images}")
+    from diffbench.sweep.shard import parse_shard
+
+    shard_of = None if shard is None else parse_shard(shard)
+    from diffbench.cli.ranks import join, load_on_ranks, rank_device
+
+    w = join(config)  # torchrun: the ranks' commands compared before any work (one process: nothing)
+    device = rank_device(device, w)
+    if w.size > 1 and batch_size == AUTO:  # every rank must cut each cell's seeds into the same batches
+        raise ConfigError("--batch auto does not apply under torchrun: give every rank the same --batch N")
+
+    def check_outputs() -> None:  # every output path is checked before anything is created (rank 0 writes)
+        check_store_path(store_path)
+        if out is not None:
+            check_out_folder(out, store_path, overwrite=overwrite)
+        if save_images is not None:
+            check_writable_folder(save_images, f"--save-images {save_images}")
+
+    w.on_main("checking the output paths", check_outputs)
 
     from diffbench.cli.checkpoints import download_progress
 
     err = _console(stderr=True)
-    with download_progress(f"fetch {model}", console=err) as fetch_bar:
-        from diffbench.models.load import load
 
-        denoiser = load(model, device="cpu", progress=fetch_bar)
-    # the whole grid (every axis value, every solver name) is checked before the metrics are prepared
-    grid = make_grid(denoiser, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
-    check_grid(grid)
-    _check_grid_layout(grid, x, series)
-    bench = prepare(
-        denoiser,
-        model_name=model,
-        seeds=seed_list,
-        metrics=metric_list,
-        blocks=blocks,
-        batch=CPU_BATCH if batch_size == AUTO else int(batch_size),
-        device=device,
-        ref=ref,
-        extractor=extractor,
-        weights_path=inception_weights,
-        class_label=class_,
-        allow_small_n=allow_small_n,
-        eval_classifier=eval_classifier,
+    def load_model() -> Any:
+        with download_progress(f"fetch {model}", console=err) as fetch_bar:
+            from diffbench.models.load import load
+
+            return load(model, device="cpu", progress=fetch_bar)
+
+    denoiser = load_on_ranks(w, load_model)
+    grid, bench = w.everywhere(
+        "preparing the grid",
+        lambda: _grid_and_bench(
+            denoiser,
+            axes,
+            fixed,
+            cfg,
+            x,
+            series,
+            model_name=model,
+            seeds=seed_list,
+            metrics=metric_list,
+            blocks=blocks,
+            batch=CPU_BATCH if batch_size == AUTO else int(batch_size),
+            device=device,
+            ref=ref,
+            extractor=extractor,
+            weights_path=inception_weights,
+            class_label=class_,
+            allow_small_n=allow_small_n,
+            eval_classifier=eval_classifier,
+        ),
     )
+    w.agree("the reference statistics (sha256)", bench.ref_sha256)
     if save_images is not None:
         bench.save_images = _image_saver(save_images)
     if batch_size == AUTO:
@@ -445,6 +476,9 @@ def sweep_cmd(
             ),
             soft_wrap=True,
         )
+    if not w.main:  # ranks > 0 sample their share of each cell's batches; rank 0 writes and prints
+        run_sweep(bench, grid, None, checkpoint_every=checkpoint_every, shard=shard_of, world=w)
+        return
     err.print(
         f"sweep: {len(grid.cells)} cells ({len(grid.skipped)} skipped) on {bench.model_name}, "
         f"{len(seed_list)} seeds in {bench.blocks} block(s), metrics {', '.join(bench.metrics)}; store {store_path}",
@@ -454,7 +488,14 @@ def sweep_cmd(
         err.print(f"outputs go to {out}/, named after the store (--out chooses another folder)", soft_wrap=True)
     with Store(store_path) as st:
         with _Display(grid, len(seed_list)) as display:
-            rows = run_sweep(bench, grid, st, on_event=display, checkpoint_every=checkpoint_every)
+            rows = run_sweep(
+                bench, grid, st, on_event=display, checkpoint_every=checkpoint_every, shard=shard_of, world=w
+            )
+        if shard_of is not None:
+            from diffbench.sweep.runner import shard_grid
+
+            err.print(f"shard {shard_of}: {len(rows)} of the grid's {len(grid.cells)} cells are in {st.path}")
+            grid = shard_grid(grid, bench, shard_of)  # the notes below are of this shard's cells
         _record_notes(st, grid, rows)
         published = _published(st, the_recipe, grid, rows, seeds_text) if the_recipe else None
         if as_json:
@@ -490,6 +531,19 @@ def _published(st: Any, recipe: Any, grid: Any, rows: list[dict[str, Any]], seed
             st.record_published(row["id"], entries)
             row["provenance"] = {**(row.get("provenance") or {}), "published": entries}
     return comparison_lines(recipe, table)
+
+
+def _grid_and_bench(
+    denoiser: Any, axes: dict[str, Any], fixed: dict[str, Any], cfg: Any, x: str | None, series: str | None, **kw: Any
+) -> tuple[Any, Any]:
+    """The grid (every axis value, every solver name checked first), the layout, then the bench (metrics)."""
+    from diffbench.sweep.cell import prepare
+    from diffbench.sweep.grid import check_grid, make_grid
+
+    grid = make_grid(denoiser, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
+    check_grid(grid)
+    _check_grid_layout(grid, x, series)
+    return grid, prepare(denoiser, **kw)
 
 
 def _record_notes(st: Any, grid: Any, rows: list[dict[str, Any]]) -> None:

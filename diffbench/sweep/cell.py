@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffbench.distributed import SINGLE, World
 from diffbench.io import quantize
 from diffbench.metrics.accumulators import pack, unpack
 from diffbench.metrics.reference_error import reference_samples, squared_errors
@@ -99,6 +100,7 @@ def run_cell(
     checkpoint: Callable[[int, bytes], None] | None = None,
     checkpoint_every: int | None = None,
     on_batch: Callable[[BatchProgress], None] | None = None,
+    world: World | None = None,
 ) -> CellResult:
     """Sample `spec` over the bench's seeds and compute its metrics, per seed block and over all seeds.
 
@@ -109,16 +111,31 @@ def run_cell(
     checkpoints cost at most ~10% of the run. When checkpoints happen never changes the numbers.
     Value per metric: the metric of all N samples, with the per-block values (at n = N/K), the K
     leave-one-block-out values and the jackknife interval (diffbench.metrics.registry.block_result).
+
+    world: the ranks of a torchrun launch (diffbench.distributed). The batches (the same ones, with the same
+    seeds, as in one process) are dealt out in rounds, one per rank; each rank samples and featurizes its
+    batch, rank 0 folds them into the accumulators in seed order, checkpoints and writes. So the numbers are
+    those of one process, bit for bit where the kernels do not depend on the process. Only rank 0 is given
+    `state`, `checkpoint` and `on_batch`; every rank returns the same result.
     """
+    world = world or SINGLE
     sampler = Sampler(bench.model, spec, device=bench.device)
     ctx = bench.context(sample_dim=int(np.prod(sampler.shape)))
-    scoring = Scoring(bench.metrics, ctx, blocks=bench.blocks, not_applicable=not_applicable(bench, spec))
-    wants_features, wants_logits = scoring.needs("features"), scoring.needs("logits")
-    wants_uint8 = wants_features or wants_logits or bench.save_images is not None
+    # ranks other than 0 only produce batches: no accumulators (a 2048-d FID block state is 34 MB)
+    blocks = bench.blocks if world.main else 0
+    scoring = Scoring(bench.metrics, ctx, blocks=blocks, not_applicable=not_applicable(bench, spec))
+    wants = _Wants(
+        features=scoring.needs("features"),
+        logits=scoring.needs("logits"),
+        uint8=bench.save_images is not None,
+        reference=scoring.needs("reference"),
+        images=any(scoring.needs(n) for n in ("samples", "exact")),
+    )
     wall0 = 0.0
     n_done = 0
-    if state is not None:
+    if state is not None and world.main:
         n_done, wall0 = _resume(scoring, state)
+    n_done = int(world.broadcast(n_done, what="resuming the cell"))
     resumed_from = n_done
     total, size = len(bench.seeds), bench.block_size
     t0, sampled, since = time.perf_counter(), 0, 0
@@ -128,6 +145,7 @@ def run_cell(
     positive = sig[sig > 0]
     ref_range = (float(positive[0]), float(positive[-1]), float(sig[-1]) == 0.0)
     fit, step = _batch_fit(bench, sampler)
+    tasks: list[tuple[int, int, int]] = []  # (block, start, stop): the batches still to run, in seed order
     for b in range(bench.blocks):
         lo, hi = b * size, (b + 1) * size
         for start in range(lo, hi, step):
@@ -136,34 +154,38 @@ def run_cell(
                 continue
             if start < n_done:  # a checkpoint written under another batch size: continue from it
                 start = n_done
-            seeds = bench.seeds[start:stop]
-            labels = None if bench.class_label is None else torch.full((len(seeds),), bench.class_label)
-            out = sampler.run(seeds, class_labels=labels) if fit is None else fit.run(sampler.run, seeds, labels)
-            batch = Batch(images=out.images, seeds=seeds, labels=out.class_labels)
-            if wants_uint8:
-                batch.uint8 = quantize(out.images)
+            tasks.append((b, start, stop))
+    for r0 in range(0, len(tasks), world.size):
+        round_ = tasks[r0 : r0 + world.size]
+        batches: list[tuple[int, Batch]]
+        if world.size == 1:
+            b, start, stop = round_[0]
+            batches = [(b, _produce(bench, sampler, bench.seeds[start:stop], wants, ref_range, ctx.meta, fit))]
+        else:
+            batches = _exchange(world, bench, sampler, round_, wants, ref_range, ctx.meta, fit)
+        if not world.main:
+            continue
+        block_end = False
+        for (b, start, stop), (_, batch) in zip(round_, batches):
             if bench.save_images is not None and batch.uint8 is not None:
-                bench.save_images(spec, batch.uint8, seeds, out.class_labels)
-            if wants_features or wants_logits:
-                ref_dim = bench.ref.dim if bench.ref is not None and wants_features else None
-                assert bench.extractor is not None
-                featurize(batch, bench.extractor, logits=wants_logits, ref_dim=ref_dim)
-            if scoring.needs("reference"):
-                _reference_errors(bench, sampler, batch, ref_range, ctx.meta)
+                bench.save_images(spec, batch.uint8, batch.seeds, batch.labels)
             scoring.consume(b, batch)
-            n_done, sampled, since = stop, sampled + len(seeds), since + 1
-            wall_s = wall0 + time.perf_counter() - t0
-            now = time.perf_counter()
-            due = since >= checkpoint_every if checkpoint_every else now - last_write >= 10 * write_cost
-            if checkpoint is not None and (due or stop == hi):
-                checkpoint(n_done, _checkpoint(scoring, n_done, wall_s))
-                last_write = time.perf_counter()
-                write_cost, since = last_write - now, 0
-            if on_batch is not None:
-                el = time.perf_counter() - t0
-                on_batch(BatchProgress(n_done, total, wall_s, sampled / el if el > 0 else math.nan))
+            n_done, sampled = stop, sampled + (stop - start)
+            block_end = block_end or stop == (b + 1) * size
+        since += 1
+        wall_s = wall0 + time.perf_counter() - t0
+        now = time.perf_counter()
+        due = since >= checkpoint_every if checkpoint_every else now - last_write >= 10 * write_cost
+        if checkpoint is not None and (due or block_end):
+            checkpoint(n_done, _checkpoint(scoring, n_done, wall_s))
+            last_write = time.perf_counter()
+            write_cost, since = last_write - now, 0
+        if on_batch is not None:
+            el = time.perf_counter() - t0
+            on_batch(BatchProgress(n_done, total, wall_s, sampled / el if el > 0 else math.nan))
     wall_s = wall0 + time.perf_counter() - t0
-    results = scoring.finish()
+    results = scoring.finish() if world.main else None
+    results, wall_s = world.broadcast((results, wall_s), what="finishing the cell")
     if isinstance(bench.model, torch.nn.Module):  # a metric may have moved an analytic model to the CPU
         bench.model.to(bench.device)
     prov = sampler.provenance(bench.seeds)
@@ -181,6 +203,9 @@ def run_cell(
             "class": bench.class_label,
         }
     )
+    if world.size > 1:
+        prov["processes"] = world.size  # not in the identity: the numbers are those of one process
+    meta = world.broadcast(dict(ctx.meta), what="finishing the cell")
     return CellResult(
         metrics=results,
         plan=sampler.plan.to_dict(),
@@ -189,7 +214,7 @@ def run_cell(
         images_per_s=total / wall_s if wall_s > 0 else math.nan,
         nfe=sampler.plan.nfe,
         resumed_from=resumed_from,
-        extras=dict(ctx.meta),
+        extras=meta,
     )
 
 
@@ -203,6 +228,83 @@ def _batch_fit(bench: Bench, sampler: Sampler) -> tuple[Any, int]:
     key = fit_key(bench.model_sha256, sampler.device, sampler.spec, sampler.shape)
     fit = BatchFit.auto(key, sampler.device, n_seeds=bench.block_size)
     return fit, fit.size
+
+
+@dataclass(frozen=True)
+class _Wants:
+    """What the metrics (and an image writer) read of a batch."""
+
+    features: bool
+    logits: bool
+    uint8: bool
+    reference: bool
+    images: bool
+
+
+def _produce(
+    bench: Bench,
+    sampler: Sampler,
+    seeds: list[int],
+    wants: _Wants,
+    ref_range: tuple[float, float, bool],
+    meta: dict[str, Any],
+    fit: Any = None,
+) -> Batch:
+    """One batch sampled, quantized once, featurized and (ref-error) solved by the reference: what the metrics
+    consume."""
+    labels = None if bench.class_label is None else torch.full((len(seeds),), bench.class_label)
+    out = sampler.run(seeds, class_labels=labels) if fit is None else fit.run(sampler.run, seeds, labels)
+    batch = Batch(images=out.images, seeds=seeds, labels=out.class_labels)
+    if wants.uint8 or wants.features or wants.logits:
+        batch.uint8 = quantize(out.images)
+    if wants.features or wants.logits:
+        ref_dim = bench.ref.dim if bench.ref is not None and wants.features else None
+        assert bench.extractor is not None
+        featurize(batch, bench.extractor, logits=wants.logits, ref_dim=ref_dim)
+    if wants.reference:
+        _reference_errors(bench, sampler, batch, ref_range, meta)
+    return batch
+
+
+def _cpu(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.detach().cpu()
+
+
+def _exchange(
+    world: World,
+    bench: Bench,
+    sampler: Sampler,
+    round_: list[tuple[int, int, int]],
+    wants: _Wants,
+    ref_range: tuple[float, float, bool],
+    meta: dict[str, Any],
+    fit: Any = None,
+) -> list[tuple[int, Batch]]:
+    """One round: rank r produces batch r of the round; rank 0 receives them all in seed order (on the CPU,
+    only the fields the metrics read). An error on any rank stops every rank with that rank's line."""
+
+    def produce() -> tuple[int, Batch, Any]:
+        b, start, stop = round_[world.rank]
+        batch = _produce(bench, sampler, bench.seeds[start:stop], wants, ref_range, meta, fit)
+        wire = Batch(
+            images=_cpu(batch.images) if wants.images else None,
+            seeds=batch.seeds,
+            labels=_cpu(batch.labels),
+            uint8=_cpu(batch.uint8) if wants.uint8 else None,
+            features=_cpu(batch.features),
+            logits=_cpu(batch.logits),
+            ref_sq_errors=_cpu(batch.ref_sq_errors),
+            ref_cached=batch.ref_cached,
+        )
+        return b, wire, meta.get("ref_method")
+
+    got = world.exchange(produce if world.rank < len(round_) else None, what="gathering a round of batches")
+    out = []
+    for b, wire, method in got:
+        if method is not None:
+            meta["ref_method"] = method
+        out.append((b, wire))
+    return out
 
 
 def _reference_errors(

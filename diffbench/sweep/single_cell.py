@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from diffbench.denoiser import Denoiser
+from diffbench.distributed import SINGLE, World, load_on_ranks
 from diffbench.errors import ConfigError
 from diffbench.metrics.extractors import INCEPTION_ID, FeatureExtractor
 from diffbench.metrics.fid import FIDResult, fid_result_of
@@ -98,35 +99,52 @@ def fid_of_spec(
     allow_small_n: bool = False,
     cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    world: World | None = None,
 ) -> FIDResult:
     """FID (or FD in another feature space) of a sampler spec on a model, straight from the sampler.
 
     The same cell runner as `diffbench sweep`: a one-cell sweep with the same seeds gives the same number.
     shown: retired (the value is the FID of all seeds; a ConfigError says so).
+    world: the ranks of a torchrun launch (diffbench.distributed): each loads the model (the node's first rank
+    first) and samples its share of each round of batches; every rank returns the same result.
     """
+    world = world or SINGLE
     if shown is not None:
         from diffbench.metrics.fid import RETIRED_SHOWN
 
         raise ConfigError(f"shown is retired: {RETIRED_SHOWN}")
     metrics = ["fid" if _is_inception(extractor) else "fd"]
     metrics += ["kid"] * kid + ["pr"] * precision_recall + ["is"] * inception_score
-    bench = prepare(
-        model,
-        seeds=seeds,
-        metrics=metrics,
-        blocks=blocks,
-        batch=batch,
-        device=device,
-        ref=ref,
-        extractor=extractor,
-        weights_path=weights_path,
-        class_label=class_label,
-        allow_small_n=allow_small_n,
-        cache=cache,
+    if world.size > 1 and isinstance(model, str):
+        from diffbench.models.load import load
+
+        name = model
+        model = load_on_ranks(world, lambda: load(name, device="cpu"))
+        model_name: str | None = name
+    else:
+        model_name = None
+    bench = world.everywhere(
+        "preparing the cell",
+        lambda: prepare(
+            model,
+            model_name=model_name,
+            seeds=seeds,
+            metrics=metrics,
+            blocks=blocks,
+            batch=batch,
+            device=device,
+            ref=ref,
+            extractor=extractor,
+            weights_path=weights_path,
+            class_label=class_label,
+            allow_small_n=allow_small_n,
+            cache=cache,
+        ),
     )
+    world.agree("the reference statistics (sha256)", bench.ref_sha256)
 
     def on_batch(p: BatchProgress) -> None:
         if progress is not None:
             progress(p.images_done, p.images_total)
 
-    return fid_result(bench, run_cell(bench, spec, on_batch=on_batch))
+    return fid_result(bench, run_cell(bench, spec, on_batch=on_batch if world.main else None, world=world))
