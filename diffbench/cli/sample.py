@@ -176,9 +176,7 @@ def sample_cmd(
                     denoiser, seeds=todo, class_labels=class_, batch=size, sampler=run, progress=progress, fit=fit
                 )
                 if w.size == 1
-                else _ranked_batches(
-                    w, run, todo, class_, size, lambda n: bar.update(images_task, completed=start + n)
-                )
+                else _ranked_batches(w, run, todo, class_, size, lambda n: bar.update(images_task, completed=start + n))
             )
             for b in batches if todo else ():
                 sink.write(b.images, b.seeds, b.class_labels)
