@@ -113,6 +113,18 @@ def save_weights(module: torch.nn.Module, name: str) -> None:
     torch.save(state, OUT / name)
 
 
+def snapshot_steps(args: argparse.Namespace) -> set[int]:
+    """The steps of the uncond run whose EMA weights are kept as the `digits-edm@STEP` family (--snapshots)."""
+    return {int(s) for s in (args.snapshots or "").split(",") if s.strip()}
+
+
+def save_snapshot(ema: torch.nn.Module, step: int, log) -> None:
+    """The uncond run's EMA weights at `step` as digits-edm-step{step}.pt (the training-level family
+    `digits-edm@STEP`; benchmarks/training_level_study.py). Same network spec as digits-edm.json."""
+    save_weights(ema, f"digits-edm-step{step}.pt")
+    print(f"saved digits-edm-step{step}.pt at step {step}", file=log, flush=True)
+
+
 def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -175,6 +187,8 @@ def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
             print(f"saved digits-edm-early.pt at step {step}", file=log, flush=True)
         if step % 1000 == 0 or step == args.steps:
             save_weights(ema, f"{name}.pt")
+        if not conditional and step in snapshot_steps(args):
+            save_snapshot(ema, step, log)
     wall = time.perf_counter() - t0
     print(f"done in {wall:.0f}s", file=log, flush=True)
     spec = {
@@ -223,6 +237,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT, help="output folder (default: the package's builtin folder)")
     p.add_argument("--classifier-epochs", type=int, default=60)
+    p.add_argument(
+        "--snapshots",
+        default="",
+        help="uncond part: comma-separated steps whose EMA weights are also saved as digits-edm-step{STEP}.pt "
+        "(the digits-edm@STEP family, e.g. 250,500,1000,2000)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     OUT = args.out
