@@ -86,8 +86,9 @@ def run_cell(model, seeds, *, solver, nfe, schedule, grid_file=None):
         s = sample(model, seeds=seeds, solver=solver, nfe=nfe, schedule=f"file:{grid_file}", **opts)
     else:
         extra = {"rho": 7.0} if schedule == "edm" else {}
-        s = sample(model, seeds=seeds, solver=solver, nfe=nfe, schedule=schedule, sigma_min=LO, sigma_max=HI,
-                   **extra, **opts)
+        s = sample(
+            model, seeds=seeds, solver=solver, nfe=nfe, schedule=schedule, sigma_min=LO, sigma_max=HI, **extra, **opts
+        )
     return s.images.double(), s.nfe
 
 
@@ -97,21 +98,41 @@ def study(args) -> dict:
     ref_stats = load_statistics(builtin_dir() / "digits-stats-train.npz")
     held, _ = digits_data().split("heldout")
     tmp = Path(tempfile.mkdtemp(prefix="tls-"))
-    out: dict = {"config": {
-        "seeds": f"0-{args.seeds - 1}", "calibration_seeds": f"{CALIB[0]}-{CALIB[-1]}", "blocks": BLOCKS,
-        "ref_steps": args.ref_steps, "sigma_range": [LO, HI], "endpoint": "edm", "snapshots": list(args.snapshots),
-        "schedules": list(SCHEDULES), "nfe": list(NFES), "solvers": list(SOLVERS),
-        "gits": {"teacher": "ipndm order 4, 61 points of rho=7", "cost": "dev", "coeff": 1.15},
-        "score_error": {"data": "digits:heldout (297 images)", "levels": 13, "repeats": args.repeats},
-    }, "snapshots": {}}
+    out: dict = {
+        "config": {
+            "seeds": f"0-{args.seeds - 1}",
+            "calibration_seeds": f"{CALIB[0]}-{CALIB[-1]}",
+            "blocks": BLOCKS,
+            "ref_steps": args.ref_steps,
+            "sigma_range": [LO, HI],
+            "endpoint": "edm",
+            "snapshots": list(args.snapshots),
+            "schedules": list(SCHEDULES),
+            "nfe": list(NFES),
+            "solvers": list(SOLVERS),
+            "gits": {"teacher": "ipndm order 4, 61 points of rho=7", "cost": "dev", "coeff": 1.15},
+            "score_error": {"data": "digits:heldout (297 images)", "levels": 13, "repeats": args.repeats},
+        },
+        "snapshots": {},
+    }
     t_all = time.perf_counter()
     for step in args.snapshots:
         t0 = time.perf_counter()
         name = f"digits-edm@{step}"
         model = load(name)
         se = score_error(model, [torch.from_numpy(held)], sigmas=default_levels(LO, HI, 13), repeats=args.repeats)
-        ref = sample(model, seeds=seeds, solver="heun", steps=args.ref_steps, schedule="edm", rho=7.0, sigma_min=LO,
-                     sigma_max=HI, batch=len(seeds), device="cpu").images.double()
+        ref = sample(
+            model,
+            seeds=seeds,
+            solver="heun",
+            steps=args.ref_steps,
+            schedule="edm",
+            rho=7.0,
+            sigma_min=LO,
+            sigma_max=HI,
+            batch=len(seeds),
+            device="cpu",
+        ).images.double()
         fd_ref, fd_ref_loo = fd_and_loo(features(ref), ref_stats, BLOCKS)
         fine, xs, ds = teacher_trajectory(model, seeds=CALIB, points=61, sigma_min=LO, sigma_max=HI)
         cmat = cost_matrix(xs, ds, fine, cost="dev")
@@ -122,23 +143,52 @@ def study(args) -> dict:
             for nfe in nfes:
                 n_points = grid_points(solver, nfe if solver != "heun" else nfe - (nfe % 2 == 0), endpoint="edm")
                 path, _ = gits_path(cmat, n_points - 1, coeff=1.15)
-                grid = TunedGrid([float(fine[i]) for i in path], {
-                    "method": "gits", "model": name, "solver": solver, "nfe": nfe, "endpoint": "edm",
-                    "calibration_seeds": f"{CALIB[0]}-{CALIB[-1]}", "cost": "dev", "coeff": 1.15, "path": path})
+                grid = TunedGrid(
+                    [float(fine[i]) for i in path],
+                    {
+                        "method": "gits",
+                        "model": name,
+                        "solver": solver,
+                        "nfe": nfe,
+                        "endpoint": "edm",
+                        "calibration_seeds": f"{CALIB[0]}-{CALIB[-1]}",
+                        "cost": "dev",
+                        "coeff": 1.15,
+                        "path": path,
+                    },
+                )
                 gfile = write_grid(grid, tmp / f"{step}-{solver}-{nfe}.json")
                 for sched in SCHEDULES:
                     x, spent = run_cell(model, seeds, solver=solver, nfe=nfe, schedule=sched, grid_file=gfile)
                     mse = ((x - ref) ** 2).reshape(len(seeds), -1).mean(1).numpy()
                     fd, fd_loo = fd_and_loo(features(x), ref_stats, BLOCKS)
                     rms, rms_loo = rms_and_loo(mse, BLOCKS)
-                    cells.append({"solver": solver, "nfe": nfe, "nfe_spent": spent, "schedule": sched, "fd": fd,
-                                  "fd_loo": fd_loo, "ref_error": rms, "ref_error_loo": rms_loo,
-                                  **({"sigmas": grid.sigmas} if sched == "gits" else {})})
+                    cells.append(
+                        {
+                            "solver": solver,
+                            "nfe": nfe,
+                            "nfe_spent": spent,
+                            "schedule": sched,
+                            "fd": fd,
+                            "fd_loo": fd_loo,
+                            "ref_error": rms,
+                            "ref_error_loo": rms_loo,
+                            **({"sigmas": grid.sigmas} if sched == "gits" else {}),
+                        }
+                    )
         out["snapshots"][str(step)] = {
-            "model": name, "heldout_loss": se.total, "score_error": se.to_dict(), "fd_reference": fd_ref,
-            "fd_reference_loo": fd_ref_loo, "cells": cells, "seconds": round(time.perf_counter() - t0, 1)}
-        print(f"{name}: loss {se.total:.4f}, FD(ref) {fd_ref:.3f}, {len(cells)} cells, "
-              f"{time.perf_counter() - t0:.0f}s", flush=True)
+            "model": name,
+            "heldout_loss": se.total,
+            "score_error": se.to_dict(),
+            "fd_reference": fd_ref,
+            "fd_reference_loo": fd_ref_loo,
+            "cells": cells,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(
+            f"{name}: loss {se.total:.4f}, FD(ref) {fd_ref:.3f}, {len(cells)} cells, {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
         if args.json is not None:  # partial results after every snapshot
             args.json.write_text(json.dumps(summarise(out), indent=1) + "\n")
     out["seconds"] = round(time.perf_counter() - t_all, 1)
@@ -165,41 +215,69 @@ def summarise(out: dict) -> dict:
                 o = _cell(snap, c["solver"], c["nfe"], other)
                 if o is None:
                     continue
-                comp.append({"snapshot": int(step), "loss": snap["heldout_loss"], "solver": c["solver"],
-                             "nfe": c["nfe"], "a": "edm", "b": other, "fd": _diff(c, o, "fd"),
-                             "ref_error": _diff(c, o, "ref_error")})
+                comp.append(
+                    {
+                        "snapshot": int(step),
+                        "loss": snap["heldout_loss"],
+                        "solver": c["solver"],
+                        "nfe": c["nfe"],
+                        "a": "edm",
+                        "b": other,
+                        "fd": _diff(c, o, "fd"),
+                        "ref_error": _diff(c, o, "ref_error"),
+                    }
+                )
     out["comparisons"] = comp
     flips = []
     for solver in sorted({c["solver"] for c in comp}):
         for nfe in sorted({c["nfe"] for c in comp if c["solver"] == solver}):
-            rows = sorted((c for c in comp if (c["solver"], c["nfe"], c["b"]) == (solver, nfe, "ve")),
-                          key=lambda c: c["snapshot"])
+            rows = sorted(
+                (c for c in comp if (c["solver"], c["nfe"], c["b"]) == (solver, nfe, "ve")), key=lambda c: c["snapshot"]
+            )
             if len(rows) < 2:
                 continue
             for metric in ("fd", "ref_error"):
                 signs = [(r["snapshot"], r[metric]["diff"], r[metric]["sig"]) for r in rows]
                 better = {("edm" if d < 0 else "ve") for _, d, s in signs if s}
-                flips.append({"solver": solver, "nfe": nfe, "metric": metric,
-                              "edm_minus_ve": [[s, round(d, 5), sig] for s, d, sig in signs],
-                              "significant_winners": sorted(better), "flip": len(better) == 2})
+                flips.append(
+                    {
+                        "solver": solver,
+                        "nfe": nfe,
+                        "metric": metric,
+                        "edm_minus_ve": [[s, round(d, 5), sig] for s, d, sig in signs],
+                        "significant_winners": sorted(better),
+                        "flip": len(better) == 2,
+                    }
+                )
     out["flips"] = flips
     return out
 
 
 def write_md(res: dict, path: Path) -> None:
     cfg = res["config"]
-    lines = ["# Training-level study: which schedule for which network", "",
-             "Generated by `benchmarks/training_level_study.py` (see its docstring for the design). "
-             f"Seeds {cfg['seeds']} per cell, {cfg['blocks']}-block jackknife 95% intervals, reference Heun "
-             f"{cfg['ref_steps']} steps, sigma range {cfg['sigma_range']}, GITS calibration seeds "
-             f"{cfg['calibration_seeds']}.", "", "## Held-out loss per snapshot (score-error, digits:heldout)", "",
-             "| snapshot | EDM-weighted held-out loss | FD(reference ODE solution) |", "|---|---|---|"]
-    for step, snap in sorted(res["snapshots"].items(), key=lambda kv: int(kv[0])):
+    lines = [
+        "# Training-level study: which schedule for which network",
+        "",
+        "Generated by `benchmarks/training_level_study.py` (see its docstring for the design). "
+        f"Seeds {cfg['seeds']} per cell, {cfg['blocks']}-block jackknife 95% intervals, reference Heun "
+        f"{cfg['ref_steps']} steps, sigma range {cfg['sigma_range']}, GITS calibration seeds "
+        f"{cfg['calibration_seeds']}.",
+        "",
+        "## Held-out loss per snapshot (score-error, digits:heldout)",
+        "",
+        "| snapshot | EDM-weighted held-out loss | FD(reference ODE solution) |",
+        "|---|---|---|",
+    ]
+    for _step, snap in sorted(res["snapshots"].items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {snap['model']} | {snap['heldout_loss']:.4f} | {snap['fd_reference']:.3f} |")
     lines += ["", "## FD per cell (digits features; reference FD above is the floor the ODE itself reaches)", ""]
-    for step, snap in sorted(res["snapshots"].items(), key=lambda kv: int(kv[0])):
-        lines += [f"### {snap['model']}", "", "| solver | NFE | " + " | ".join(SCHEDULES) + " | ref-error " +
-                  " / ".join(SCHEDULES) + " |", "|---|---|" + "---|" * (len(SCHEDULES) + 1)]
+    for _step, snap in sorted(res["snapshots"].items(), key=lambda kv: int(kv[0])):
+        lines += [
+            f"### {snap['model']}",
+            "",
+            "| solver | NFE | " + " | ".join(SCHEDULES) + " | ref-error " + " / ".join(SCHEDULES) + " |",
+            "|---|---|" + "---|" * (len(SCHEDULES) + 1),
+        ]
         keys = sorted({(c["solver"], c["nfe"]) for c in snap["cells"]}, key=lambda k: (k[0], k[1]))
         for solver, nfe in keys:
             cs = [_cell(snap, solver, nfe, s) for s in SCHEDULES]
@@ -208,23 +286,37 @@ def write_md(res: dict, path: Path) -> None:
             spent = cs[0]["nfe_spent"] if cs[0] else nfe
             lines.append(f"| {solver} | {spent} | {fds} | {errs} |")
         lines.append("")
-    lines += ["## EDM (rho=7) minus VE: paired differences by training level", "",
-              "Negative: EDM's grid better. `*`: the 95% paired interval excludes 0.", "",
-              "| solver | NFE | metric | " + " | ".join(f"@{s}" for s in sorted(int(k) for k in res["snapshots"]))
-              + " | significant winners | flip |", "|---|---|---|" + "---|" * (len(res["snapshots"]) + 2)]
+    lines += [
+        "## EDM (rho=7) minus VE: paired differences by training level",
+        "",
+        "Negative: EDM's grid better. `*`: the 95% paired interval excludes 0.",
+        "",
+        "| solver | NFE | metric | "
+        + " | ".join(f"@{s}" for s in sorted(int(k) for k in res["snapshots"]))
+        + " | significant winners | flip |",
+        "|---|---|---|" + "---|" * (len(res["snapshots"]) + 2),
+    ]
     for f in res["flips"]:
         vals = " | ".join(f"{d:+.4g}{'*' if s else ''}" for _, d, s in f["edm_minus_ve"])
-        lines.append(f"| {f['solver']} | {f['nfe']} | {f['metric']} | {vals} | "
-                     f"{', '.join(f['significant_winners']) or 'none'} | {'yes' if f['flip'] else 'no'} |")
-    lines += ["", "## GITS against rho=7, VE, VP (FD and ref-error, paired)", "",
-              "| snapshot | solver | NFE | vs | FD(edm) - FD(other) [95%] | ref-error(edm) - ref-error(other) [95%] |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {f['solver']} | {f['nfe']} | {f['metric']} | {vals} | "
+            f"{', '.join(f['significant_winners']) or 'none'} | {'yes' if f['flip'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "## GITS against rho=7, VE, VP (FD and ref-error, paired)",
+        "",
+        "| snapshot | solver | NFE | vs | FD(edm) - FD(other) [95%] | ref-error(edm) - ref-error(other) [95%] |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in res["comparisons"]:
         if c["b"] != "gits":
             continue
         f, r = c["fd"], c["ref_error"]
-        lines.append(f"| @{c['snapshot']} | {c['solver']} | {c['nfe']} | gits | {f['diff']:+.3f} "
-                     f"[{f['lo']:+.3f}, {f['hi']:+.3f}] | {r['diff']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}] |")
+        lines.append(
+            f"| @{c['snapshot']} | {c['solver']} | {c['nfe']} | gits | {f['diff']:+.3f} "
+            f"[{f['lo']:+.3f}, {f['hi']:+.3f}] | {r['diff']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}] |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -238,8 +330,10 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(solvers), figsize=(4 * len(solvers), 3.4), squeeze=False)
     for ax, solver in zip(axes[0], solvers):
         for nfe in NFES:
-            rows = sorted((c for c in res["comparisons"] if (c["solver"], c["nfe"], c["b"]) == (solver, nfe, "ve")),
-                          key=lambda c: c["loss"])
+            rows = sorted(
+                (c for c in res["comparisons"] if (c["solver"], c["nfe"], c["b"]) == (solver, nfe, "ve")),
+                key=lambda c: c["loss"],
+            )
             if not rows:
                 continue
             x = [r["loss"] for r in rows]
@@ -265,7 +359,13 @@ def main() -> None:
     p.add_argument("--snapshots", default=",".join(map(str, SNAPSHOTS)))
     p.add_argument("--quick", action="store_true", help="smoke run: 40 seeds, snapshots 250 and 2000")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "training_level_study")
+    p.add_argument("--from-json", action="store_true", help="only rewrite .md/.png from the (partial) .json")
     args = p.parse_args()
+    if args.from_json:
+        res = summarise(json.loads(args.out.with_suffix(".json").read_text()))
+        write_md(res, args.out.with_suffix(".md"))
+        plot(res, args.out.with_suffix(".png"))
+        return
     args.snapshots = [int(s) for s in args.snapshots.split(",")]
     if args.quick:
         args.seeds, args.snapshots, args.ref_steps = 40, [250, 2000], 32

@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 
 from diffbench.errors import BudgetError, ConfigError, NotApplicableError
 from diffbench.sampling.gits import cost_matrix, deviation, gits_path
-from conftest import one_error_line
 
 
 def _brute(c: np.ndarray, steps: int, coeff: float) -> tuple[list[int], float]:
@@ -190,18 +190,62 @@ def test_cli_tune_and_refusals(tmp_path, cli):
     exe = [sys.executable, "-c", "import sys; from diffbench.cli.app import main; main(sys.argv[1:])"]
     out = tmp_path / "g.json"
     ok = subprocess.run(
-        [*exe, "tune-schedule", "gmm", "--solver", "euler", "--nfe", "4", "-o", str(out), "--calib-seeds",
-         "500-507", "--teacher-points", "9", "--device", "cpu"],
-        capture_output=True, text=True,
+        [
+            *exe,
+            "tune-schedule",
+            "gmm",
+            "--solver",
+            "euler",
+            "--nfe",
+            "4",
+            "-o",
+            str(out),
+            "--calib-seeds",
+            "500-507",
+            "--teacher-points",
+            "9",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert ok.returncode == 0, ok.stderr
     assert "4 sigmas" in ok.stdout and json.loads(out.read_text())["solver"] == "euler"
-    code, _, err = cli("sample", "gmm", "--solver", "euler", "--schedule", f"file:{out}", "--nfe", "4", "--seeds",
-                       "500-501", "-o", tmp_path / "s.npz", "--device", "cpu")
+    code, _, err = cli(
+        "sample",
+        "gmm",
+        "--solver",
+        "euler",
+        "--schedule",
+        f"file:{out}",
+        "--nfe",
+        "4",
+        "--seeds",
+        "500-501",
+        "-o",
+        tmp_path / "s.npz",
+        "--device",
+        "cpu",
+    )
     assert "calibration seeds" in one_error_line(code, err, context=True)
     assert not (tmp_path / "s.npz").exists()
-    code, _, err = cli("sample", "gmm", "--solver", "euler", "--schedule", f"file:{out}", "--nfe", "4", "--seeds",
-                       "0-1", "-o", tmp_path / "s.npz", "--device", "cpu")
+    code, _, err = cli(
+        "sample",
+        "gmm",
+        "--solver",
+        "euler",
+        "--schedule",
+        f"file:{out}",
+        "--nfe",
+        "4",
+        "--seeds",
+        "0-1",
+        "-o",
+        tmp_path / "s.npz",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     base = ["tune-schedule", "gmm", "--device", "cpu", "--calib-seeds", "0-3"]
     bad = {

@@ -33,7 +33,9 @@ def tune_schedule_cmd(
     teacher_points: Annotated[
         int, typer.Option("--teacher-points", help="Points of the teacher's rho=7 grid.", min=3)
     ] = 61,
-    ref_steps: Annotated[int, typer.Option("--ref-steps", help="Heun steps of the reference (rho, eval).", min=2)] = 1024,
+    ref_steps: Annotated[
+        int, typer.Option("--ref-steps", help="Heun steps of the reference (rho, eval).", min=2)
+    ] = 1024,
     batch: Annotated[int, typer.Option("--batch", help="Batch size.", min=1)] = 256,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
@@ -116,11 +118,11 @@ def score_error_cmd(
     model: Annotated[str, typer.Argument(help="Built-in name, registry name, path or URL.")],
     data: Annotated[
         str,
-        typer.Option(
-            "--data", help="Held-out images: a folder, .zip or .npz of images, or digits:heldout|train|all."
-        ),
+        typer.Option("--data", help="Held-out images: a folder, .zip or .npz of images, or digits:heldout|train|all."),
     ],
-    levels: Annotated[int, typer.Option("--levels", help="Noise levels, log-spaced over the model's range.", min=1)] = 13,
+    levels: Annotated[
+        int, typer.Option("--levels", help="Noise levels, log-spaced over the model's range.", min=1)
+    ] = 13,
     repeats: Annotated[int, typer.Option("--repeats", help="Noise draws per image and level.", min=1)] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the noise draws.", min=0)] = 0,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also plot the loss against sigma (PNG).")] = None,

@@ -120,7 +120,7 @@ def score_error(
         weighted=[float(v) for v in mean],
         weighted_se=[float(v) for v in se],
         mse=[float(v) for v in mse / n],
-        total=training_average(sigmas, mean),
+        total=training_average(sigmas, [float(v) for v in mean]),
         n=n,
         repeats=repeats,
         sigma_data=sd,

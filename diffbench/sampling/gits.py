@@ -30,9 +30,7 @@ def deviation(y: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.
     return perp.norm(dim=1)
 
 
-def cost_matrix(
-    xs: torch.Tensor, ds: torch.Tensor, sigmas: torch.Tensor, *, cost: str = "dev"
-) -> np.ndarray:
+def cost_matrix(xs: torch.Tensor, ds: torch.Tensor, sigmas: torch.Tensor, *, cost: str = "dev") -> np.ndarray:
     """Local error of one Euler step between every pair of fine-grid points, averaged over the batch.
 
     xs [N, B, ...]: the teacher's states at the N fine-grid sigmas (descending, all > 0); ds [N-1, B, ...]: the

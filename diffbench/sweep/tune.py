@@ -200,7 +200,13 @@ def tune_schedule(
         path, total = gits_path(c, n_points - 1, coeff=coeff)
         sigmas = [float(fine[i]) for i in path]
         record.update(
-            teacher={"solver": TEACHER, "order": TEACHER_ORDER, "schedule": "edm", "rho": 7.0, "points": teacher_points},
+            teacher={
+                "solver": TEACHER,
+                "order": TEACHER_ORDER,
+                "schedule": "edm",
+                "rho": 7.0,
+                "points": teacher_points,
+            },
             cost=cost,
             coeff=coeff,
             path=path,
@@ -285,7 +291,7 @@ def _best_rho(
     }
 
 
-BASELINES = (("edm", {"rho": 7.0}), ("ve", {}), ("vp", {}))
+BASELINES: tuple[tuple[str, dict[str, Any]], ...] = (("edm", {"rho": 7.0}), ("ve", {}), ("vp", {}))
 
 
 def evaluate_grid(
@@ -316,4 +322,3 @@ def evaluate_grid(
         r = reference_error(model, spec=spec, seeds=seeds, batch=batch, device=device, ref_steps=ref_steps)
         out[label] = r.rms
     return out
-
