@@ -258,3 +258,18 @@ def test_cli_tune_and_refusals(tmp_path, cli):
     for msg, (args, want) in bad.items():
         code, _, err = cli(*base, *args)
         assert msg in one_error_line(code, err) and code == want, (msg, err)
+
+
+@pytest.mark.slow
+def test_rho_method_picks_the_least_reference_error(gmm):
+    from diffbench.sweep.tune import RHO_SCAN, tune_schedule
+
+    g = tune_schedule(gmm, solver="euler", nfe=6, method="rho", calib_seeds=range(300, 304), batch=4)
+    r = g.record
+    tried = {float(k): v for k, v in r["rho_tried"].items()}
+    assert set(RHO_SCAN) <= set(tried) and len(tried) > len(RHO_SCAN)
+    assert any(abs(k - r["rho"]) < 1e-5 * r["rho"] for k in tried) and r["ref_error"] == min(tried.values())
+    assert RHO_SCAN[0] <= r["rho"] <= RHO_SCAN[-1] and len(g.sigmas) == 6
+    from diffbench.sampling.schedules import edm_grid
+
+    assert g.sigmas == pytest.approx([float(s) for s in edm_grid(6, 0.002, 80.0, rho=r["rho"])])
