@@ -9,6 +9,8 @@ state-dict loader as any other checkpoint):
   digits-edm.pt        unconditional, EMA weights after --steps steps
   digits-edm-early.pt  the same run's EMA weights at step --early-step (400 of 2000: under-trained)
   digits-edm-cond.pt   class-conditional (10 classes), label dropout 15% (null label = zero one-hot)
+  digits-edm-cond-early.pt  the cond run's EMA weights at step --cond-early-step (400): the autoguidance model
+  digits-noisy-classifier.pt  noise-conditional classifier p(c | x, sigma) for classifier guidance
   digits-classifier.pt the small CNN whose penultimate features are the `digits` feature space
   digits-data.npz      the images as uint8 (0..255) with labels and the fixed split (for the FD floor)
   digits-stats-*.npz   mu/sigma of the features (train split, held-out split, all images)
@@ -23,8 +25,9 @@ warm-up, and an exponential moving average of the weights whose half-life grows 
 Run (needs the training extra: pip install -e '.[train]'):
   python benchmarks/train_digits.py --part uncond   # digits-edm and digits-edm-early
   python benchmarks/train_digits.py --part uncond --snapshots 250,500,1000,2000   # also digits-edm-step{N}.pt
-  python benchmarks/train_digits.py --part cond     # digits-edm-cond
+  python benchmarks/train_digits.py --part cond     # digits-edm-cond and digits-edm-cond-early
   python benchmarks/train_digits.py --part classifier   # classifier, data and statistics
+  python benchmarks/train_digits.py --part noisy-classifier   # digits-noisy-classifier (classifier guidance)
 Each part is reproducible on the same machine and thread count (fixed seeds, --threads, default 1); pass
 --out DIR to write elsewhere than the package (then compare sha256 with checkpoints.toml). Nothing before step
 N depends on --steps (constant learning rate after warm-up), so a longer run's step-N EMA equals a --steps N run.
@@ -191,6 +194,8 @@ def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
         if not conditional and step == early_step:
             save_weights(ema, "digits-edm-early.pt")
             print(f"saved digits-edm-early.pt at step {step}", file=log, flush=True)
+        if conditional and step == args.cond_early_step:
+            save_cond_early(ema, step, time.perf_counter() - t0, log)
         if step % 1000 == 0 or step == args.steps:
             save_weights(ema, f"{name}.pt")
         if not conditional and step in snapshot_steps(args):
@@ -206,6 +211,8 @@ def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
     (OUT / f"{name}.json").write_text(json.dumps(spec, indent=2) + "\n")
     if not conditional:
         (OUT / "digits-edm-early.json").write_text(json.dumps(spec, indent=2) + "\n")
+    if conditional and args.cond_early_step <= args.steps:
+        record_cond_early(args, spec, n_params, sigma_data)
     record(
         name,
         {
@@ -227,10 +234,45 @@ def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
     )
 
 
+_COND_EARLY: dict[str, float | int] = {}
+
+
+def save_cond_early(ema: torch.nn.Module, step: int, wall: float, log) -> None:  # type: ignore[no-untyped-def]
+    """digits-edm-cond-early.pt: the conditional run's EMA weights at --cond-early-step (the autoguidance
+    model: the same network, less trained; Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version
+    of Itself", Sec. 3)."""
+    save_weights(ema, "digits-edm-cond-early.pt")
+    _COND_EARLY.update(step=step, wall_seconds=round(wall, 1))
+    print(f"saved digits-edm-cond-early.pt at step {step}", file=log, flush=True)
+
+
+def record_cond_early(args: argparse.Namespace, spec: dict, n_params: int, sigma_data: float) -> None:
+    """The sidecar JSON and the train_record.json entry of digits-edm-cond-early."""
+    (OUT / "digits-edm-cond-early.json").write_text(json.dumps(spec, indent=2) + "\n")
+    record(
+        "digits-edm-cond-early",
+        {
+            "snapshot_of": "digits-edm-cond",
+            "steps": _COND_EARLY["step"],
+            "batch": args.batch,
+            "lr": args.lr,
+            "warmup_steps": args.warmup,
+            "ema_halflife_images": args.ema_halflife,
+            "ema_rampup_ratio": args.ema_ratio,
+            "label_dropout": args.label_dropout,
+            "seed": args.seed,
+            "parameters": n_params,
+            "sigma_data": sigma_data,
+            "wall_seconds": _COND_EARLY["wall_seconds"],
+            "machine": machine(),
+        },
+    )
+
+
 def main() -> None:
     global OUT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["uncond", "cond", "classifier"], required=True)
+    p.add_argument("--part", choices=["uncond", "cond", "classifier", "noisy-classifier"], required=True)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--early-step", type=int, default=400, help="step of the digits-edm-early snapshot")
     p.add_argument("--batch", type=int, default=128)
@@ -238,6 +280,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema-halflife", type=float, default=50_000, help="EMA half-life in images")
     p.add_argument("--ema-ratio", type=float, default=0.05, help="EMA half-life ramp-up ratio")
+    p.add_argument(
+        "--cond-early-step", type=int, default=400, help="step of the digits-edm-cond-early snapshot (cond part)"
+    )
     p.add_argument("--label-dropout", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -249,12 +294,15 @@ def main() -> None:
         help="uncond part: comma-separated steps whose EMA weights are also saved as digits-edm-step{STEP}.pt "
         "(the digits-edm@STEP family, e.g. 250,500,1000,2000)",
     )
+    p.add_argument("--noisy-classifier-steps", type=int, default=3000, help="steps of the noisy-classifier part")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     OUT = args.out
     OUT.mkdir(parents=True, exist_ok=True)
     if args.part == "classifier":
         train_classifier(args)
+    elif args.part == "noisy-classifier":
+        train_noisy_classifier(args)
     else:
         train_diffusion(args, conditional=args.part == "cond")
 
@@ -333,6 +381,74 @@ def train_classifier(args: argparse.Namespace) -> None:
         },
     )
     print(f"accuracy {accuracy}, {dead} dead feature units, {wall:.0f}s", file=log, flush=True)
+
+
+def train_noisy_classifier(args: argparse.Namespace) -> None:
+    """digits-noisy-classifier.pt: the noise-conditional classifier p(c | x, sigma) of classifier guidance
+    (Dhariwal & Nichol 2021, Sec. 4: a classifier trained on noisy images), diffbench.models.noisy_classifier.
+
+    Each step: images of the training split (random shift of up to one pixel), sigma drawn as in EDM training
+    (ln sigma ~ N(P_mean, P_std^2), Karras et al. 2022 Sec. 5), x = y + sigma n; cross-entropy of the class.
+    Adam, constant learning rate after a linear warm-up; the final weights (no EMA)."""
+    from diffbench.models.noisy_classifier import NoisyDigitsNet
+
+    torch.manual_seed(args.seed)
+    data = load_split()
+    x_all = torch.from_numpy(data["values"] / 8.0 - 1.0)  # [-1, 1], all images; training rows below
+    y_all = torch.from_numpy(data["labels"])
+    tr, ho = torch.from_numpy(data["train"]), torch.from_numpy(data["heldout"])
+    sigma_data = round(float(x_all[tr].std()), 3)
+    kwargs = {"num_classes": 10, "channels": 32, "emb": 64, "sigma_data": sigma_data}
+    net = NoisyDigitsNet(**kwargs)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    log = open(OUT / "train_digits-noisy-classifier.log", "w")
+    t0 = time.perf_counter()
+    warmup, batch = 200, 128
+    for step in range(1, args.noisy_classifier_steps + 1):
+        net.train()
+        idx = tr[torch.randint(0, len(tr), (batch,), generator=gen)]
+        x = x_all[idx]
+        dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+        x = torch.nn.functional.pad(x, (1, 1, 1, 1), value=-1.0)[:, :, 1 + dy : 9 + dy, 1 + dx : 9 + dx]
+        sigma = (torch.randn(batch, generator=gen) * P_STD + P_MEAN).exp()  # EDM Sec. 5
+        noisy = x + torch.randn(x.shape, generator=gen) * sigma[:, None, None, None]
+        loss = torch.nn.functional.cross_entropy(net(noisy, sigma), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * min(1.0, step / warmup)
+        opt.step()
+        if step % 500 == 0:
+            print(f"step {step} loss {float(loss):.4f} time {time.perf_counter() - t0:.0f}s", file=log, flush=True)
+    wall = time.perf_counter() - t0
+    save_weights(net, "digits-noisy-classifier.pt")
+    net.eval()
+    accuracy = {}
+    eval_gen = torch.Generator().manual_seed(args.seed + 3)
+    with torch.no_grad():
+        for s in (0.05, 0.2, 0.5, 1.0, 2.0, 5.0):
+            x = x_all[ho] + torch.randn(x_all[ho].shape, generator=eval_gen) * s
+            pred = net(x, torch.full((len(ho),), s)).argmax(1)
+            accuracy[f"heldout_sigma_{s:g}"] = float((pred == y_all[ho]).float().mean())
+    print(f"held-out accuracy by sigma {accuracy}, {wall:.0f}s", file=log, flush=True)
+    (OUT / "digits-noisy-classifier.json").write_text(json.dumps({"network_kwargs": kwargs}, indent=2) + "\n")
+    record(
+        "digits-noisy-classifier",
+        {
+            "steps": args.noisy_classifier_steps,
+            "batch": batch,
+            "lr": 1e-3,
+            "warmup_steps": warmup,
+            "sigma_distribution": f"ln sigma ~ N({P_MEAN}, {P_STD}^2) (EDM Sec. 5)",
+            "seed": args.seed,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "network_kwargs": kwargs,
+            "accuracy": accuracy,
+            "wall_seconds": round(wall, 1),
+            "machine": machine(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -69,3 +69,32 @@ def schedules_cmd(
         rng = "from file" if r["sigma_min"] is None else f"{r['sigma_min']:.6g} .. {r['sigma_max']:.6g}"
         table.add_row(r["name"], rng, ", ".join(BY_KEY[k].flag if k in BY_KEY else k for k in r["options"]), r["paper"])
     Console().print(table)
+
+
+@app.command("recipes")
+def recipes_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
+    """List the published tables shipped as sweeps (run one: diffbench sweep --recipe NAME)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffbench.recipes import list_recipes
+
+    rows = [
+        {
+            "name": r.name,
+            "title": r.title,
+            "model": r.model,
+            "seeds": r.seeds,
+            "published": [{"metric": p.metric, "value": p.value, "nfe": p.nfe, **p.where} for p in r.published],
+            "source": r.source,
+        }
+        for r in list_recipes()
+    ]
+    if as_json:
+        typer.echo(dumps_json(rows))
+        return
+    table = Table("name", "what", "model", "published", title="recipes (diffbench sweep --recipe NAME)")
+    for r in rows:
+        pub = ", ".join(f"{p['metric']} {p['value']:g} @ NFE {p['nfe']}" for p in r["published"])
+        table.add_row(r["name"], r["title"], r["model"], pub)
+    Console().print(table)

@@ -18,7 +18,9 @@ def sample_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="A folder for PNGs, or a file ending in .npz.")],
     seeds: Annotated[str, typer.Option(help="Seeds: '0-63' or '0,5,10-12' (0 <= seed < 2^32).")] = "0-63",
     class_: Annotated[int | None, typer.Option("--class", help="Fixed class of a conditional model.")] = None,
-    batch: Annotated[int, typer.Option(help="Batch size.", min=1)] = 64,
+    batch: Annotated[
+        str, typer.Option(help="Batch size, or auto (CUDA: the largest that fits, remembered; CPU: 64).")
+    ] = "64",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     grid: Annotated[Path | None, typer.Option(help="Also write an image grid PNG here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
@@ -52,6 +54,9 @@ def sample_cmd(
     err = Console(stderr=True)
     # everything that can be refused is refused before the first network call and before any output exists
     seed_list = parse_seeds(seeds)
+    from diffbench.sampling.autobatch import AUTO, parse_batch
+
+    batch_size = parse_batch(batch)
     spec = SamplerSpec.make(**sampler)
     dev = check_device(device)
     if out.suffix != ".npz" and out.suffix and not out.is_dir():
@@ -99,7 +104,7 @@ def sample_cmd(
             **{k: provenance[k] for k in ("model", "spec", "solver_options", "plan", "seeds", "dtype", "class")},
             "versions": {k: env.get(k) for k in ("diffbench", "torch", "cuda")},
             "device": env.get("generator_device"),
-            "batch": batch,
+            "batch": batch_size,
         }
     )
     done = None if overwrite or out.suffix != ".npz" else finished_shards(out, identity, seed_list)
@@ -134,9 +139,11 @@ def sample_cmd(
             bar.update(images_task, completed=start + ev.images_done)
 
         todo = seed_list[start:]
+        fit = _batch_fit(run, denoiser, len(todo), err) if batch_size == AUTO else None
+        size = fit.size if fit is not None else int(batch_size)
         try:
             batches = iter_batches(
-                denoiser, seeds=todo, class_labels=class_, batch=batch, sampler=run, progress=progress
+                denoiser, seeds=todo, class_labels=class_, batch=size, sampler=run, progress=progress, fit=fit
             )
             for b in batches if todo else ():
                 sink.write(b.images, b.seeds, b.class_labels)
@@ -152,6 +159,16 @@ def sample_cmd(
     if grid is not None and kept:
         save_image_atomic(grid_image(torch.cat(kept)), grid)
     err.print(f"wrote {len(seed_list)} images to {out}")
+
+
+def _batch_fit(run: Any, denoiser: Any, n_seeds: int, err: Any) -> Any:
+    """--batch auto: the remembered or starting size on this device, said in one line (sampling/autobatch.py)."""
+    from diffbench.sampling.autobatch import BatchFit, describe, fit_key
+    from diffbench.sweep.bench import model_sha256
+
+    fit = BatchFit.auto(fit_key(model_sha256(denoiser), run.device, run.spec, run.shape), run.device, n_seeds=n_seeds)
+    err.print(describe(fit, run.device), soft_wrap=True)
+    return fit
 
 
 def _command_line() -> str:

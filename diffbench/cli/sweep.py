@@ -295,8 +295,26 @@ def sweep_cmd(
             help="A sweep TOML file: settings, tables axes and fixed, and per-cell overrides (tables named cell).",
         ),
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="Run a published table (see `diffbench recipes`); a smaller --seeds is a quick look, marked as such.",
+        ),
+    ] = None,
     class_: Annotated[int | None, typer.Option("--class", help="Fixed class of a conditional model.")] = None,
-    batch: Annotated[int | None, typer.Option(help="Batch size (not part of a cell's identity).", min=1)] = None,
+    eval_classifier: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-classifier",
+            help="Clean classifier of class-accuracy / inv-prob: package.module:factory (a module x in [-1, 1] "
+            "-> logits); default: the built-in digits classifier.",
+        ),
+    ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(help="Batch size, or auto (CUDA: the largest that fits; CPU: 64); not part of a cell's identity."),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
     checkpoint_every: Annotated[
         int | None,
@@ -338,6 +356,14 @@ def sweep_cmd(
         default_out_folder,
     )
 
+    the_recipe = None
+    if recipe is not None:
+        from diffbench.recipes import get_recipe
+
+        if config is not None:
+            raise ConfigError("--recipe is a sweep config itself: give --recipe or --config, not both")
+        the_recipe = get_recipe(recipe)
+        config = the_recipe.path
     cfg = load_config(config, aliases=_aliases()) if config is not None else None
     settings = dict(cfg.settings) if cfg else {}
 
@@ -362,7 +388,9 @@ def sweep_cmd(
     if out_named_after_store:  # outputs belong to their store: b4.db -> b4/
         out = default_out_folder(store_path)
     class_ = pick(class_, "class", None)
-    batch = int(pick(batch, "batch", 64))
+    from diffbench.sampling.autobatch import AUTO, CPU_BATCH, parse_batch
+
+    batch_size = parse_batch(pick(batch, "batch", 64))
     device = str(pick(device, "device", "auto"))
     axes = {k: v for k, v in dflt.get("axes", {}).items() if not (cfg and (k in cfg.axes or k in cfg.fixed))}
     axes.update(dict(cfg.axes) if cfg else {})
@@ -395,16 +423,28 @@ def sweep_cmd(
         seeds=seed_list,
         metrics=metric_list,
         blocks=blocks,
-        batch=batch,
+        batch=CPU_BATCH if batch_size == AUTO else int(batch_size),
         device=device,
         ref=ref,
         extractor=extractor,
         weights_path=inception_weights,
         class_label=class_,
         allow_small_n=allow_small_n,
+        eval_classifier=eval_classifier,
     )
     if save_images is not None:
         bench.save_images = _image_saver(save_images)
+    if batch_size == AUTO:
+        bench.batch_auto = True
+        err.print(
+            f"--batch auto on {bench.device.type}: "
+            + (
+                "each cell starts at the size remembered, else 4096, halved on out-of-memory"
+                if bench.device.type == "cuda"
+                else f"batch {CPU_BATCH} (no out-of-memory search off CUDA)"
+            ),
+            soft_wrap=True,
+        )
     err.print(
         f"sweep: {len(grid.cells)} cells ({len(grid.skipped)} skipped) on {bench.model_name}, "
         f"{len(seed_list)} seeds in {bench.blocks} block(s), metrics {', '.join(bench.metrics)}; store {store_path}",
@@ -416,6 +456,7 @@ def sweep_cmd(
         with _Display(grid, len(seed_list)) as display:
             rows = run_sweep(bench, grid, st, on_event=display, checkpoint_every=checkpoint_every)
         _record_notes(st, grid, rows)
+        published = _published(st, the_recipe, grid, rows, seeds_text) if the_recipe else None
         if as_json:
             from diffbench.sweep.store import to_json_text
 
@@ -427,8 +468,28 @@ def sweep_cmd(
             con = _console()
             for line in _note_lines(grid, rows, footnotes=True):
                 con.print(line, soft_wrap=True, markup=False)
+        if published:
+            (_console(stderr=True) if as_json else _console()).print("\n".join(published), soft_wrap=True, markup=False)
         if out is not None:
             _write_outputs(st, Path(out), plot=plot, err=err, x=x, series=series)
+            if published:
+                (Path(out) / "published.md").write_text("\n".join(published) + "\n")
+
+
+def _published(st: Any, recipe: Any, grid: Any, rows: list[dict[str, Any]], seeds: str) -> list[str]:
+    """--recipe: each measured value beside the published one, recorded under `published` in the cell's
+    provenance (so `report` and the JSON export carry it), as text lines for the terminal and published.md."""
+    from diffbench.recipes import comparison, comparison_lines
+    from diffbench.seeds import parse_seeds
+
+    quick = parse_seeds(seeds) != parse_seeds(recipe.seeds)
+    table = comparison(recipe, list(grid.cells), rows, quick=quick)
+    for row in rows:
+        entries = [t for t in table if t["id"] == row["id"]]
+        if entries:
+            st.record_published(row["id"], entries)
+            row["provenance"] = {**(row.get("provenance") or {}), "published": entries}
+    return comparison_lines(recipe, table)
 
 
 def _record_notes(st: Any, grid: Any, rows: list[dict[str, Any]]) -> None:
@@ -610,6 +671,10 @@ def report_cmd(
             typer.echo(RENDER[fmt](add_floor(t, cells) if floor else t), nl=False)
     else:
         _print_tables(cells, metrics, floor=floor, x=x, series=series)
+        from diffbench.recipes import stored_lines
+
+        for line in stored_lines(cells):  # a recipe's published values beside the measured ones
+            typer.echo(line)
 
 
 @app.command("compare")

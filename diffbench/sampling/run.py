@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from diffbench.denoiser import MAIN, Denoiser, Evaluator, check_denoiser, plain,
 from diffbench.errors import ConfigError, NonFiniteError
 from diffbench.provenance import compact_seeds, environment, model_info
 from diffbench.sampling.guidance import (
+    CLASSIFIER_NET,
     GUIDE_NET,
     NFE_CONVENTION,
     NULL,
@@ -103,7 +105,7 @@ def plan_spec(model: Denoiser, spec: SamplerSpec, guidance: Guidance | None = No
         nfe=spec.nfe,
         steps=spec.steps,
         nfe_policy=spec.nfe_policy,
-        cost=guidance.cost if guidance is not None and guidance.active else None,
+        cost=guidance.cost if guidance is not None and guidance.any_active else None,
     )
 
 
@@ -134,14 +136,24 @@ def _check_interval(model: Denoiser, spec: SamplerSpec, guidance: Guidance) -> N
 
 
 def planned_counts(model: Denoiser, p: Plan, guidance: Guidance | None, options: dict[str, Any]) -> dict[str, float]:
-    """Network evaluations per sample the plan spends, per network (main, and null or guide when guided)."""
+    """Network evaluations per sample the plan spends, per network: main; null or guide where --guidance acts;
+    classifier (one forward + backward pass each) where classifier guidance acts."""
     from diffbench.sampling.plan import step_costs
 
-    if guidance is None or not guidance.active:
+    if guidance is None or not guidance.any_active:
         return {MAIN: float(p.nfe)}
-    evaluations = sum(step_costs(model, get_solver(p.solver), p.sigmas, options, None))
-    ref = NULL_NET if guidance.guide == NULL else GUIDE_NET
-    return {MAIN: float(evaluations), ref: float(p.nfe - evaluations)}
+    info = get_solver(p.solver)
+    evaluations = sum(step_costs(model, info, p.sigmas, options, None))
+    out = {MAIN: float(evaluations)}
+    classifier = 0
+    if guidance.classifier_active:  # one classifier evaluation (forward + backward) where it acts
+        g = guidance
+        classifier = sum(step_costs(model, info, p.sigmas, options, lambda s: 1 + g.classifier_inside(s))) - evaluations
+        out[CLASSIFIER_NET] = float(classifier)
+    if guidance.active:
+        ref = NULL_NET if guidance.guide == NULL else GUIDE_NET
+        out[ref] = float(p.nfe - evaluations - classifier)
+    return out
 
 
 class Sampler:
@@ -162,6 +174,7 @@ class Sampler:
         for name, net in self.networks.items():
             if isinstance(net, torch.nn.Module):
                 self.networks[name] = net.to(self.device).eval()
+        _precision(self.networks, spec, self.device)
         if self.info.ode_axes:
             self.options["ode"] = TimeParam.make(
                 spec.sigma_t, spec.scaling, sigma_min=self.plan.sigma_min, sigma_max=self.plan.sigma_max
@@ -202,7 +215,7 @@ class Sampler:
             labels = noise.labels(self.label_dim)  # drawn even when fixed, to keep streams aligned
             if class_labels is not None:
                 labels = class_labels.to(dev)
-        combine = self.guidance.combine if self.guidance is not None and self.guidance.active else plain
+        combine = self.guidance.combine if self.guidance is not None and self.guidance.any_active else plain
         evaluator = Evaluator(self.networks, len(seeds), class_labels=labels, combine=combine)
 
         def step(info: StepInfo) -> None:
@@ -246,6 +259,11 @@ class Sampler:
         record: dict[str, Any] = {"weight": g.weight, "guide": g.guide, "interval": [g.lo, hi]}
         if g.guide != NULL:
             record["guide_model"] = model_info(load_guide(g.guide))
+        if g.classifier is not None:
+            from diffbench.models.noisy_classifier import load_classifier
+
+            record["classifier_weight"] = g.classifier_weight
+            record["classifier"] = load_classifier(g.classifier).info()
         record["nfe_convention"] = NFE_CONVENTION
         return record
 
@@ -264,7 +282,31 @@ class Sampler:
             "seeds": compact_seeds(list(seeds)),
             "num_images": len(seeds),
             "dtype": self.spec.dtype,
+            "network": self.network_record(),
         }
+
+    def network_record(self) -> dict[str, Any]:
+        """The network's precision as it ran: net dtype, autocast, channels_last, compilation, TF32 (CUDA)."""
+        from diffbench.sampling.precision import FastNetwork
+
+        main = self.networks[MAIN]
+        record: dict[str, Any] = (
+            main.record if isinstance(main, FastNetwork) else {"net_dtype": "native", "compile": "off"}
+        )
+        if self.device.type == "cuda":
+            record["tf32"] = bool(self.spec.tf32)
+        return record
+
+
+def _precision(nets: dict[str, Any], spec: SamplerSpec, device: torch.device) -> None:
+    """Wrap the networks for --net-dtype / --compile in place and set TF32 (sampling/precision.py)."""
+    from diffbench.errors import NotApplicableError
+    from diffbench.sampling.precision import set_tf32, wrap_networks
+
+    if spec.tf32 and device.type != "cuda":
+        raise NotApplicableError(f"--tf32 applies on CUDA only (TF32 does not exist on {device.type})")
+    set_tf32(device, bool(spec.tf32))
+    nets.update(wrap_networks(nets, device=device, net_dtype=spec.net_dtype, compile=bool(spec.compile)))
 
 
 def calibration_seeds(schedule: str) -> frozenset[int]:
@@ -310,9 +352,15 @@ def iter_batches(
     device: str | torch.device = "auto",
     progress: Callable[[Progress], None] | None = None,
     sampler: Sampler | None = None,
+    fit: Any = None,
     **spec: Any,
 ) -> Iterator[Batch]:
-    """Yield finished batches in seed order (edm2 style: a thin caller writes them as they come)."""
+    """Yield finished batches in seed order (edm2 style: a thin caller writes them as they come).
+
+    fit: a sampling.autobatch.BatchFit (--batch auto): each batch is run in the parts that fit the device,
+    halved on out-of-memory, and yielded whole (the same seeds, the same images)."""
+    if fit is not None and latents is not None:
+        raise ConfigError("--batch auto samples from seeds; give a fixed batch size with latents")
     if batch < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch}")
     run = sampler or Sampler(denoiser, SamplerSpec.make(**spec), device=device)
@@ -325,12 +373,16 @@ def iter_batches(
             if progress is not None:
                 progress(Progress(b, len(chunks), info.i + 1, info.n, done, len(seeds)))
 
-        out = run.run(
-            [seeds[i] for i in idx],
-            latents=None if latents is None else latents[idx.start : idx.stop],
-            class_labels=None if labels is None else labels[idx.start : idx.stop],
-            on_step=on_step,
-        )
+        part_labels = None if labels is None else labels[idx.start : idx.stop]
+        if fit is not None:
+            out = fit.run(partial(run.run, on_step=on_step), [seeds[i] for i in idx], part_labels)
+        else:
+            out = run.run(
+                [seeds[i] for i in idx],
+                latents=None if latents is None else latents[idx.start : idx.stop],
+                class_labels=part_labels,
+                on_step=on_step,
+            )
         if progress is not None:
             progress(Progress(b, len(chunks), run.plan.steps, run.plan.steps, idx.stop, len(seeds)))
         yield out

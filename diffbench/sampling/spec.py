@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffbench.errors import ConfigError, NotApplicableError, UnknownNameError
-from diffbench.sampling.vocabulary import DTYPES, ENDPOINTS, NFE_POLICIES, NOISE_MODES, PREDICTIONS, SCALING, SIGMA_T
+from diffbench.sampling.vocabulary import (
+    DTYPES,
+    ENDPOINTS,
+    NET_DTYPES,
+    NFE_POLICIES,
+    NOISE_MODES,
+    PREDICTIONS,
+    SCALING,
+    SIGMA_T,
+)
 
 if typing.TYPE_CHECKING:
     import torch
@@ -123,6 +132,23 @@ class SamplerSpec:
     guidance_interval: str | None = option(
         help="LO,HI: guidance only where LO < sigma <= HI (in a sweep list write LO:HI)."
     )
+    classifier_guidance: float | None = option(
+        help="Classifier guidance scale s: D + s sigma^2 grad log p(c|x,sigma) (Dhariwal & Nichol; 0 = none). "
+        "Each evaluation adds 1 classifier evaluation (forward + backward) to the NFE.",
+        min=0,
+    )
+    classifier: str | None = option(
+        help="Noise-conditional classifier of --classifier-guidance: digits-noisy-classifier or "
+        "package.module:factory (a module (x, sigma) -> logits)."
+    )
+    # the network's precision and compilation (sampling/precision.py); `dtype` above stays the sampler state's
+    net_dtype: str | None = option(
+        help="Network precision fp32, fp16 or bf16 (autocast; the sampler state keeps --dtype). "
+        "Default: the network's own.",
+        choices=NET_DTYPES,
+    )
+    compile: bool | None = option(help="torch.compile the network (once per input shape; eager if torch cannot).")
+    tf32: bool | None = option(help="Allow TF32 matmuls and convolutions on CUDA (off by default).")
 
     def __post_init__(self) -> None:
         from diffbench.sampling.solvers import get_solver  # the registries load torch: not at import (--help)
@@ -141,8 +167,9 @@ class SamplerSpec:
             raise NotApplicableError(
                 f"{self.solver} supports order {', '.join(map(str, info.orders or (info.order,)))}; got {self.order}"
             )
-        if self.analytic_first_step is False:
-            object.__setattr__(self, "analytic_first_step", None)
+        for k in ("analytic_first_step", "compile", "tf32"):  # False is the default: left out of the identity
+            if getattr(self, k) is False:
+                object.__setattr__(self, k, None)
         if self.lower_order_final is not None:
             from diffbench.sampling.solvers.exponential import check_lower_order_final
 
@@ -170,7 +197,16 @@ class SamplerSpec:
         self._check_guidance()
 
     def _check_guidance(self) -> None:
-        """--guide and --guidance-interval need --guidance; the interval must read LO,HI with 0 <= LO < HI."""
+        """--guide and --guidance-interval need --guidance; the interval must read LO,HI with 0 <= LO < HI;
+        --classifier-guidance and --classifier come together."""
+        if (self.classifier_guidance is None) != (self.classifier is None):
+            raise ConfigError(
+                "--classifier-guidance W needs --classifier NAME (e.g. digits-noisy-classifier)"
+                if self.classifier is None
+                else "--classifier applies only with classifier guidance (give --classifier-guidance W)"
+            )
+        if self.classifier_guidance is not None and not math.isfinite(self.classifier_guidance):
+            raise ConfigError(f"--classifier-guidance must be a finite number >= 0, got {self.classifier_guidance}")
         if self.guidance is None:
             given = [k for k in ("guide", "guidance_interval") if getattr(self, k) is not None]
             if given:

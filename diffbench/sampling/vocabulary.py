@@ -13,3 +13,4 @@ SIGMA_T = ("linear", "vp", "ve")  # sigma(t) of EDM's ODE (Karras et al. 2022, T
 SCALING = ("none", "vp")  # s(t) of EDM's ODE (Karras et al. 2022, Table 1)
 PREDICTIONS = ("data", "noise")  # the forms of UniPC: data (x0) or noise (eps) prediction
 DTYPES = ("float64", "float32")  # the sampler state's dtype
+NET_DTYPES = ("fp32", "fp16", "bf16")  # the network's precision (--net-dtype; sampling/precision.py)

@@ -84,7 +84,9 @@ class Bench:
     pr_k: int = 3
     ref_steps: int = 1024
     cache: bool = True
+    eval_classifier: str | None = None  # class-accuracy / inv-prob: a user's clean classifier (module:factory)
     save_images: Callable[[Any, torch.Tensor, list[int], torch.Tensor | None], None] | None = None
+    batch_auto: bool = False  # --batch auto: each cell runs at the size that fits (sampling/autobatch.py)
 
     @property
     def block_size(self) -> int:
@@ -115,6 +117,7 @@ class Bench:
                 "kid_subset_size": self.kid_subset_size,
                 "pr_k": self.pr_k,
                 "ref_steps": self.ref_steps,
+                **({} if self.eval_classifier is None else {"eval_classifier": self.eval_classifier}),
             },
         )
 
@@ -146,13 +149,15 @@ def prepare(
     ref_steps: int = 1024,
     cache: bool = True,
     model_name: str | None = None,
+    eval_classifier: str | None = None,
 ) -> Bench:
     """Load what every cell shares and check the metric set against the model before sampling anything.
 
     model: a Denoiser or a name for diffbench.load. blocks: seed blocks of the jackknife (None: about 20, a
     divisor of the number of seeds, see resolve_blocks). ref: statistics file, image source or Statistics (needed
     by the metrics that need ref-moments or ref-features). Raises ConfigError for metrics the model or the
-    reference cannot give.
+    reference cannot give. eval_classifier: class-accuracy / inv-prob under a user's clean classifier
+    (package.module:factory) instead of the built-in digits one; refused unless one of them is asked for.
     """
     if isinstance(model, str):
         from diffbench.models.load import load
@@ -194,8 +199,11 @@ def prepare(
         pr_k=pr_k,
         ref_steps=ref_steps,
         cache=cache,
+        eval_classifier=eval_classifier,
     )
     wanted = [get_metric(m) for m in names]
+    if eval_classifier is not None and not {"class-accuracy", "inv-prob"} & set(names):
+        raise ConfigError("--eval-classifier applies to the metrics class-accuracy and inv-prob; neither is asked for")
     exact = [m.name for m in wanted if "exact" in m.needs]
     if exact and not is_exact_model(model):
         raise ConfigError(f"metric {exact[0]} needs an analytic model with exact moments; {bench.model_name} has none")

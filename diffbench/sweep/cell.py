@@ -127,17 +127,18 @@ def run_cell(
     sig = sampler.plan.sigmas.to(torch.float64).cpu()
     positive = sig[sig > 0]
     ref_range = (float(positive[0]), float(positive[-1]), float(sig[-1]) == 0.0)
+    fit, step = _batch_fit(bench, sampler)
     for b in range(bench.blocks):
         lo, hi = b * size, (b + 1) * size
-        for start in range(lo, hi, bench.batch):
-            stop = min(start + bench.batch, hi)
+        for start in range(lo, hi, step):
+            stop = min(start + step, hi)
             if stop <= n_done:
                 continue
             if start < n_done:  # a checkpoint written under another batch size: continue from it
                 start = n_done
             seeds = bench.seeds[start:stop]
             labels = None if bench.class_label is None else torch.full((len(seeds),), bench.class_label)
-            out = sampler.run(seeds, class_labels=labels)
+            out = sampler.run(seeds, class_labels=labels) if fit is None else fit.run(sampler.run, seeds, labels)
             batch = Batch(images=out.images, seeds=seeds, labels=out.class_labels)
             if wants_uint8:
                 batch.uint8 = quantize(out.images)
@@ -176,7 +177,7 @@ def run_cell(
             "metrics": list(bench.metrics),
             "blocks": bench.blocks,
             "block_size": size,
-            "batch": bench.batch,
+            "batch": bench.batch if fit is None else {"auto": step, "fitted": fit.size},
             "class": bench.class_label,
         }
     )
@@ -190,6 +191,18 @@ def run_cell(
         resumed_from=resumed_from,
         extras=dict(ctx.meta),
     )
+
+
+def _batch_fit(bench: Bench, sampler: Sampler) -> tuple[Any, int]:
+    """(BatchFit or None, the cell's batch): --batch auto starts each cell at the size remembered for its model,
+    device and dtypes (the spec's net dtype and guidance change what fits)."""
+    if not bench.batch_auto:
+        return None, bench.batch
+    from diffbench.sampling.autobatch import BatchFit, fit_key
+
+    key = fit_key(bench.model_sha256, sampler.device, sampler.spec, sampler.shape)
+    fit = BatchFit.auto(key, sampler.device, n_seeds=bench.block_size)
+    return fit, fit.size
 
 
 def _reference_errors(

@@ -306,7 +306,7 @@ def load_config(path: str | os.PathLike, *, aliases: Mapping[str, str] | None = 
         if not isinstance(c, dict) or set(c) - {"where", "set"} or "set" not in c:
             raise ConfigError(f"{p}: [[cell]] number {i + 1} needs `set = {{...}}` and optionally `where = {{...}}`")
         overrides.append({"where": table(c.get("where", {}), "cell.where"), "set": table(c["set"], "cell.set")})
-    unknown = set(data) - {"axes", "fixed", "cell", *SETTINGS}
+    unknown = set(data) - {"axes", "fixed", "cell", "recipe", *SETTINGS}  # recipe: diffbench/recipes
     if unknown:
         raise UnknownNameError(f"setting in {p}", sorted(unknown)[0], [*SETTINGS, "axes", "fixed", "cell"])
     settings = {k: data[k] for k in SETTINGS if k in data}

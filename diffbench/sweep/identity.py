@@ -69,6 +69,10 @@ def files_read(bench: Bench, spec: SamplerSpec | None) -> dict[str, str]:
         from diffbench.sweep.bench import model_sha256
 
         files["guide"] = model_sha256(load_guide(str(spec.guide)))  # the guiding model (--guide MODEL)
+    if spec is not None and spec.classifier_guidance is not None and spec.classifier is not None:
+        from diffbench.models.noisy_classifier import load_classifier
+
+        files["classifier"] = load_classifier(str(spec.classifier)).sha256  # classifier guidance's classifier
     return files
 
 

@@ -900,10 +900,58 @@ def paired_rows(
                     p = paired_difference(by_id[e.cell_id], by_id[be.cell_id], metric)  # type: ignore[index]
                 except ConfigError:  # different seeds (two sweeps in one store): not paired
                     continue
+                shift = (
+                    seed_shift(by_id[e.cell_id], by_id[be.cell_id])  # type: ignore[index]
+                    if metric in ("inv-prob", "class-accuracy")
+                    else None
+                )
+                per_seed = "" if shift is None else "; " + shift.describe(cfg, bcfg)
                 if not math.isfinite(p.ci_low):
+                    if per_seed:
+                        lines.append(f"{head}: {cfg} − {bcfg} = {p.difference:+.4g}{per_seed}")
                     continue
                 lines.append(
                     f"{head}: {cfg} − {bcfg} = {p.difference:+.4g}, paired 95% jackknife interval "
-                    f"[{p.ci_low:+.3g}, {p.ci_high:+.3g}] over {p.blocks} blocks: {p.verdict(cfg, bcfg)}"
+                    f"[{p.ci_low:+.3g}, {p.ci_high:+.3g}] over {p.blocks} blocks: {p.verdict(cfg, bcfg)}{per_seed}"
                 )
     return lines
+
+
+@dataclass(frozen=True)
+class SeedShift:
+    """Per seed, p(c | x) of cell A against cell B (same seeds, so the same latents and classes): how many
+    seeds' probability of the intended class rose, fell or stayed (Li & Jiao 2025: guidance lowers E[1/p]
+    without raising every sample's p)."""
+
+    rose: int
+    fell: int
+    same: int
+
+    @property
+    def n(self) -> int:
+        return self.rose + self.fell + self.same
+
+    def describe(self, a: str = "a", b: str = "b") -> str:
+        return (
+            f"per seed, p(c|x) under {a} rose for {self.rose / self.n:.1%} and fell for {self.fell / self.n:.1%} "
+            f"of {self.n} seeds against {b}"
+        )
+
+
+def seed_shift(a: Mapping[str, Any], b: Mapping[str, Any]) -> SeedShift | None:
+    """Rise/fall of p(c | x) seed by seed between two finished cells that both stored inv-prob's per-seed
+    log p on the same seeds and classes (None otherwise)."""
+    import numpy as np
+
+    from diffbench.metrics.class_prob import PER_SEED, decode_per_seed
+
+    ra, rb = result_of(a, "inv-prob"), result_of(b, "inv-prob")
+    if ra is None or rb is None or PER_SEED not in ra or PER_SEED not in rb:
+        return None
+    ia, ib = a.get("identity") or {}, b.get("identity") or {}
+    if (ia.get("seeds"), ia.get("class")) != (ib.get("seeds"), ib.get("class")):
+        return None
+    la, lb = decode_per_seed(str(ra[PER_SEED])), decode_per_seed(str(rb[PER_SEED]))
+    if la.shape != lb.shape or not la.size:
+        return None
+    return SeedShift(int(np.sum(la > lb)), int(np.sum(la < lb)), int(np.sum(la == lb)))

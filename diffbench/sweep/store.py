@@ -327,6 +327,15 @@ class Store:
         with self.con:
             self.con.execute("UPDATE cells SET provenance=? WHERE id=?", (json.dumps(prov, default=str), cell_id))
 
+    def record_published(self, cell_id: str, entries: list[dict[str, Any]]) -> None:
+        """A recipe's published values beside this cell's (diffbench/recipes), under `published` in its provenance."""
+        row = self.get(cell_id)
+        if row is None or row["status"] != "done":
+            return
+        prov = {**(row.get("provenance") or {}), "published": entries}
+        with self.con:
+            self.con.execute("UPDATE cells SET provenance=? WHERE id=?", (json.dumps(prov, default=str), cell_id))
+
     def checkpoint(self, cell_id: str, n_done: int, state: bytes) -> None:
         """Accumulators and the count of finished seeds, in one transaction."""
         with self.con:
