@@ -24,6 +24,7 @@ warm-up, and an exponential moving average of the weights whose half-life grows 
 
 Run (needs the training extra: pip install -e '.[train]'):
   python benchmarks/train_digits.py --part uncond   # digits-edm and digits-edm-early
+  python benchmarks/train_digits.py --part uncond --snapshots 250,500,1000,2000   # also digits-edm-step{N}.pt
   python benchmarks/train_digits.py --part cond     # digits-edm-cond and digits-edm-cond-early
   python benchmarks/train_digits.py --part classifier   # classifier, data and statistics
   python benchmarks/train_digits.py --part noisy-classifier   # digits-noisy-classifier (classifier guidance)
@@ -31,6 +32,11 @@ Each part is reproducible on the same machine and thread count (fixed seeds, --t
 --out DIR to write elsewhere than the package (then compare sha256 with checkpoints.toml). Nothing before step
 N depends on --steps (constant learning rate after warm-up), so a longer run's step-N EMA equals a --steps N run.
 After retraining into the package, `python benchmarks/digits_hashes.py` updates the sha256 in checkpoints.toml.
+The training-level family `digits-edm@STEP` (checkpoints.toml) is this run's EMA weights after 250, 400, 500,
+1,000 and 2,000 steps: digits-edm-step{250,500,1000}.pt from --snapshots, and @400 / @2000 are digits-edm-early.pt
+and digits-edm.pt themselves (the step-2000 snapshot holds the same tensors; only torch.save's archive name
+differs, so its sha256 does). Measured 2026-12-02: `--out /tmp/... --threads 1` reproduced digits-edm.pt and
+digits-edm-early.pt byte for byte (654 s on the shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -116,6 +122,18 @@ def save_weights(module: torch.nn.Module, name: str) -> None:
     torch.save(state, OUT / name)
 
 
+def snapshot_steps(args: argparse.Namespace) -> set[int]:
+    """The steps of the uncond run whose EMA weights are kept as the `digits-edm@STEP` family (--snapshots)."""
+    return {int(s) for s in (args.snapshots or "").split(",") if s.strip()}
+
+
+def save_snapshot(ema: torch.nn.Module, step: int, log) -> None:
+    """The uncond run's EMA weights at `step` as digits-edm-step{step}.pt (the training-level family
+    `digits-edm@STEP`; benchmarks/training_level_study.py). Same network spec as digits-edm.json."""
+    save_weights(ema, f"digits-edm-step{step}.pt")
+    print(f"saved digits-edm-step{step}.pt at step {step}", file=log, flush=True)
+
+
 def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -180,6 +198,8 @@ def train_diffusion(args: argparse.Namespace, *, conditional: bool) -> None:
             save_cond_early(ema, step, time.perf_counter() - t0, log)
         if step % 1000 == 0 or step == args.steps:
             save_weights(ema, f"{name}.pt")
+        if not conditional and step in snapshot_steps(args):
+            save_snapshot(ema, step, log)
     wall = time.perf_counter() - t0
     print(f"done in {wall:.0f}s", file=log, flush=True)
     spec = {
@@ -268,6 +288,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT, help="output folder (default: the package's builtin folder)")
     p.add_argument("--classifier-epochs", type=int, default=60)
+    p.add_argument(
+        "--snapshots",
+        default="",
+        help="uncond part: comma-separated steps whose EMA weights are also saved as digits-edm-step{STEP}.pt "
+        "(the digits-edm@STEP family, e.g. 250,500,1000,2000)",
+    )
     p.add_argument("--noisy-classifier-steps", type=int, default=3000, help="steps of the noisy-classifier part")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

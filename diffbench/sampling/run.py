@@ -181,6 +181,7 @@ class Sampler:
             )
         self.shape = sample_shape(denoiser)
         self.label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
+        self.calibration = calibration_seeds(spec.schedule)
 
     def class_indices(self, class_labels: Any, n: int) -> torch.Tensor | None:
         """Integer class indices for n samples (a scalar fixes one class), checked against label_dim."""
@@ -194,7 +195,14 @@ class Sampler:
         class_labels: torch.Tensor | None = None,
         on_step: Callable[[StepInfo], None] | None = None,
     ) -> Batch:
-        """Sample one batch; latents (standard normal) and class indices override the streams' draws."""
+        """Sample one batch; latents (standard normal) and class indices override the streams' draws.
+        Raises ConfigError when a seed is one the schedule file was tuned on (its calibration seeds)."""
+        if self.calibration and not self.calibration.isdisjoint(seeds):
+            both = compact_seeds(sorted(self.calibration.intersection(seeds)))
+            raise ConfigError(
+                f"seeds {both} were the calibration seeds of the grid {str(self.spec.schedule)[5:]}; "
+                "evaluate a tuned grid on other seeds"
+            )
         dev, dtype, sig = self.device, self.spec.torch_dtype, self.plan.sigmas
         noise = (
             NoiseSource(seeds, device=dev)
@@ -299,6 +307,22 @@ def _precision(nets: dict[str, Any], spec: SamplerSpec, device: torch.device) ->
         raise NotApplicableError(f"--tf32 applies on CUDA only (TF32 does not exist on {device.type})")
     set_tf32(device, bool(spec.tf32))
     nets.update(wrap_networks(nets, device=device, net_dtype=spec.net_dtype, compile=bool(spec.compile)))
+
+
+def calibration_seeds(schedule: str) -> frozenset[int]:
+    """The calibration seeds a `file:` grid (.json, diffbench tune-schedule) was tuned on; empty otherwise."""
+    if not str(schedule).startswith("file:"):
+        return frozenset()
+    from pathlib import Path
+
+    from diffbench.sampling.schedules import grid_file_info
+    from diffbench.seeds import parse_seeds
+
+    path = Path(str(schedule)[5:])
+    if not path.is_file():
+        return frozenset()
+    text = grid_file_info(path).get("calibration_seeds")
+    return frozenset(parse_seeds(str(text))) if text else frozenset()
 
 
 def _inputs(seeds: Sequence[int] | None, latents: torch.Tensor | None) -> list[int]:

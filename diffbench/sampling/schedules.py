@@ -127,11 +127,36 @@ def time_quadratic_grid(n: int, sigma_min: float, sigma_max: float) -> torch.Ten
 FILE_MAX_SIGMA = 1e6  # = diffbench.sampling.plan.MAX_SIGMA
 
 
+GRID_FORMAT = "diffbench-sigma-grid"  # the "format" of a .json grid file (diffbench tune-schedule writes one)
+
+
+def grid_file_info(path: str | Path) -> dict:
+    """The record of a .json grid file (how it was made: method, model sha256, solver, NFE, calibration seeds,
+    ...; diffbench.sweep.tune), {} for a text or .npy grid. Raises ConfigError for an unreadable file."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        return {}
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot read sigma grid from {path}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("sigmas"), list):
+        raise ConfigError(f"sigma grid {path}: a .json grid is an object with a list 'sigmas'")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in data["sigmas"]):
+        raise ConfigError(f"sigma grid {path}: 'sigmas' must hold numbers only")
+    return data
+
+
 def file_grid(path: str | Path) -> torch.Tensor:
-    """A grid read from a text or .npy file: descending positive sigmas, used as given."""
+    """A grid read from a text, .npy or .json file (key 'sigmas'): descending positive sigmas, used as given."""
     path = Path(path)
     try:
-        arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
+        if path.suffix.lower() == ".json":
+            arr = np.asarray(grid_file_info(path)["sigmas"], dtype=np.float64)
+        else:
+            arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read sigma grid from {path}: {exc}") from None
     sig = torch.as_tensor(np.asarray(arr, dtype=np.float64).reshape(-1))
