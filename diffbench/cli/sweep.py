@@ -312,6 +312,13 @@ def sweep_cmd(
     allow_small_n: Annotated[
         bool, typer.Option("--allow-small-n", help="Compute Fréchet distances with fewer samples than dims + 1.")
     ] = False,
+    kl_data: Annotated[
+        str | None,
+        typer.Option(
+            "--kl-data",
+            help="Data of the prior-kl metric: digits-data or images (default for the digits models: digits-data).",
+        ),
+    ] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="With --out: also the PNG/SVG plots.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the grid's rows as JSON instead of tables.")] = False,
     x: Annotated[str | None, typer.Option("--x", help=X_HELP)] = None,
@@ -402,6 +409,7 @@ def sweep_cmd(
         weights_path=inception_weights,
         class_label=class_,
         allow_small_n=allow_small_n,
+        kl_data=pick(kl_data, "kl_data", None),
     )
     if save_images is not None:
         bench.save_images = _image_saver(save_images)

@@ -123,6 +123,10 @@ class SamplerSpec:
     guidance_interval: str | None = option(
         help="LO,HI: guidance only where LO < sigma <= HI (in a sweep list write LO:HI)."
     )
+    prior: str | None = option(
+        help="Start from an auxiliary prior of the noised data instead of N(0, sigma_max^2 I): file:PRIOR.npz "
+        "(diffbench fit-prior; --sigma-max must equal its sigma) or ideal:SOURCE (the data plus noise; copies it)."
+    )
 
     def __post_init__(self) -> None:
         from diffbench.sampling.solvers import get_solver  # the registries load torch: not at import (--help)
@@ -168,6 +172,10 @@ class SamplerSpec:
         self._check_options(info)
         self._check_declared()
         self._check_guidance()
+        if self.prior is not None:
+            from diffbench.priors import check_prior_text
+
+            check_prior_text(self.prior)
 
     def _check_guidance(self) -> None:
         """--guide and --guidance-interval need --guidance; the interval must read LO,HI with 0 <= LO < HI."""

@@ -85,6 +85,7 @@ class Bench:
     ref_steps: int = 1024
     cache: bool = True
     save_images: Callable[[Any, torch.Tensor, list[int], torch.Tensor | None], None] | None = None
+    kl_data: str | None = None  # the data set of prior-kl (digits-data or an image source)
 
     @property
     def block_size(self) -> int:
@@ -115,6 +116,7 @@ class Bench:
                 "kid_subset_size": self.kid_subset_size,
                 "pr_k": self.pr_k,
                 "ref_steps": self.ref_steps,
+                "kl_data": self.kl_data,
             },
         )
 
@@ -146,6 +148,7 @@ def prepare(
     ref_steps: int = 1024,
     cache: bool = True,
     model_name: str | None = None,
+    kl_data: str | None = None,
 ) -> Bench:
     """Load what every cell shares and check the metric set against the model before sampling anything.
 
@@ -195,6 +198,7 @@ def prepare(
         ref_steps=ref_steps,
         cache=cache,
     )
+    bench.kl_data = _kl_data(names, kl_data, bench.model_name)
     wanted = [get_metric(m) for m in names]
     exact = [m.name for m in wanted if "exact" in m.needs]
     if exact and not is_exact_model(model):
@@ -206,6 +210,20 @@ def prepare(
         if m.check is not None:
             m.check(bench.context())
     return bench
+
+
+DIGITS_MODELS = ("digits-edm", "digits-edm-early", "digits-edm-cond")  # trained on digits-data's train split
+
+
+def _kl_data(names: Sequence[str], kl_data: str | None, model_name: str) -> str | None:
+    """The data set of prior-kl: as given, else digits-data for the built-in digits models, else one error."""
+    if "prior-kl" not in names:
+        return kl_data
+    if kl_data is not None:
+        return kl_data
+    if model_name in DIGITS_MODELS:
+        return "digits-data"
+    raise ConfigError("prior-kl needs the data set the model was trained on: give --kl-data (images or digits-data)")
 
 
 def resolve_blocks(n: int, blocks: int | None) -> int:
