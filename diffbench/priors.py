@@ -400,9 +400,11 @@ def needed_images(k: int, dim: int) -> int:
 
 
 def fit_gaussian(data: DataSet, sigma: float, *, reg: float = 0.0) -> GaussianMixturePrior:
-    """N(mu, Sigma + sigma^2 I) from the data's mean and covariance (maximum likelihood, 1/N)."""
+    """N(mu, Sigma + sigma^2 I) from the data's mean and covariance (maximum likelihood, 1/N); needs 2 images
+    (sigma^2 I > 0 makes the covariance positive definite whatever the rank of Sigma)."""
     _check_sigma(sigma)
-    _check_enough(data, 1, "gaussian")
+    if data.n < 2:  # sigma^2 I keeps N(mu, Sigma + sigma^2 I) proper for a covariance of any rank
+        raise ConfigError(f"{data.label} has {data.n} image(s); a Gaussian prior needs at least 2")
     x = data.x
     mu = x.mean(0)
     r = x - mu
