@@ -68,8 +68,8 @@ def sweep(model: str, name: str, args: list[str], *, seeds: str, blocks: int, wo
     out = work / model / name
     diffbench(
         "sweep", model, "--solver", "heun", *args, "--metric", "fd,prior-kl", "--seeds", seeds,
-        "--blocks", str(blocks), "--store", str(work / f"{model}.db"), "--out", str(out), "--x", "sigma_max",
-        "--device", "cpu", "--overwrite", "--no-plot",
+        "--blocks", str(blocks), "--store", str(work / f"{model}.db"), "--out", str(out),
+        *(["--x", "sigma_max"] if name == "normal" else []), "--device", "cpu", "--overwrite", "--no-plot",
     )  # fmt: skip
     return json.loads((out / "results.json").read_text())["cells"]
 
@@ -84,10 +84,12 @@ def start_of(spec: dict) -> str:
 
 
 def summarize(cells: list[dict]) -> list[dict]:
-    rows = []
+    """One row per distinct cell (each sweep's results.json lists every cell of the store so far)."""
+    rows, seen = [], set()
     for c in cells:
-        if c["status"] != "done":
+        if c["status"] != "done" or c["id"] in seen:
             continue
+        seen.add(c["id"])
         spec = c["identity"]["spec"]
         r = {
             "start": start_of(spec),
