@@ -283,7 +283,7 @@ def save_prior(prior: GaussianMixturePrior, path: str | os.PathLike) -> str:
 
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp.npz")
-    np.savez(
+    _savez_fixed(
         tmp,
         format=np.asarray(FORMAT),
         kind=np.asarray(prior.kind),
@@ -298,6 +298,19 @@ def save_prior(prior: GaussianMixturePrior, path: str | os.PathLike) -> str:
     )
     os.replace(tmp, p)
     return file_sha256(p)
+
+
+def _savez_fixed(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez's layout (one .npy member per array, stored uncompressed) with a fixed member date, so one prior
+    is one file, byte for byte, and one sha256 (np.savez stamps the current time into the zip)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(arr), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
 
 
 def load_prior(path: str | os.PathLike) -> GaussianMixturePrior:

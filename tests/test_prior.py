@@ -82,6 +82,7 @@ def test_a_prior_file_round_trips_and_bad_files_are_one_line(tmp_path):
     assert q.sha256 == digest and q.sigma == 2.0 and q.kind == "gmm:2" and q.shape == (1, 1, 2)
     assert torch.equal(q.means, p.means) and torch.equal(q.covs, p.covs)
     assert q.meta["fit"]["k"] == 2 and q.meta["data_sha256"] == "0" * 64
+    assert save_prior(p, tmp_path / "again.npz") == digest  # one prior, one file, one sha256
     with np.load(path) as z:
         good = dict(z)
     for change, match in (
