@@ -198,8 +198,10 @@ class GaussianMixturePrior:
         _check_draw(self, sigma, shape)
         z = noise.latents(shape).to(torch.float64).flatten(1)  # the same z as the N(0, sigma^2 I) start
         k = self.components(noise.seeds, noise.device)
-        L = self.chol().to(z.device)
-        x = self.means.to(z.device)[k] + torch.einsum("bij,bj->bi", L[k.to(z.device)], z)
+        L, mu = self.chol().to(z.device), self.means.to(z.device)
+        k = k.to(z.device)
+        # one matrix-vector product per seed: the same arithmetic whatever the batch, memory O(D^2)
+        x = torch.stack([mu[j] + L[j] @ z[i] for i, j in enumerate(k.tolist())])
         return x.reshape(len(noise.seeds), *shape).to(dtype)
 
     def log_prob(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:

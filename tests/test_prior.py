@@ -117,6 +117,11 @@ def test_draws_are_per_seed_batch_size_invariant_and_share_the_gaussian_latents(
     assert len(set(k.tolist())) == 2  # both components are drawn
     x = whole.flatten(1)
     assert torch.allclose(x, p.means[k] + torch.einsum("bij,bj->bi", p.chol()[k], z))
+    digits = fit_gmm(load_data("digits-data"), 1.0, 3)  # 64-d: a batch-invariant product, not a batched matmul
+    seeds = list(range(12))
+    whole = digits.draw(NoiseSource(seeds), 1.0, (1, 8, 8), torch.float64)
+    parts = [digits.draw(NoiseSource(seeds[i : i + 5]), 1.0, (1, 8, 8), torch.float64) for i in range(0, 12, 5)]
+    assert torch.equal(whole, torch.cat(parts))
     ideal = IdealPrior(_clusters())
     a = ideal.draw(NoiseSource(seeds), 0.3, (1, 1, 2), torch.float64)
     b = torch.cat([ideal.draw(NoiseSource([s]), 0.3, (1, 1, 2), torch.float64) for s in seeds])
