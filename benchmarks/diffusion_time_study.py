@@ -186,14 +186,15 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(results)
-    cols = len(NFES) + 1
+    nfes = sorted({r["nfe"] for rows in results.values() for r in rows if r["nfe"] != DEFAULT[1]})
+    cols = len(nfes) + 1
     fig, axes = plt.subplots(len(models), cols, figsize=(3.3 * cols, 3.2 * len(models)), squeeze=False)
     styles = {"normal": ("o-", "k"), "gaussian": ("s--", "tab:blue"), f"gmm:{K}": ("^-", "tab:red"),
               "ideal": ("x:", "tab:grey")}  # fmt: skip
     for i, model in enumerate(models):
         rows = results[model]
         base = next(r for r in rows if r["start"] == "normal" and (r["sigma_max"], r["nfe"]) == DEFAULT)
-        for j, nfe in enumerate(NFES):
+        for j, nfe in enumerate(nfes):
             ax = axes[i][j]
             ax.axhspan(base["fd"]["ci_low"], base["fd"]["ci_high"], color="tab:green", alpha=0.2,
                        label="default (80, NFE 35)")  # fmt: skip
@@ -205,7 +206,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
             ax.set_ylim(0, max(3 * base["fd"]["value"], 10))
         ax = axes[i][-1]
         for st in STARTS:
-            pts = sorted((r for r in rows if r["start"] == st and r["nfe"] == NFES[0]), key=lambda r: r["sigma_max"])
+            pts = sorted((r for r in rows if r["start"] == st and r["nfe"] == nfes[-1]), key=lambda r: r["sigma_max"])
             style, color = styles[st]
             ax.plot([r["sigma_max"] for r in pts], [max(r["prior-kl"]["value"], 1e-6) for r in pts], style,
                     color=color, label=st)  # fmt: skip
@@ -227,6 +228,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0-999")
     ap.add_argument("--blocks", type=int, default=20)
     ap.add_argument("--models", default="digits-edm")
+    ap.add_argument("--nfes", default=",".join(map(str, NFES)), help="budgets besides the default's 35")
     ap.add_argument("--work", type=Path, default=Path("diffusion-time-study"))
     ap.add_argument("--json", type=Path, default=HERE / "diffusion_time_study.json")
     a = ap.parse_args()
@@ -246,14 +248,15 @@ def main() -> None:
     if a.json.exists():
         out["models"] = json.loads(a.json.read_text()).get("models", {})
     kw = {"seeds": a.seeds, "blocks": a.blocks, "work": a.work}
+    nfes = a.nfes
     for model in a.models.split(","):
         t0 = time.perf_counter()
         sig = ",".join(str(s) for s in SIGMAS)
-        cells = sweep(model, "normal", ["--sigma-max", sig, "--nfe", ",".join(map(str, NFES))], **kw)
+        cells = sweep(model, "normal", ["--sigma-max", sig, "--nfe", nfes], **kw)
         cells += sweep(model, "default", ["--sigma-max", str(DEFAULT[0]), "--nfe", str(DEFAULT[1])], **kw)
         for s in SIGMAS:
             pri = f"file:{priors['gaussian', float(s)]},file:{priors[f'gmm:{K}', float(s)]},ideal:digits-data"
-            args = ["--sigma-max", str(s), "--prior", pri, "--nfe", ",".join(map(str, NFES))]
+            args = ["--sigma-max", str(s), "--prior", pri, "--nfe", nfes]
             cells += sweep(model, f"priors-s{s}", args, **kw)
         rows = summarize(cells)
         paired_to_default(rows)
