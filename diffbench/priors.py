@@ -6,7 +6,10 @@ diffusion and the start distribution with an auxiliary model of p_sigma. Here:
 
 - `GaussianMixturePrior`: K weighted Gaussians N(mu_k, Sigma_k + sigma^2 I) in pixel space (the network's
   [-1, 1] range, flattened to D = C*H*W numbers). K = 1 is the Gaussian prior N(mu, Sigma + sigma^2 I) of the
-  data's mean and covariance; K > 1 is fitted by EM (Bishop, PRML Sec. 9.2.2, full covariances). Stored as
+  data's mean and covariance; K > 1 is fitted by EM (Bishop, PRML Sec. 9.2.2, full covariances: for the 64-d
+  digits a full 64x64 covariance per component is cheap and captures the pixel correlations that make a digit;
+  at CIFAR-10's 3072 dimensions one full covariance is 75 MB and each EM step a 3072^3 Cholesky per
+  component, workable for a few components on a GPU; a diagonal-plus-low-rank form is not implemented). Stored as
   an npz (`save_prior`, `load_prior`) with its sigma, kind, the data's sha256 and the fit settings.
 - `IdealPrior`: the data points plus N(0, sigma^2 I) noise, p_sigma of the finite data set itself, at any
   sigma (it copies the data: for analysis only).
