@@ -292,3 +292,12 @@ def test_the_gaussian_shortcut_and_the_plain_estimator_agree():
     plain = log_ratios(d.x, 0.3, _as_mixture(GAUSSIAN, 0.3), range(2000))
     se = math.hypot(float(rb.std()), float(plain.std())) / math.sqrt(2000)
     assert abs(float(rb.mean()) - float(plain.mean())) < 4 * se and float(rb.std()) < float(plain.std())
+
+
+def test_prior_kl_needs_data_of_the_models_shape():
+    from diffbench.sweep.cell import prepare
+
+    with pytest.raises(ConfigError, match="prior-kl needs the data set the model was trained on: give --kl-data"):
+        prepare("gmm", seeds=range(4), metrics=["prior-kl"], device="cpu")
+    with pytest.raises(ConfigError, match=r"prior-kl: the data digits-data:train are images \[1, 8, 8\], the model"):
+        prepare("gmm", seeds=range(4), metrics=["prior-kl"], device="cpu", kl_data="digits-data")
