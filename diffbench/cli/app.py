@@ -44,7 +44,7 @@ def _register() -> None:
     """Attach every command group; each module adds its commands to `app`."""
     from diffbench.cli import listing, sample  # noqa: F401
 
-    for name in ("metrics", "checkpoints", "sweep", "scale", "tune"):
+    for name in ("metrics", "checkpoints", "sweep", "scale", "tune", "prior"):
         try:
             __import__(f"diffbench.cli.{name}")
         except ModuleNotFoundError as exc:  # a group not yet present in this build

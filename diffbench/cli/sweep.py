@@ -333,6 +333,13 @@ def sweep_cmd(
     allow_small_n: Annotated[
         bool, typer.Option("--allow-small-n", help="Compute Fréchet distances with fewer samples than dims + 1.")
     ] = False,
+    kl_data: Annotated[
+        str | None,
+        typer.Option(
+            "--kl-data",
+            help="Data of the prior-kl metric: digits-data or images (default for the digits models: digits-data).",
+        ),
+    ] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="With --out: also the PNG/SVG plots.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the grid's rows as JSON instead of tables.")] = False,
     x: Annotated[str | None, typer.Option("--x", help=X_HELP)] = None,
@@ -460,6 +467,7 @@ def sweep_cmd(
             class_label=class_,
             allow_small_n=allow_small_n,
             eval_classifier=eval_classifier,
+            kl_data=pick(kl_data, "kl_data", None),
         ),
     )
     w.agree("the reference statistics (sha256)", bench.ref_sha256)

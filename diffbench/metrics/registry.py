@@ -39,6 +39,7 @@ NEEDS = (
     "samples",  # the float samples themselves (batch.images): only where they come from a sampler
     "exact",  # an analytic model with exact moments and samples (ctx.model), fed the float samples
     "reference",  # the reference ODE solution of the same latents (batch.ref_sq_errors; sampler side)
+    "start",  # the cell's starting sigma and distribution (ctx.start; sampler side)
 )
 SPACES = ("any", "inception", "named")  # which feature space a features metric accepts
 ALIASES = {"pr": ("precision", "recall")}  # one request, two columns
@@ -80,6 +81,7 @@ class MetricContext:
     options: dict[str, Any] = field(default_factory=dict)  # kid_subsets, kid_subset_size, pr_k, ref_steps, ...
     meta: dict[str, Any] = field(default_factory=dict)  # written while consuming (ref_method), checkpointed
     memo: dict[Any, Any] = field(default_factory=dict)  # values shared by metrics over one state (P and R)
+    start: Any = None  # the cell's start {"sigma": float, "prior": obj with log_prob(x, sigma)}; sampler side
 
     @property
     def loo_n(self) -> int:
@@ -179,6 +181,7 @@ def _load_builtin() -> None:
     from diffbench.metrics import reference_error  # noqa: F401
     from diffbench.metrics import distribution  # noqa: F401
     from diffbench.metrics import class_prob  # noqa: F401
+    from diffbench.metrics import prior_kl  # noqa: F401
 
 
 # ---- the inputs several metrics share --------------------------------------------------------------------

@@ -24,6 +24,17 @@ class GaussianPrior:
     def draw(self, noise: NoiseSource, sigma: float, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         return noise.latents(shape).to(dtype) * sigma  # EDM: x_0 = latents * sigma_0
 
+    def log_prob(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        """log N(x; 0, sigma^2 I) [B] of flattened x [B, D] (float64): -|x|^2/(2 sigma^2) - D/2 log(2 pi sigma^2)."""
+        import math
+
+        assert sigma is not None, "the N(0, sigma^2 I) start's density needs its sigma"
+        x = x.to(torch.float64)
+        return -(x * x).sum(1) / (2 * sigma**2) - 0.5 * x.shape[1] * math.log(2 * math.pi * sigma**2)
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "normal"}
+
 
 GAUSSIAN = GaussianPrior()
 

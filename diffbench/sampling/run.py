@@ -182,6 +182,7 @@ class Sampler:
         self.shape = sample_shape(denoiser)
         self.label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
         self.calibration = calibration_seeds(spec.schedule)
+        self.prior = start_prior(spec, self.plan, self.shape)
 
     def class_indices(self, class_labels: Any, n: int) -> torch.Tensor | None:
         """Integer class indices for n samples (a scalar fixes one class), checked against label_dim."""
@@ -209,7 +210,7 @@ class Sampler:
             if self.spec.noise == "independent"
             else BrownianNoise(seeds, device=dev, sigma_min=self.plan.sigma_min, sigma_max=float(sig[0]))
         )
-        x = initial_state(noise, self.plan, self.shape, dtype=dtype, latents=latents)  # the streams' first draw
+        x = initial_state(noise, self.plan, self.shape, dtype=dtype, latents=latents, prior=self.prior)
         labels = None
         if self.label_dim:
             labels = noise.labels(self.label_dim)  # drawn even when fixed, to keep streams aligned
@@ -279,6 +280,7 @@ class Sampler:
             "nfe_counted": self.plan.nfe,
             "nfe_per_network": dict(self.counts),
             "guidance": self.guidance_record(),
+            "prior": None if self.prior is None else {"spec": self.spec.prior, **self.prior.describe()},
             "seeds": compact_seeds(list(seeds)),
             "num_images": len(seeds),
             "dtype": self.spec.dtype,
@@ -323,6 +325,26 @@ def calibration_seeds(schedule: str) -> frozenset[int]:
         return frozenset()
     text = grid_file_info(path).get("calibration_seeds")
     return frozenset(parse_seeds(str(text))) if text else frozenset()
+
+
+def start_prior(spec: SamplerSpec, p: Plan, shape: Sequence[int]) -> Any:
+    """The auxiliary prior of `spec.prior` (None: the N(0, sigma_max^2 I) start), checked against the plan and the
+    model: a fitted prior must be at the sigma the plan starts at, and of the model's sample shape."""
+    if spec.prior is None:
+        return None
+    from diffbench.priors import resolve_prior
+
+    prior = resolve_prior(spec.prior)
+    if tuple(prior.shape) != tuple(int(s) for s in shape):
+        raise ConfigError(
+            f"--prior {spec.prior}: a prior of images {list(prior.shape)}, but the model makes {list(shape)}"
+        )
+    if prior.sigma is not None and not math.isclose(p.sigma_first, prior.sigma, rel_tol=1e-9):
+        raise ConfigError(
+            f"--prior {spec.prior} is a prior at sigma {prior.sigma:g}, but the plan starts at sigma "
+            f"{p.sigma_first:g}: give --sigma-max {prior.sigma:g} with a schedule that starts there"
+        )
+    return prior
 
 
 def _inputs(seeds: Sequence[int] | None, latents: torch.Tensor | None) -> list[int]:

@@ -149,6 +149,10 @@ class SamplerSpec:
     )
     compile: bool | None = option(help="torch.compile the network (once per input shape; eager if torch cannot).")
     tf32: bool | None = option(help="Allow TF32 matmuls and convolutions on CUDA (off by default).")
+    prior: str | None = option(
+        help="Start from an auxiliary prior of the noised data instead of N(0, sigma_max^2 I): file:PRIOR.npz "
+        "(diffbench fit-prior; --sigma-max must equal its sigma) or ideal:SOURCE (the data plus noise; copies it)."
+    )
 
     def __post_init__(self) -> None:
         from diffbench.sampling.solvers import get_solver  # the registries load torch: not at import (--help)
@@ -195,6 +199,10 @@ class SamplerSpec:
         self._check_options(info)
         self._check_declared()
         self._check_guidance()
+        if self.prior is not None:
+            from diffbench.priors import check_prior_text
+
+            check_prior_text(self.prior)
 
     def _check_guidance(self) -> None:
         """--guide and --guidance-interval need --guidance; the interval must read LO,HI with 0 <= LO < HI;

@@ -87,6 +87,7 @@ class Bench:
     eval_classifier: str | None = None  # class-accuracy / inv-prob: a user's clean classifier (module:factory)
     save_images: Callable[[Any, torch.Tensor, list[int], torch.Tensor | None], None] | None = None
     batch_auto: bool = False  # --batch auto: each cell runs at the size that fits (sampling/autobatch.py)
+    kl_data: str | None = None  # the data set of prior-kl (digits-data or an image source)
 
     @property
     def block_size(self) -> int:
@@ -118,6 +119,7 @@ class Bench:
                 "pr_k": self.pr_k,
                 "ref_steps": self.ref_steps,
                 **({} if self.eval_classifier is None else {"eval_classifier": self.eval_classifier}),
+                "kl_data": self.kl_data,
             },
         )
 
@@ -150,6 +152,7 @@ def prepare(
     cache: bool = True,
     model_name: str | None = None,
     eval_classifier: str | None = None,
+    kl_data: str | None = None,
 ) -> Bench:
     """Load what every cell shares and check the metric set against the model before sampling anything.
 
@@ -201,6 +204,7 @@ def prepare(
         cache=cache,
         eval_classifier=eval_classifier,
     )
+    bench.kl_data = _kl_data(names, kl_data, bench.model_name)
     wanted = [get_metric(m) for m in names]
     if eval_classifier is not None and not {"class-accuracy", "inv-prob"} & set(names):
         raise ConfigError("--eval-classifier applies to the metrics class-accuracy and inv-prob; neither is asked for")
@@ -214,6 +218,20 @@ def prepare(
         if m.check is not None:
             m.check(bench.context())
     return bench
+
+
+DIGITS_MODELS = ("digits-edm", "digits-edm-early", "digits-edm-cond")  # trained on digits-data's train split
+
+
+def _kl_data(names: Sequence[str], kl_data: str | None, model_name: str) -> str | None:
+    """The data set of prior-kl: as given, else digits-data for the built-in digits models, else one error."""
+    if "prior-kl" not in names:
+        return kl_data
+    if kl_data is not None:
+        return kl_data
+    if model_name in DIGITS_MODELS:
+        return "digits-data"
+    raise ConfigError("prior-kl needs the data set the model was trained on: give --kl-data (images or digits-data)")
 
 
 def resolve_blocks(n: int, blocks: int | None) -> int:

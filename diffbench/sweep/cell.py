@@ -29,7 +29,7 @@ from diffbench.io import quantize
 from diffbench.metrics.accumulators import pack, unpack
 from diffbench.metrics.reference_error import reference_samples, squared_errors
 from diffbench.metrics.registry import Batch, Scoring, featurize
-from diffbench.sampling.initial import initial_state
+from diffbench.sampling.initial import GAUSSIAN, initial_state
 from diffbench.sampling.noise import NoiseSource
 from diffbench.sampling.run import Sampler
 from diffbench.sampling.spec import SamplerSpec
@@ -121,6 +121,7 @@ def run_cell(
     world = world or SINGLE
     sampler = Sampler(bench.model, spec, device=bench.device)
     ctx = bench.context(sample_dim=int(np.prod(sampler.shape)))
+    ctx.start = {"sigma": sampler.plan.sigma_first, "prior": sampler.prior if sampler.prior is not None else GAUSSIAN}
     # ranks other than 0 only produce batches: no accumulators (a 2048-d FID block state is 34 MB)
     blocks = bench.blocks if world.main else 0
     scoring = Scoring(bench.metrics, ctx, blocks=blocks, not_applicable=not_applicable(bench, spec))
@@ -312,7 +313,9 @@ def _reference_errors(
 ) -> None:
     """The sampler side of ref-error: the reference ODE solution of this batch's own latents, as errors."""
     sigma_from, sigma_to, final = ref_range
-    x0 = initial_state(NoiseSource(batch.seeds, device=sampler.device), sampler.plan, sampler.shape)
+    x0 = initial_state(
+        NoiseSource(batch.seeds, device=sampler.device), sampler.plan, sampler.shape, prior=sampler.prior
+    )
     ref, method, cached = reference_samples(
         sampler.denoiser,
         x0,

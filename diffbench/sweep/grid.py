@@ -198,7 +198,20 @@ def make_grid(
             f"{flag} does not apply to {', '.join(solvers)}: {'they' if len(solvers) > 1 else 'it'} ran once without it"
         )
     lists = {k: list(v) for k, v in axes.items()}
-    return Grid(cells=tuple(_same_sampler_notes(cells, names)), axes=lists, not_applicable=tuple(notes))
+    cells = _ideal_prior_notes(_same_sampler_notes(cells, names))
+    return Grid(cells=tuple(cells), axes=lists, not_applicable=tuple(notes))
+
+
+def _ideal_prior_notes(cells: list[Cell]) -> list[Cell]:
+    """Mark the cells that start from the ideal prior (--prior ideal:SOURCE): their samples copy the data."""
+    from diffbench.priors import IDEAL, IDEAL_NOTE
+
+    out = []
+    for c in cells:
+        if c.spec is not None and str(c.spec.prior or "").startswith(IDEAL):
+            c = replace(c, note=IDEAL_NOTE if not c.note else f"{c.note}; {IDEAL_NOTE}")
+        out.append(c)
+    return out
 
 
 def _same_sampler_notes(cells: list[Cell], names: Mapping[str, str]) -> list[Cell]:

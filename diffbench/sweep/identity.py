@@ -73,6 +73,14 @@ def files_read(bench: Bench, spec: SamplerSpec | None) -> dict[str, str]:
         from diffbench.models.noisy_classifier import load_classifier
 
         files["classifier"] = load_classifier(str(spec.classifier)).sha256  # classifier guidance's classifier
+    if spec is not None and spec.prior is not None:
+        from diffbench.priors import prior_sha256
+
+        files["prior"] = prior_sha256(str(spec.prior))  # the prior file, or the ideal prior's data
+    if bench.kl_data is not None and "prior-kl" in bench.metrics:
+        from diffbench.priors import load_data
+
+        files["kl-data"] = load_data(bench.kl_data).sha256  # the data set prior-kl measures against
     return files
 
 
