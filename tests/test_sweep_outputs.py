@@ -2,7 +2,8 @@
 nothing behind, outputs belong to their store, damaged stores are one line (exit 2 in `compare`), exports are
 standard JSON, usage errors exit 2, churn values that are one sampler are noted, options crossed with solvers that
 do not take them run once, and `compare` of an extended sweep passes while a missing baseline cell or other seeds
-are reported as such. The refusals, the damaged stores, the outputs' names and the extended compare run `diffbench`
+are reported as such. The refusals, the damaged stores, the outputs' names, the extended compare and the churn
+test's report and rerun run `diffbench`
 in-process (`inproc`, the same main() the console script calls, in the test's own working directory and
 DIFFBENCH_HOME): what they check is the command's behaviour, not the process boundary, and a fresh interpreter with
 torch costs ~3 s of CPU per call. test_cli_sweep.py runs sweep, report and compare through the installed script; so
@@ -151,7 +152,7 @@ def test_a_damaged_store_is_one_line_and_every_bad_input_of_compare_exits_2(tmp_
         one_line(*inproc(env, "compare", *args)[::2], exit_code=2)
 
 
-def test_churn_values_that_are_one_sampler_are_noted_and_solvers_without_churn_run_once(tmp_path, env):
+def test_churn_values_that_are_one_sampler_are_noted_and_solvers_without_churn_run_once(tmp_path, env, inproc):
     args = ("sweep", SMALL, "--solver", "heun,dpmpp-2m,unipc", "--churn", "0,10,40", "--nfe", "5", *QUICK)
     code, out, err = run(env, *args, "--store", tmp_path / "c.db", "--out", tmp_path / "c")
     assert code == 0, err
@@ -167,10 +168,10 @@ def test_churn_values_that_are_one_sampler_are_noted_and_solvers_without_churn_r
         and "note" not in cells["heun edm churn=0"]["provenance"]
     )
     # the note is in the store too, for report to show
-    code, text, err = run(env, "report", tmp_path / "c.db", "--format", "json")
+    code, text, err = inproc(env, "report", tmp_path / "c.db", "--format", "json")
     assert code == 0, err
     # --json prints standard JSON rows with the note
-    code, text, err = run(env, *args, "--store", tmp_path / "c.db", "--json")
+    code, text, err = inproc(env, *args, "--store", tmp_path / "c.db", "--json")
     rows = strict_json(text)
     assert code == 0 and any("same sampler" in (r.get("provenance") or {}).get("note", "") for r in rows)
     assert "not applicable: --churn" in err
