@@ -184,13 +184,14 @@ def render_fid(result: Any) -> str:
     by = f" (classifier {result.samples['classifier']})" if (result.samples or {}).get("classifier") else ""
 
     def ci(key: str) -> str:
-        return f" [{_fmt(x[key + '_low'])}, {_fmt(x[key + '_high'])}]" if key + "_low" in x else ""
+        return f" [{x[key + '_low']:.4g}, {x[key + '_high']:.4g}]" if key + "_low" in x else ""
 
     if "class_accuracy" in x:
-        lines.append(f"class-accuracy {_fmt(x['class_accuracy'])}{ci('class_accuracy')}{by}")
+        lines.append(f"class-accuracy {x['class_accuracy']:.4g}{ci('class_accuracy')}{by}")
     if "inv_prob" in x:
-        q = "/".join(_fmt(x.get(f"inv_prob_q{p}")) for p in (50, 90, 99))
-        lines.append(f"inv-prob E[1/p(c|x)] {_fmt(x['inv_prob'])}{ci('inv_prob')}, 1/p quantiles 50/90/99 {q}, no clipping{by}")
+        q = "/".join(f"{x[f'inv_prob_q{p}']:.4g}" for p in (50, 90, 99) if f"inv_prob_q{p}" in x)
+        lines.append(f"inv-prob E[1/p(c|x)] {x['inv_prob']:.4g}{ci('inv_prob')}, 1/p quantiles 50/90/99 {q}")
+        lines[-1] += f", no clipping{by}"
     return "\n".join(lines)
 
 
@@ -308,6 +309,10 @@ def fid_cmd(
 
         w = join()
         device = rank_device(device, w)
+        if w.main and spec is not None and str(spec.prior or "").startswith("ideal:"):  # issue 22
+            from diffbench.priors import IDEAL_NOTE
+
+            typer.echo(f"warning: {IDEAL_NOTE}", err=True)
     dev = _device(device)
     bar, update = _progress("samples" if model is not None else "features") if w is None or w.main else (None, None)
     if bar is not None:

@@ -551,7 +551,8 @@ def _grid_and_bench(
     grid = make_grid(denoiser, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
     check_grid(grid)
     _check_grid_layout(grid, x, series)
-    return grid, prepare(denoiser, **kw)
+    steered = any(c.spec is not None and c.spec.classifier_guidance is not None for c in grid.cells)
+    return grid, prepare(denoiser, steered=steered, **kw)
 
 
 def _record_notes(st: Any, grid: Any, rows: list[dict[str, Any]]) -> None:

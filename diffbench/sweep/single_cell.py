@@ -146,6 +146,7 @@ def fid_of_spec(
             allow_small_n=allow_small_n,
             cache=cache,
             eval_classifier=eval_classifier,
+            steered=spec.classifier_guidance is not None,
         ),
     )
     world.agree("the reference statistics (sha256)", bench.ref_sha256)
