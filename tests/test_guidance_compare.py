@@ -189,8 +189,8 @@ def test_bad_input_through_the_real_command_is_one_line_each(tmp_path):
             code = 0
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 try:
-                    main([*args, "--solver", "euler", "--device", "cpu", *(["--out", f"o{{i}}"] if args[0] != "fid" else [])]
-                         if args[0] != "fid" or "--model" in args else args)
+                    extra = ["--solver", "euler", "--device", "cpu"] if args[0] != "fid" or "--model" in args else []
+                    main([*args, *extra, *(["--out", f"o{{i}}"] if args[0] != "fid" else [])])
                 except SystemExit as exc:
                     code = int(exc.code or 0)
             out.append([code, err.getvalue()])

@@ -193,7 +193,7 @@ def _check(ctx: Any) -> None:
     if model is None:
         return
     label_dim = int(getattr(model, "label_dim", 0) or 0)
-    fixed = getattr(ctx, "class_label", None)
+    fixed: int | None = getattr(ctx, "class_label", None)  # --class: on an unconditional model, the classifier's
     if not label_dim and fixed is None:
         raise ConfigError(
             "class-accuracy and inv-prob need each sample's intended class: the model is unconditional "
@@ -205,10 +205,10 @@ def _check(ctx: Any) -> None:
         logits = user_logits_checked(spec, shape)
         if label_dim and logits.shape[1] != label_dim:
             raise ConfigError(f"--eval-classifier {spec} gives {logits.shape[1]} classes, the model has {label_dim}")
-        if not label_dim and not 0 <= fixed < logits.shape[1]:  # an unconditional model: the classifier's classes
+        if fixed is not None and not label_dim and not 0 <= fixed < logits.shape[1]:
             raise ConfigError(f"--class {fixed} is not a class of --eval-classifier {spec} ({logits.shape[1]} classes)")
         return
-    if not label_dim and not 0 <= fixed < NUM_CLASSES:
+    if fixed is not None and not label_dim and not 0 <= fixed < NUM_CLASSES:
         raise ConfigError(f"--class {fixed} is not a class of the digits classifier (0..{NUM_CLASSES - 1})")
     if (label_dim or NUM_CLASSES) != NUM_CLASSES or shape[1:] != (RESOLUTION, RESOLUTION) or shape[0] not in (1, 3):
         raise ConfigError(

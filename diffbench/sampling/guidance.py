@@ -184,7 +184,8 @@ def check_classifier(model: Denoiser, name: str) -> int:
         got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ConfigError(f"classifier {name} returned {got} for one sample; expected logits [1, {want or 'K'}]")
     if want is not None and logits.shape[1] != want:
-        raise ConfigError(f"classifier {name} returned {list(logits.shape)} for one sample; expected logits [1, {want}]")
+        got = list(logits.shape)
+        raise ConfigError(f"classifier {name} returned {got} for one sample; expected logits [1, {want}]")
     return int(logits.shape[1])
 
 

@@ -183,8 +183,8 @@ class Sampler:
         self.shape = sample_shape(denoiser)
         self.label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
         # classifier guidance on an unconditional model: the classes are the classifier's, carried for it alone
-        steered = not self.label_dim and self.guidance is not None and self.guidance.classifier is not None
-        self.steered_classes = check_classifier(denoiser, str(self.guidance.classifier)) if steered else 0
+        cls = None if self.guidance is None else self.guidance.classifier
+        self.steered_classes = check_classifier(denoiser, cls) if cls is not None and not self.label_dim else 0
         self.calibration = calibration_seeds(spec.schedule)
         self.prior = start_prior(spec, self.plan, self.shape)
 

@@ -248,9 +248,7 @@ def compare_cells(
         if rerun:
             unpaired_note = _differs([bn[twin[c["id"]]] for c in rerun], rerun)
     partners = {n["id"] for ns in across.values() for n in ns}
-    unmatched = tuple(
-        _label(c) for i, c in bn.items() if i not in bb and i not in twin.values() and i not in partners
-    )
+    unmatched = tuple(_label(c) for i, c in bn.items() if i not in bb and i not in twin.values() and i not in partners)
     rows: list[Row] = []
     pairs, shifts = [], []
     for cid, b in bb.items():
