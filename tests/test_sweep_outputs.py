@@ -250,3 +250,40 @@ def test_readme_toml_example_parses_and_runs(tmp_path, env):
     assert code == 0, err
     assert "not applicable: --churn does not apply to dpmpp-2m" in out and (tmp_path / "gmm-churn" / "sw.md").exists()
     assert os.path.exists(tmp_path / "gmm-churn.db")
+
+
+def test_what_a_cell_would_refuse_is_refused_before_the_store_is_created(tmp_path, env, inproc):
+    """--prior (missing, unknown data, another sigma), --tf32 off CUDA and a tuned grid's calibration seeds are
+    refused up front with the sampler's own line: no store, no lock, no cell started; a grid where only some
+    cells are refused names the first of them."""
+    work = tmp_path / "w"
+    work.mkdir()
+    code, _, err = inproc(
+        env, "tune-schedule", SMALL, "--solver", "euler", "--nfe", "4", "-o", "g.json", "--calib-seeds", "5-7",
+        "--teacher-points", "9", "--device", "cpu", cwd=work,
+    )  # fmt: skip
+    assert code == 0, err
+    before = listing(work)
+    base = ("sweep", SMALL, "--solver", "euler", "--nfe", "4", *QUICK, "--store", "s.db")
+    cases = [
+        (("--prior", "file:missing.npz"), "missing.npz"),
+        (("--prior", "ideal:nosuch"), "nosuch"),
+        (("--tf32",), "--tf32 applies on CUDA only"),
+        (("--schedule", "file:g.json"), "seeds 5-7 were the calibration seeds of the grid g.json"),
+        (("--schedule", "file:g.json,edm"), "schedule file:g.json: seeds 5-7 were the calibration seeds"),
+    ]
+    for args, needle in cases:
+        code, out, err = inproc(env, *base, *args, cwd=work)
+        line = one_line(code, err, exit_code=2)
+        assert needle in line and "[1/" not in out + err, (args, line)
+        assert listing(work) == before, (args, listing(work))  # no .db, no .lock
+    # the real command: a fitted prior at sigma 5 refused at another sigma-max, naming the cell
+    fit = ("fit-prior", "digits-data", "--sigma", "5", "--kind", "gaussian", "-o", "g5.npz")
+    code, _, err = inproc(env, *fit, cwd=work)
+    assert code == 0, err
+    digits = ("sweep", "digits-edm", "--nfe", "9", "--seeds", "0-99", "--blocks", "4", "--device", "cpu")
+    code, out, err = run(env, *digits, "--sigma-max", "4,5", "--prior", "file:g5.npz", "--store", "p.db", cwd=work)
+    line = one_line(code, err, exit_code=2)
+    assert line.startswith("error: sigma-max 4: --prior file:g5.npz is a prior at sigma 5, but the plan starts at "
+                           "sigma 4"), line  # fmt: skip
+    assert not (work / "p.db").exists() and not (work / "p.db.lock").exists() and "[1/" not in out + err

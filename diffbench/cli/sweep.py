@@ -546,13 +546,15 @@ def _grid_and_bench(
 ) -> tuple[Any, Any]:
     """The grid (every axis value, every solver name checked first), the layout, then the bench (metrics)."""
     from diffbench.sweep.cell import prepare
-    from diffbench.sweep.grid import check_grid, make_grid
+    from diffbench.sweep.grid import check_cells, check_grid, make_grid
 
     grid = make_grid(denoiser, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
     check_grid(grid)
     _check_grid_layout(grid, x, series)
     steered = any(c.spec is not None and c.spec.classifier_guidance is not None for c in grid.cells)
-    return grid, prepare(denoiser, steered=steered, **kw)
+    bench = prepare(denoiser, steered=steered, **kw)
+    check_cells(grid, denoiser, seeds=bench.seeds, device=bench.device, names=_names())  # before any store
+    return grid, bench
 
 
 def _record_notes(st: Any, grid: Any, rows: list[dict[str, Any]]) -> None:

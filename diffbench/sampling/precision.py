@@ -30,7 +30,7 @@ import torch
 from diffbench.errors import ConfigError
 from diffbench.sampling.vocabulary import NET_DTYPES
 
-__all__ = ["NET_DTYPES", "FastNetwork", "check_net_dtype", "set_tf32", "wrap_networks"]
+__all__ = ["NET_DTYPES", "FastNetwork", "check_net_dtype", "check_tf32", "set_tf32", "wrap_networks"]
 TORCH_NET_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # compiled callables, one per (network, dtype, memory format): every cell of a sweep (a new Sampler each)
@@ -55,6 +55,14 @@ def check_net_dtype(net_dtype: str, device: torch.device) -> None:
     except (RuntimeError, TypeError, ValueError) as exc:  # torch raises these for an unsupported dtype
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"--net-dtype {net_dtype} is not supported on {device}: {reason}") from None
+
+
+def check_tf32(device: torch.device, allow: bool) -> None:
+    """--tf32 off CUDA is refused in one line (NotApplicableError): TF32 exists only on CUDA."""
+    if allow and device.type != "cuda":
+        from diffbench.errors import NotApplicableError
+
+        raise NotApplicableError(f"--tf32 applies on CUDA only (TF32 does not exist on {device.type})")
 
 
 def set_tf32(device: torch.device, allow: bool) -> None:

@@ -208,12 +208,7 @@ class Sampler:
     ) -> Batch:
         """Sample one batch; latents (standard normal) and class indices override the streams' draws.
         Raises ConfigError when a seed is one the schedule file was tuned on (its calibration seeds)."""
-        if self.calibration and not self.calibration.isdisjoint(seeds):
-            both = compact_seeds(sorted(self.calibration.intersection(seeds)))
-            raise ConfigError(
-                f"seeds {both} were the calibration seeds of the grid {str(self.spec.schedule)[5:]}; "
-                "evaluate a tuned grid on other seeds"
-            )
+        check_not_calibration(self.calibration, seeds, self.spec.schedule)
         dev, dtype, sig = self.device, self.spec.torch_dtype, self.plan.sigmas
         noise = (
             NoiseSource(seeds, device=dev)
@@ -316,11 +311,9 @@ class Sampler:
 
 def _precision(nets: dict[str, Any], spec: SamplerSpec, device: torch.device) -> None:
     """Wrap the networks for --net-dtype / --compile in place and set TF32 (sampling/precision.py)."""
-    from diffbench.errors import NotApplicableError
-    from diffbench.sampling.precision import set_tf32, wrap_networks
+    from diffbench.sampling.precision import check_tf32, set_tf32, wrap_networks
 
-    if spec.tf32 and device.type != "cuda":
-        raise NotApplicableError(f"--tf32 applies on CUDA only (TF32 does not exist on {device.type})")
+    check_tf32(device, bool(spec.tf32))
     set_tf32(device, bool(spec.tf32))
     nets.update(wrap_networks(nets, device=device, net_dtype=spec.net_dtype, compile=bool(spec.compile)))
 
@@ -339,6 +332,17 @@ def calibration_seeds(schedule: str) -> frozenset[int]:
         return frozenset()
     text = grid_file_info(path).get("calibration_seeds")
     return frozenset(parse_seeds(str(text))) if text else frozenset()
+
+
+def check_not_calibration(calibration: frozenset[int], seeds: Sequence[int], schedule: str) -> None:
+    """Evaluation seeds are never the calibration seeds a tuned grid (`file:` schedule) was made on: one
+    ConfigError line naming the overlap."""
+    if calibration and not calibration.isdisjoint(seeds):
+        both = compact_seeds(sorted(calibration.intersection(seeds)))
+        raise ConfigError(
+            f"seeds {both} were the calibration seeds of the grid {str(schedule)[5:]}; "
+            "evaluate a tuned grid on other seeds"
+        )
 
 
 def start_prior(spec: SamplerSpec, p: Plan, shape: Sequence[int]) -> Any:

@@ -15,6 +15,7 @@ import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,67 @@ def check_grid(grid: Grid) -> None:
         raise ConfigError(f"every cell of the grid was skipped: {reasons[0]}{more}")
 
 
+def check_cells(
+    grid: Grid,
+    model: Any,
+    *,
+    seeds: Sequence[int],
+    device: Any,
+    names: Mapping[str, str] | None = None,
+) -> None:
+    """What a cell's sampler (sampling.run.Sampler) refuses when it starts, checked for every runnable cell
+    before a store or an output is created, with the Sampler's own functions (so the same line): a --prior
+    that cannot be read, is of another sample shape or at another sigma than the plan starts at (start_prior);
+    --tf32 off CUDA and a --net-dtype the device cannot run (sampling.precision); `seeds` that a tuned grid
+    (a `file:` schedule) was calibrated on (check_not_calibration). When only some cells fail, the error names
+    the first of them by its axis values (and how many fail); when every cell fails, it is the line alone.
+
+    Raises ConfigError (exit 2) for usage errors, DiffbenchError otherwise."""
+    import torch
+
+    from diffbench.denoiser import sample_shape
+    from diffbench.errors import DiffbenchError, UsageError
+    from diffbench.sampling.precision import check_net_dtype, check_tf32
+    from diffbench.sampling.run import calibration_seeds, check_not_calibration, start_prior
+
+    names = names or {}
+    dev = torch.device(device)
+    shape = sample_shape(model)
+    seed_set = list(seeds)
+    passed: set[Any] = set()
+    failed: list[tuple[Cell, DiffbenchError]] = []
+    for cell in grid.runnable:
+        spec, p = cell.spec, cell.plan
+        assert spec is not None and p is not None
+        checks: list[tuple[Any, Any]] = [(("tf32", bool(spec.tf32)), partial(check_tf32, dev, bool(spec.tf32)))]
+        if spec.net_dtype is not None:
+            checks.append((("net_dtype", spec.net_dtype), partial(check_net_dtype, str(spec.net_dtype), dev)))
+        calib = partial(check_not_calibration, calibration_seeds(spec.schedule), seed_set, spec.schedule)
+        checks.append((("schedule", spec.schedule), calib))
+        if spec.prior is not None:
+            checks.append((("prior", spec.prior, p.sigma_first), partial(start_prior, spec, p, shape)))
+        for key, check in checks:
+            if key in passed:
+                continue
+            try:
+                check()
+            except DiffbenchError as exc:
+                failed.append((cell, exc))
+                break
+            passed.add(key)
+    if not failed:
+        return
+    bad, error = failed[0]
+    if len(failed) == len(grid.runnable):
+        raise error
+    where = ", ".join(
+        f"{names.get(k, k)} {_show(bad.options[k])}" for k, v in grid.axes.items() if len(v) > 1 and k in bad.options
+    )
+    more = f" ({len(failed)} of the grid's {len(grid.runnable)} cells are refused)" if len(failed) > 1 else ""
+    cls = ConfigError if isinstance(error, UsageError) else DiffbenchError
+    raise cls(f"{where or bad.config}: {error}{more}") from None
+
+
 __all__ = [
     "Cell",
     "Grid",
@@ -341,6 +403,7 @@ __all__ = [
     "make_grid",
     "load_config",
     "check_grid",
+    "check_cells",
     "plan_spec",
     "config_label",
 ]
