@@ -287,3 +287,19 @@ def test_what_a_cell_would_refuse_is_refused_before_the_store_is_created(tmp_pat
     assert line.startswith("error: sigma-max 4: --prior file:g5.npz is a prior at sigma 5, but the plan starts at "
                            "sigma 4"), line  # fmt: skip
     assert not (work / "p.db").exists() and not (work / "p.db.lock").exists() and "[1/" not in out + err
+
+
+def test_outputs_are_checked_before_any_download_and_kl_data_needs_prior_kl(tmp_path, env, inproc):
+    """A registry model's reference statistics are a download: a bad --out or --store is refused before it (no
+    'cannot reach'); --kl-data without the prior-kl metric is one line, like --eval-classifier without its metrics."""
+    (tmp_path / "sweep.toml").write_text("not a folder\n")
+    (tmp_path / "notes.db").write_text("not a store\n")
+    reg = ("sweep", "edm-cifar10-32x32-uncond-vp", "--nfe", "5", "--seeds", "0-99")
+    line = one_line(*inproc(env, *reg, "--out", "sweep.toml", cwd=tmp_path)[::2])
+    assert "--out sweep.toml is a file" in line, line
+    line = one_line(*inproc(env, *reg, "--store", "notes.db", cwd=tmp_path)[::2])
+    assert "notes.db is not a diffbench results store" in line, line
+    kl = ("sweep", SMALL, "--nfe", "5", *QUICK, "--kl-data", "digits-data")
+    line = one_line(*inproc(env, *kl, cwd=tmp_path)[::2], exit_code=2)
+    assert "--kl-data applies to the metric prior-kl" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("home", "torch")) == ["notes.db", "sweep.toml"]

@@ -396,7 +396,6 @@ def sweep_cmd(
         metric_list = _split(metric_list)
     ref = pick(ref, "ref", None)
     extractor = pick(extractor, "extractor", None)
-    ref, extractor = _reference_and_space(model, ref, extractor)
     picked = pick(blocks, "blocks", None)
     blocks = None if picked is None else int(picked)  # None: about 20, a divisor of the seeds (resolve_blocks)
     store_path = Path(pick(store, "store", DEFAULT_STORE))
@@ -434,6 +433,8 @@ def sweep_cmd(
             check_writable_folder(save_images, f"--save-images {save_images}")
 
     w.on_main("checking the output paths", check_outputs)
+    # after the outputs' checks: a registry model's reference statistics may be a download
+    ref, extractor = _reference_and_space(model, ref, extractor)
 
     from diffbench.cli.checkpoints import download_progress
 

@@ -216,6 +216,8 @@ def prepare(
     )
     bench.kl_data = _kl_data(names, kl_data, bench.model_name)
     wanted = [get_metric(m) for m in names]
+    if kl_data is not None and "prior-kl" not in names:
+        raise ConfigError("--kl-data applies to the metric prior-kl, which is not asked for")
     if eval_classifier is not None and not {"class-accuracy", "inv-prob"} & set(names):
         raise ConfigError("--eval-classifier applies to the metrics class-accuracy and inv-prob; neither is asked for")
     exact = [m.name for m in wanted if "exact" in m.needs]
