@@ -256,7 +256,10 @@ def test_the_interval_is_a_sweep_axis_written_lo_colon_hi(cli, tmp_path):
     code, out, err = cli(*args, "--guidance-interval", "0.3:5,0:1", "--store", tmp_path / "a.db")
     assert code == 0, err
     assert "guidance-interval=0.3:5" in out and "guidance-interval=0:1" in out
+    # one LO,HI (no ':', two numbers) is one interval, as `sample` takes it; a list of them needs LO:HI
     code, _, err = cli(*args, "--guidance-interval", "0.3,5", "--store", tmp_path / "b.db")
+    assert code == 0 and "error" not in err, err
+    code, _, err = cli(*args, "--guidance-interval", "0.3,5,0,1", "--store", tmp_path / "c.db")
     assert "in a sweep list write LO:HI" in _one_line_error(code, err)
 
 

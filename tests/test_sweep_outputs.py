@@ -303,3 +303,34 @@ def test_outputs_are_checked_before_any_download_and_kl_data_needs_prior_kl(tmp_
     line = one_line(*inproc(env, *kl, cwd=tmp_path)[::2], exit_code=2)
     assert "--kl-data applies to the metric prior-kl" in line, line
     assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("home", "torch")) == ["notes.db", "sweep.toml"]
+
+
+def test_guidance_interval_lo_hi_is_one_interval_in_a_sweep_and_in_a_config(tmp_path, env, inproc):
+    """`--guidance-interval 0,1` (the documented LO,HI form, as `sample` takes it) is one interval; a list of
+    intervals writes LO:HI entries; in a TOML config [LO, HI] is one interval; a malformed one blames its option."""
+    from diffbench.cli.options import BY_KEY, parse_axis
+    from diffbench.cli.sweep import _aliases
+    from diffbench.errors import ConfigError
+    from diffbench.sweep.grid import load_config
+
+    o = BY_KEY["guidance_interval"]
+    assert parse_axis(o, "0,1") == ["0,1"] and parse_axis(o, "0.3,5") == ["0.3,5"]
+    assert parse_axis(o, "0:1,0.3:5") == ["0:1", "0.3:5"]
+    for bad in ("0,1,2", "abc", "2,1"):
+        with pytest.raises(ConfigError, match="--guidance-interval"):
+            parse_axis(o, bad)
+    toml = tmp_path / "g.toml"
+    toml.write_text("[axes]\nguidance = [1, 2]\nguidance_interval = [0.0, 1.0]\n")
+    assert load_config(toml, aliases=_aliases()).axes["guidance_interval"] == ["0,1"]
+    toml.write_text('[axes]\nguidance = [1, 2]\nguidance_interval = ["0:1", [0.3, 5]]\n')
+    assert load_config(toml, aliases=_aliases()).axes["guidance_interval"] == ["0:1", "0.3,5"]
+    toml.write_text("[axes]\nguidance = [1, 2]\n[fixed]\nguidance_interval = [0.0, 1.0]\n")
+    assert load_config(toml, aliases=_aliases()).fixed["guidance_interval"] == "0,1"
+    # through the command: the config runs; a malformed interval names the file and the option, not 'guidance 1'
+    quick = ("--nfe", "5", "--seeds", "0-11", "--metric", "sw", "--device", "cpu", "--store", "g.db")
+    cond = SMALL + ",cond=1"
+    code, out, err = inproc(env, "sweep", cond, "--config", toml, *quick, cwd=tmp_path)
+    assert code == 0 and "guidance=2" in out, err
+    toml.write_text("[axes]\nguidance = [1, 2]\n[fixed]\nguidance_interval = [0.0, 1.0, 2.0]\n")
+    line = one_line(*inproc(env, "sweep", cond, "--config", toml, *quick, cwd=tmp_path)[::2], exit_code=2)
+    assert "[fixed] --guidance-interval [0.0, 1.0, 2.0] is not LO,HI" in line and "guidance 1" not in line, line

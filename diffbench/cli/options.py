@@ -155,11 +155,29 @@ def parse_value(o: SamplerOption, text: str) -> Any:
     return check_value(o, value)
 
 
+def _two_numbers(text: str) -> bool:
+    parts = text.split(",")
+    try:
+        [float(p) for p in parts]
+    except ValueError:
+        return False
+    return len(parts) == 2
+
+
 def parse_axis(o: SamplerOption, text: str) -> list[Any]:
-    """'18,35,79' -> [18, 35, 79] (typed, validated, duplicates refused)."""
+    """'18,35,79' -> [18, 35, 79] (typed, validated, duplicates refused). --guidance-interval: 'LO,HI' (no ':',
+    two numbers) is one interval, as `sample` takes it; a list of intervals writes LO:HI entries ('0:1,0.3:5')."""
     from diffbench.errors import ConfigError
 
-    values = [parse_value(o, part) for part in text.split(",")]
+    if o.key == "guidance_interval":
+        from diffbench.sampling.guidance import parse_interval
+
+        parts = [text] if ":" not in text and _two_numbers(text) else text.split(",")
+        values = [parse_value(o, part) for part in parts]
+        for v in values:
+            parse_interval(v)  # a malformed interval is blamed on its flag, not on a cell of the grid
+    else:
+        values = [parse_value(o, part) for part in text.split(",")]
     if len(set(map(repr, values))) != len(values):
         raise ConfigError(f"{o.flag}: repeated value in '{text}'")
     return values

@@ -73,6 +73,10 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
 def config_label(options: Mapping[str, Any], keys: Sequence[str], names: Mapping[str, str] | None = None) -> str:
     """'heun edm churn=40': solver and schedule, then the other labelled options as name=value. A budget
     policy other than exact is always labelled (its cells spend another NFE than their column says), so they
@@ -308,10 +312,36 @@ def load_config(path: str | os.PathLike, *, aliases: Mapping[str, str] | None = 
             raise ConfigError(f"{p}: [{where}] must be a table")
         return {key(k, where): v for k, v in obj.items()}
 
+    def interval(v: Any, where: str) -> Any:
+        """guidance_interval = [LO, HI] (two numbers) is one interval, "LO,HI" as the flag takes it."""
+        from diffbench.sampling.guidance import parse_interval
+
+        if isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v):
+            v = ",".join(_show(float(x)) for x in v)
+        if not isinstance(v, str):
+            raise ConfigError(
+                f'{p}: [{where}] guidance_interval {v!r} is not LO,HI: write [LO, HI] or "LO,HI" '
+                '(an axis of several: ["LO:HI", ...] or [[LO, HI], ...])'
+            )
+        try:
+            parse_interval(v)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: [{where}] {exc}") from None
+        return v
+
+    def intervals(opts: dict[str, Any], where: str) -> dict[str, Any]:
+        if "guidance_interval" in opts:
+            opts["guidance_interval"] = interval(opts["guidance_interval"], where)
+        return opts
+
     axes = {}
     for k, v in table(data.get("axes", {}), "axes").items():
+        if k == "guidance_interval":  # [LO, HI] is one interval; a list of intervals: ["LO:HI", ...] or [[LO, HI]]
+            one = not isinstance(v, list) or (len(v) == 2 and all(_number(x) for x in v))
+            axes[k] = [interval(v, "axes")] if one else [interval(x, "axes") for x in v]
+            continue
         axes[k] = list(v) if isinstance(v, list) else [v]
-    fixed = table(data.get("fixed", {}), "fixed")
+    fixed = intervals(table(data.get("fixed", {}), "fixed"), "fixed")
     overrides = []
     cells = data.get("cell", [])
     if not isinstance(cells, list):
@@ -319,7 +349,12 @@ def load_config(path: str | os.PathLike, *, aliases: Mapping[str, str] | None = 
     for i, c in enumerate(cells):
         if not isinstance(c, dict) or set(c) - {"where", "set"} or "set" not in c:
             raise ConfigError(f"{p}: [[cell]] number {i + 1} needs `set = {{...}}` and optionally `where = {{...}}`")
-        overrides.append({"where": table(c.get("where", {}), "cell.where"), "set": table(c["set"], "cell.set")})
+        overrides.append(
+            {
+                "where": intervals(table(c.get("where", {}), "cell.where"), "cell.where"),
+                "set": intervals(table(c["set"], "cell.set"), "cell.set"),
+            }
+        )
     unknown = set(data) - {"axes", "fixed", "cell", "recipe", *SETTINGS}  # recipe: diffbench/recipes
     if unknown:
         raise UnknownNameError(f"setting in {p}", sorted(unknown)[0], [*SETTINGS, "axes", "fixed", "cell"])
