@@ -334,3 +334,29 @@ def test_guidance_interval_lo_hi_is_one_interval_in_a_sweep_and_in_a_config(tmp_
     toml.write_text("[axes]\nguidance = [1, 2]\n[fixed]\nguidance_interval = [0.0, 1.0, 2.0]\n")
     line = one_line(*inproc(env, "sweep", cond, "--config", toml, *quick, cwd=tmp_path)[::2], exit_code=2)
     assert "[fixed] --guidance-interval [0.0, 1.0, 2.0] is not LO,HI" in line and "guidance 1" not in line, line
+
+
+def test_report_outputs_belong_to_their_store_as_a_sweeps_do(tmp_path, env, inproc):
+    """`report STORE --out DIR` marks DIR as STORE's; another store's report there is refused (one line, nothing
+    written) unless --overwrite, which removes only the files the first store wrote (a user's file stays)."""
+    quick = ("sweep", SMALL, "--solver", "euler", "--nfe", "4", "--seeds", "0-11", "--blocks", "2", "--device", "cpu")
+    assert inproc(env, *quick, "--metric", "sw,fd-exact", "--store", "a.db", cwd=tmp_path)[0] == 0
+    assert inproc(env, *quick, "--metric", "sw", "--store", "b.db", cwd=tmp_path)[0] == 0
+    code, _, err = inproc(env, "report", "a.db", "--out", "rr", "--no-plot", cwd=tmp_path)
+    assert code == 0, err
+    owner = strict_json((tmp_path / "rr" / ".diffbench-store").read_text())
+    assert owner["store"] == str((tmp_path / "a.db").resolve()) and "fd-exact.md" in owner["files"]
+    (tmp_path / "rr" / "notes.txt").write_text("mine\n")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "rr").iterdir()}
+    line = one_line(*inproc(env, "report", "b.db", "--out", "rr", cwd=tmp_path)[::2])
+    assert "rr holds the outputs of another store" in line and "--overwrite" in line, line
+    assert {p.name: p.read_bytes() for p in (tmp_path / "rr").iterdir()} == before
+    code, _, err = inproc(env, "report", "b.db", "--out", "rr", "--no-plot", "--overwrite", cwd=tmp_path)
+    assert code == 0, err
+    names = set(listing(tmp_path / "rr"))
+    assert "sw.md" in names and "notes.txt" in names and not any(n.startswith("fd-exact") for n in names), names
+    owner = strict_json((tmp_path / "rr" / ".diffbench-store").read_text())
+    assert owner["store"] == str((tmp_path / "b.db").resolve())
+    assert strict_json((tmp_path / "rr" / "results.json").read_text())["store"] == owner["store"]
+    # the same store again needs no --overwrite
+    assert inproc(env, "report", "b.db", "--out", "rr", "--no-plot", cwd=tmp_path)[0] == 0

@@ -673,6 +673,10 @@ def report_cmd(
         str | None, typer.Option("--format", help="Print this format (md, csv, json, tex) instead of rich tables.")
     ] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="With --out: also the PNG/SVG plots.")] = True,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an --out folder that holds another store's outputs (only those)."),
+    ] = False,
     x: Annotated[str | None, typer.Option("--x", help=X_HELP)] = None,
     series: Annotated[str | None, typer.Option("--series", help=SERIES_HELP)] = None,
     floor: Annotated[
@@ -716,17 +720,25 @@ def report_cmd(
     lay = _layout_options(x, series)
     layout(cells, **lay)  # a bad --x/--series is one error line before anything is written
     if out is not None:
-        written = write_reports(cells, out, plot=plot, floor=floor, **lay)
-        _standard_json(written)
+        from diffbench.errors import DiffbenchError
+        from diffbench.sweep.store import check_out_folder, claim_out_folder, write_json
+
+        # the folder holds one store's outputs, as a sweep's --out: another store's only with --overwrite
+        check_out_folder(out, store, overwrite=overwrite)
         data = {"format": "diffbench-sweep", "cells": cells}
         if store.suffix != ".json":
             from diffbench.sweep.store import open_store
 
             with open_store(store, write=False) as s:
                 data = s.export()
-        from diffbench.sweep.store import write_json
-
-        write_json(out / "results.json", data)
+        try:
+            claim_out_folder(out, store)  # removes the files another store wrote there (--overwrite)
+            written = write_reports(cells, out, plot=plot, floor=floor, **lay)
+            _standard_json(written)
+            write_json(out / "results.json", data)
+            claim_out_folder(out, store, [p.name for p in written if p.parent == out] + ["results.json"])
+        except OSError as exc:
+            raise DiffbenchError(f"writing the outputs to {out} failed ({exc})") from None
         err = _console(stderr=True)
         for line in written.skipped:
             err.print(f"skipped {line}", soft_wrap=True, markup=False)
