@@ -111,3 +111,28 @@ def test_report_without_matplotlib_writes_the_tables_and_says_what_it_skipped(sw
     names = ["results.json", "sw.csv", "sw.json", "sw.md", "sw.tex"]
     assert sorted(f.name for f in out.iterdir()) == [".diffbench-store", *names]  # marked as the store's
     assert "sw by churn" in p.stdout
+
+
+def test_columns_of_one_cell_are_not_starred_and_are_paired_along_the_row(tmp_path):
+    """The README's guidance example, small: with --x guidance each column holds one cell, so no column is
+    marked best, and the paired lines compare each guidance weight with the first along the row (sweep and
+    report print the same; the Markdown export carries them)."""
+    cond = SMALL + ",cond=1"
+    args = ("--solver", "dpmpp-2m", "--guidance", "1,2,4", "--nfe", "8", "--seeds", "0-39", "--blocks", "4")
+    code, out, err = run(
+        tmp_path, "sweep", cond, *args, "--metric", "sw", "--x", "guidance", "--store", tmp_path / "g.db",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "sw by guidance (lower is better; ± is" in out and "best per column" not in out and " * " not in out
+    for w in (2, 4):
+        assert f"dpmpp-2m edm: guidance {w} − guidance 1 = " in out and "over 4 blocks" in out, out
+    code, rep, err = run(tmp_path, "report", tmp_path / "g.db", "--x", "guidance", "--out", tmp_path / "r", "--no-plot")
+    assert code == 0, err
+    assert [ln for ln in rep.splitlines() if " − " in ln] == [ln for ln in out.splitlines() if " − " in ln]
+    md = (tmp_path / "r" / "sw.md").read_text()
+    assert "along each row against its first guidance value" in md and "**" not in md.split("\n", 1)[1]
+    assert "- dpmpp-2m edm: guidance 4 − guidance 1 = " in md
+    # the NFE layout of the same store: one column, three cells: the best is marked and the others paired to it
+    code, out, err = run(tmp_path, "report", tmp_path / "g.db")
+    assert code == 0 and "best per column marked" in out and " * " in out and out.count("NFE 8: ") == 2, out

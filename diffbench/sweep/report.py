@@ -477,7 +477,7 @@ def table(
     for col in columns:
         found = [(cfg, entries[cfg][col].value) for cfg in configs if col in entries.get(cfg, {})]
         vals = [(cfg, v) for cfg, v in found if v is not None]
-        if vals:
+        if len(vals) > 1:  # a column of one cell has no best
             pick = min if better == "lower" else max
             best = pick(v for _, v in vals)
             for cfg, v in vals:
@@ -533,7 +533,8 @@ def _caption(t: Table) -> str:
     elif t.blocks and t.blocks > 1:
         extra = f"; ± is the 95% jackknife interval over {t.blocks} blocks of {of}"
     by = "NFE" if t.x == NFE else t.x
-    return f"{t.metric} by {by} ({arrow}; best per column marked{extra})"
+    marked = "; best per column marked" if any(e.best for row in t.entries.values() for e in row.values()) else ""
+    return f"{t.metric} by {by} ({arrow}{marked}{extra})"
 
 
 def notes_below(t: Table) -> list[str]:
@@ -565,6 +566,8 @@ def to_markdown(t: Table, paired: Sequence[str] = ()) -> str:
         lines += ["", *below]
     if paired:
         head = "Paired differences against the best of each column at the same counted NFE"
+        if t.x != NFE:
+            head += f", and along each row against its first {t.x} value"
         lines += ["", f"{head} (same seeds: jackknife of the difference over the shared blocks):", ""]
         lines += [f"- {p}" for p in paired]
     return "\n".join(lines) + "\n"
@@ -873,11 +876,32 @@ def paired_rows(
 ) -> list[str]:
     """Per column: each row minus the best of the cells that spent the same counted NFE (under nfe_policy
     nearest a column can hold several), the paired jackknife over the shared seed blocks (needs blocks > 1 and
-    results with leave-one-out values)."""
+    results with leave-one-out values). When the columns are another axis than NFE (--x guidance), also along
+    each row: each x value minus the row's first (the cells differ in the x axis alone), so a table whose
+    columns hold one cell each still says whether changing x changed the metric."""
     t = table_ if table_ is not None else table(cells, metric, x=x, series=series, names=names)
     by_id = {c["id"]: c for c in cells}
     pick = min if t.better == "lower" else max
     lines = []
+
+    def line(head: str, e: Entry, a: str, base: Entry, b: str) -> str | None:
+        try:
+            p = paired_difference(by_id[e.cell_id], by_id[base.cell_id], metric)  # type: ignore[index]
+        except ConfigError:  # different seeds (two sweeps in one store): not paired
+            return None
+        shift = (
+            seed_shift(by_id[e.cell_id], by_id[base.cell_id])  # type: ignore[index]
+            if metric in ("inv-prob", "class-accuracy")
+            else None
+        )
+        per_seed = "" if shift is None else "; " + shift.describe(a, b)
+        if not math.isfinite(p.ci_low):
+            return f"{head}: {a} − {b} = {p.difference:+.4g}{per_seed}" if per_seed else None
+        return (
+            f"{head}: {a} − {b} = {p.difference:+.4g}, paired 95% jackknife interval "
+            f"[{p.ci_low:+.3g}, {p.ci_high:+.3g}] over {p.blocks} blocks: {p.verdict(a, b)}{per_seed}"
+        )
+
     for col in t.columns:
         col_entries = [(cfg, t.entry(cfg, col)) for cfg in t.configs]
         found = [(cfg, e) for cfg, e in col_entries if e is not None and e.value is not None and e.cell_id in by_id]
@@ -894,26 +918,17 @@ def paired_rows(
             elif t.x != NFE and nfe is not None:
                 head += f" at NFE {nfe}"
             for cfg, e in group:
-                if cfg == bcfg:
-                    continue
-                try:
-                    p = paired_difference(by_id[e.cell_id], by_id[be.cell_id], metric)  # type: ignore[index]
-                except ConfigError:  # different seeds (two sweeps in one store): not paired
-                    continue
-                shift = (
-                    seed_shift(by_id[e.cell_id], by_id[be.cell_id])  # type: ignore[index]
-                    if metric in ("inv-prob", "class-accuracy")
-                    else None
-                )
-                per_seed = "" if shift is None else "; " + shift.describe(cfg, bcfg)
-                if not math.isfinite(p.ci_low):
-                    if per_seed:
-                        lines.append(f"{head}: {cfg} − {bcfg} = {p.difference:+.4g}{per_seed}")
-                    continue
-                lines.append(
-                    f"{head}: {cfg} − {bcfg} = {p.difference:+.4g}, paired 95% jackknife interval "
-                    f"[{p.ci_low:+.3g}, {p.ci_high:+.3g}] over {p.blocks} blocks: {p.verdict(cfg, bcfg)}{per_seed}"
-                )
+                if cfg != bcfg and (text := line(head, e, cfg, be, bcfg)) is not None:
+                    lines.append(text)
+    if t.x != NFE:
+        for cfg in t.configs:
+            row = [(col, t.entry(cfg, col)) for col in t.columns]
+            done = [(col, e) for col, e in row if e is not None and e.value is not None and e.cell_id in by_id]
+            for col, e in done[1:]:
+                (first, fe) = done[0]
+                head = cfg if e.nfe_spent == fe.nfe_spent else f"{cfg} (counted NFE {e.nfe_spent} vs {fe.nfe_spent})"
+                if (text := line(head, e, t.header(col), fe, t.header(first))) is not None:
+                    lines.append(text)
     return lines
 
 
