@@ -211,7 +211,7 @@ def prepare(
     exact = [m.name for m in wanted if "exact" in m.needs]
     if exact and not is_exact_model(model):
         raise ConfigError(f"metric {exact[0]} needs an analytic model with exact moments; {bench.model_name} has none")
-    feat = [m for m in wanted if "features" in m.needs or "logits" in m.needs]
+    feat = [m for m in wanted if {"features", "logits", "reference-features"} & set(m.needs)]
     if feat:
         _prepare_features(bench, feat, model, ref=ref, extractor=extractor, weights_path=weights_path)
     for m in wanted:  # each metric's own refusals (too few samples per block, ...)
