@@ -71,7 +71,7 @@ def fd_metric(cells: Sequence[Mapping[str, Any]]) -> str | None:
 
 
 def error_rows(cells: Sequence[Mapping[str, Any]]) -> tuple[list[ErrorRow], int]:
-    """(rows, how many finished cells were left out for lack of ref-fd or an FD), in store order.
+    """(rows by model, configuration and NFE; how many finished cells were left out for lack of ref-fd or an FD).
 
     Raises ConfigError when no finished cell has both (the sweep did not ask for them)."""
     done = [c for c in cells if c.get("status") == "done"]
@@ -114,6 +114,7 @@ def error_rows(cells: Sequence[Mapping[str, Any]]) -> tuple[list[ErrorRow], int]
                 note=note,
             )
         )
+    rows.sort(key=lambda r: (r.model, r.config, r.nfe if r.nfe is not None else -1))  # stable: store order
     return rows, len(done) - len(rows)
 
 
