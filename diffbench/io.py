@@ -57,6 +57,11 @@ def check_output(out: Path, *, overwrite: bool) -> None:
     exists = out.is_file() or (out.is_dir() and any(out.iterdir())) or sidecar_path(out).exists()
     interrupted = out.suffix == ".npz" and not out.exists() and partial_path(out).is_dir()
     if exists and not overwrite and not interrupted:  # an interrupted run is resumed, once finished_shards agrees
+        if out.suffix == ".npz" and not out.exists():  # only the sidecar path is taken (e.g. a grid file X.json)
+            raise OutputExistsError(
+                f"output {out} writes its sidecar to {sidecar_path(out)}, which already exists; "
+                "choose another --out, or pass --overwrite to replace it"
+            )
         raise OutputExistsError(f"output {out} already exists; pass --overwrite to replace it")
     folder = out if (out.suffix != ".npz" and out.suffix != ".png") else out.parent
     probe = folder

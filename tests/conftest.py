@@ -3,9 +3,26 @@ isolated DIFFBENCH_HOME, random uint8 images, and the check that an error is one
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import os
+
+# Under pytest-xdist (`-n auto` in pyproject.toml's addopts) each worker is one of several processes sharing the
+# machine's cores: each gets its share of intra-op threads (one on a 2-core machine), and so do the console-script
+# subprocesses its tests start (OMP_NUM_THREADS, read when torch is imported), instead of every process waking a
+# thread per core and all of them fighting for the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _THREADS = max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_THREADS))
+else:
+    _THREADS = 0
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if _THREADS:
+    torch.set_num_threads(_THREADS)
 
 from diffbench.models.analytic import load_builtin
 

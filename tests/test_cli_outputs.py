@@ -44,6 +44,13 @@ def _wait_for(pred, proc, timeout=240.0):
     raise AssertionError("timed out waiting for the first finished batch")
 
 
+def _images_written(sidecar: Path) -> int:
+    try:
+        return int(json.loads(sidecar.read_text())["images_written"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
 def test_signal_keeps_finished_batches(tmp_path, sig, code):
     out = tmp_path / "s.npz"
@@ -54,7 +61,9 @@ def test_signal_keeps_finished_batches(tmp_path, sig, code):
         text=True,
     )
     partial = tmp_path / "s.npz.partial"
-    _wait_for(lambda: partial.is_dir() and any(partial.glob("*.npz")), proc)
+    # a finished batch: the sidecar (rewritten after each batch) counts it; a shard's name alone is not enough, since
+    # a shard being written (NAME.tmp.npz, renamed when complete) matches *.npz too
+    _wait_for(lambda: _images_written(tmp_path / "s.json") >= 4, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code

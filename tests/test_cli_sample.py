@@ -202,3 +202,14 @@ def test_sample_from_an_edm_pickle_end_to_end(cli, tmp_path, tiny_net):
     with np.load(out) as data:
         u8 = (want * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         assert np.array_equal(data["images"], u8)
+
+
+def test_sidecar_path_taken_is_named(tmp_path: Path) -> None:
+    """`--out X.npz` writes X.json beside it: an existing X.json (say a tuned grid) is refused by name."""
+    from diffbench.errors import OutputExistsError
+    from diffbench.io import check_output
+
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match=r"sidecar to .*x\.json, which already exists"):
+        check_output(tmp_path / "x.npz", overwrite=False)
+    assert (tmp_path / "x.json").read_text() == "{}"

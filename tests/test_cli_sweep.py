@@ -227,34 +227,42 @@ def test_fid_model_equals_one_cell_sweep(tmp_path, env):
     assert row["results"]["fd"]["loo"] == fid["loo"] and fid["block_n"] == 2
 
 
-def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path, env):
+def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path, env, cli, monkeypatch):
+    """The first sweep and the first refusal through the installed script; the other refusals and reports
+    in-process (the same main(); a fresh interpreter with torch costs ~3 s of CPU per call)."""
+    monkeypatch.setenv("DIFFBENCH_HOME", env["DIFFBENCH_HOME"])
+    monkeypatch.setenv("TORCH_HOME", env["TORCH_HOME"])
+
+    def inproc(_env, *args):
+        return cli(*map(str, args))
+
     store = tmp_path / "s.db"
     base = ("sweep", SMALL, "--seeds", "0-11", "--metric", "sw", "--device", "cpu", "--store", store)
     code, _, err = run(env, *base, "--solver", "heun", "--nfe", "9")
     assert code == 0, err
-    before = run(env, "report", store, "--format", "json", "--metric", "sw")[1]
+    before = inproc(env, "report", store, "--format", "json", "--metric", "sw")[1]
     cases = [
         (("--solver", "heun", "--nfe", "4,6"), "every cell of the grid was skipped: heun cannot spend exactly"),
         (("--solver", "heun", "--churn", "-1,40", "--nfe", "9"), "--churn must be >= 0, got -1.0"),
         (("--solver", "heun,hune", "--nfe", "9"), "unknown solver 'hune'"),
     ]
-    for extra, message in cases:
-        assert message in one_line(*run(env, *base, *extra)[::2]), extra
+    for k, (extra, message) in enumerate(cases):
+        assert message in one_line(*(run if k == 0 else inproc)(env, *base, *extra)[::2]), extra
     # seed blocks (issue 20): more blocks than seeds; no divisor of N near 20 and no --blocks (never drop seeds)
-    line = one_line(*run(env, *base, "--solver", "heun", "--nfe", "9", "--blocks", "13")[::2])
+    line = one_line(*inproc(env, *base, "--solver", "heun", "--nfe", "9", "--blocks", "13")[::2])
     assert "--blocks 13 is larger than the 12 seeds: at most 12" in line
     many = ("sweep", SMALL, "--seeds", "0-40", "--metric", "sw", "--solver", "heun", "--nfe", "9", "--store", store)
-    line = one_line(*run(env, *many)[::2])
+    line = one_line(*inproc(env, *many)[::2])
     assert "41 seeds have no divisor between 10 and 40" in line and "pass --blocks" in line
     # results stored before the jackknife (no leave-one-out values): read, their value of all N shown, marked
-    code, _, err = run(env, "report", store, "--out", tmp_path / "rep", "--no-plot")
+    code, _, err = inproc(env, "report", store, "--out", tmp_path / "rep", "--no-plot")
     assert code == 0, err
     old = json.loads((tmp_path / "rep" / "results.json").read_text())
     for c in old["cells"]:
         for r in (c.get("results") or {}).values():
             r.pop("loo", None), r.pop("interval", None)
     (tmp_path / "old.json").write_text(json.dumps(old))
-    code, text, err = run(env, "report", tmp_path / "old.json", "--format", "md", "--metric", "sw")
+    code, text, err = inproc(env, "report", tmp_path / "old.json", "--format", "md", "--metric", "sw")
     assert code == 0 and "[1] stored before the jackknife: value = the metric of all N as stored" in text, err
     # a store of another schema version: refused, untouched
     old = tmp_path / "old.db"
@@ -265,14 +273,14 @@ def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path, env):
     con.commit()
     con.close()
     digest = sha(old)
-    line = one_line(*run(env, "sweep", SMALL, "--nfe", "9", "--store", old)[::2])
+    line = one_line(*inproc(env, "sweep", SMALL, "--nfe", "9", "--store", old)[::2])
     assert "written with results-store schema 99; this diffbench reads schema 1" in line and sha(old) == digest
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
-    line = one_line(*run(env, "sweep", SMALL, "--nfe", "9", "--store", notes)[::2])
+    line = one_line(*inproc(env, "sweep", SMALL, "--nfe", "9", "--store", notes)[::2])
     assert "not a diffbench results store" in line and notes.read_text() == "my notes\n"
     # the first store still holds its finished cell, unchanged by the failed runs above
-    code, text, err = run(env, "report", store, "--format", "json", "--metric", "sw")
+    code, text, err = inproc(env, "report", store, "--format", "json", "--metric", "sw")
     first = json.loads(before)["rows"][0]
     assert code == 0 and json.loads(text)["rows"][0] == first and first["cells"]["9"]["value"] is not None, err
 

@@ -174,7 +174,7 @@ BAD = [
     (["--classifier-guidance", "2", "--classifier", "no-such-thing"], "neither a classifier name"),
     (["--classifier-guidance", "2", "--classifier", "digits-noisy-classifier"], "has 10 classes, the model 3"),
     (["MODEL=gmm:shape=1x8x8,cond=1", "--classifier-guidance", "2", "--classifier", "{user}:noisy"], "fails on"),
-    (["MODEL=digits-edm", "--classifier-guidance", "2", "--classifier", "{user}:noisy"], "model is unconditional"),
+    (["MODEL=digits-edm", "--classifier-guidance", "2", "--classifier", "digits-noisy-classifier"], "give --class C"),
     (["--classifier-guidance", "2", "--classifier", "{user}:noisy", "--nfe", "7"], "nearest reachable"),
 ]
 

@@ -1,8 +1,13 @@
-"""Sweep outputs and stores that never surprise, and axes that mean what they say (issue 18), each case through
-the installed console script: refused commands leave nothing behind, outputs belong to their store, damaged
-stores are one line (exit 2 in `compare`), exports are standard JSON, usage errors exit 2, churn values that
-are one sampler are noted, options crossed with solvers that do not take them run once, and `compare` of an
-extended sweep passes while a missing baseline cell or other seeds are reported as such."""
+"""Sweep outputs and stores that never surprise, and axes that mean what they say (issue 18): refused commands leave
+nothing behind, outputs belong to their store, damaged stores are one line (exit 2 in `compare`), exports are
+standard JSON, usage errors exit 2, churn values that are one sampler are noted, options crossed with solvers that
+do not take them run once, and `compare` of an extended sweep passes while a missing baseline cell or other seeds
+are reported as such. The refusals, the damaged stores, the outputs' names, the extended compare and the churn
+test's report and rerun run `diffbench`
+in-process (`inproc`, the same main() the console script calls, in the test's own working directory and
+DIFFBENCH_HOME): what they check is the command's behaviour, not the process boundary, and a fresh interpreter with
+torch costs ~3 s of CPU per call. test_cli_sweep.py runs sweep, report and compare through the installed script; so
+do the churn and TOML tests and a refusal here."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 import test_cli_sweep
 from test_cli_sweep import SMALL, one_line, run
 
@@ -47,6 +53,20 @@ set = { s-noise = 1.007 }      # EDM's S_noise for its stochastic sampler
 QUICK = ("--seeds", "0-11", "--metric", "sw", "--device", "cpu")
 
 
+@pytest.fixture()
+def inproc(cli, env, monkeypatch):
+    """`run` of test_cli_sweep in-process: (env, *args, cwd=None) -> (exit code, stdout, stderr)."""
+    monkeypatch.setenv("DIFFBENCH_HOME", env["DIFFBENCH_HOME"])
+    monkeypatch.setenv("TORCH_HOME", env["TORCH_HOME"])
+
+    def run_(_env, *args, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        return cli(*map(str, args))
+
+    return run_
+
+
 def strict_json(text: str):
     """Parse as standard JSON: NaN / Infinity tokens are refused."""
 
@@ -60,7 +80,7 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_refused_sweeps_leave_nothing_behind_and_usage_errors_exit_2(tmp_path, env):
+def test_refused_sweeps_leave_nothing_behind_and_usage_errors_exit_2(tmp_path, env, inproc):
     work = tmp_path / "w"
     work.mkdir()
     (work / "afile").write_text("mine\n")
@@ -83,18 +103,18 @@ def test_refused_sweeps_leave_nothing_behind_and_usage_errors_exit_2(tmp_path, e
         (("sweep", SMALL, "--nfe", "9", *QUICK, "--store", "afile"), "not a diffbench results store", None),
     ]
     for args, needle, code in cases:
-        line = one_line(*run(env, *args, cwd=work)[::2], exit_code=code)
+        line = one_line(*inproc(env, *args, cwd=work)[::2], exit_code=code)
         assert needle in line, (args, line)
         assert listing(work) == before, (args, listing(work))  # no .db, no .lock, no output folder
     # "did you mean" stays short: the closest names and how to list them all
-    line = one_line(*run(env, "sweep", "digits-edn", cwd=work)[::2], exit_code=2)
+    line = one_line(*run(env, "sweep", "digits-edn", cwd=work)[::2], exit_code=2)  # the installed script
     assert "Did you mean 'digits-edm'" in line and "diffbench checkpoints list" in line and len(line) < 250
     assert (work / "afile").read_text() == "mine\n"
 
 
-def test_outputs_are_named_after_their_store_and_never_overwrite_another_stores(tmp_path, env):
+def test_outputs_are_named_after_their_store_and_never_overwrite_another_stores(tmp_path, env, inproc):
     args = ("sweep", "--solver", "euler", "--nfe", "3", "--seeds", "0-69", "--device", "cpu")
-    code, out, err = run(env, *args, "--store", "b4.db", cwd=tmp_path)
+    code, out, err = inproc(env, *args, "--store", "b4.db", cwd=tmp_path)
     assert code == 0, err
     # fd and fd-inf (the estimate at infinite n, exports only) in 4 formats and 2 plots each, and results.json
     assert "outputs go to b4/, named after the store" in err and "wrote 13 files to b4" in err
@@ -103,36 +123,36 @@ def test_outputs_are_named_after_their_store_and_never_overwrite_another_stores(
     assert results["store"] == str((tmp_path / "b4.db").resolve())
     strict_json((tmp_path / "b4" / "fd.json").read_text())
     # another store's run into that folder is refused before anything is created; --overwrite replaces it
-    line = one_line(*run(env, *args, "--store", "b5.db", "--out", "b4", cwd=tmp_path)[::2])
+    line = one_line(*inproc(env, *args, "--store", "b5.db", "--out", "b4", cwd=tmp_path)[::2])
     assert "b4 holds the outputs of another store" in line and "--overwrite" in line
     assert not (tmp_path / "b5.db").exists() and not (tmp_path / "b5.db.lock").exists()
-    code, _, err = run(env, *args, "--store", "b5.db", "--out", "b4", "--overwrite", cwd=tmp_path)
+    code, _, err = inproc(env, *args, "--store", "b5.db", "--out", "b4", "--overwrite", cwd=tmp_path)
     assert code == 0, err
     owner = strict_json((tmp_path / "b4" / ".diffbench-store").read_text())
     assert owner["store"] == str((tmp_path / "b5.db").resolve()) and "results.json" in owner["files"]
     # the same store again writes into its own folder without --overwrite; the first store no longer may
-    code, _, err = run(env, *args, "--store", "b5.db", "--out", "b4", cwd=tmp_path)
+    code, _, err = inproc(env, *args, "--store", "b5.db", "--out", "b4", cwd=tmp_path)
     assert code == 0 and "already in the store" in err, err
-    assert "holds the outputs of another store" in one_line(*run(env, *args, "--store", "b4.db", cwd=tmp_path)[::2])
+    assert "holds the outputs of another store" in one_line(*inproc(env, *args, "--store", "b4.db", cwd=tmp_path)[::2])
 
 
-def test_a_damaged_store_is_one_line_and_every_bad_input_of_compare_exits_2(tmp_path, env):
+def test_a_damaged_store_is_one_line_and_every_bad_input_of_compare_exits_2(tmp_path, env, inproc):
     good = tmp_path / "good.db"
-    code, _, err = run(env, "sweep", SMALL, "--solver", "heun,euler", "--nfe", "5,9", *QUICK, "--store", good)
+    code, _, err = inproc(env, "sweep", SMALL, "--solver", "heun,euler", "--nfe", "5,9", *QUICK, "--store", good)
     assert code == 0, err
     assert good.stat().st_size > 4096
     trunc = tmp_path / "trunc.db"
     trunc.write_bytes(good.read_bytes()[:4096])
-    assert "damaged or truncated" in one_line(*run(env, "report", trunc)[::2])
-    assert "damaged or truncated" in one_line(*run(env, "compare", trunc, good)[::2], exit_code=2)
-    assert "damaged or truncated" in one_line(*run(env, "compare", good, trunc)[::2], exit_code=2)
+    assert "damaged or truncated" in one_line(*inproc(env, "report", trunc)[::2])
+    assert "damaged or truncated" in one_line(*inproc(env, "compare", trunc, good)[::2], exit_code=2)
+    assert "damaged or truncated" in one_line(*inproc(env, "compare", good, trunc)[::2], exit_code=2)
     junk = tmp_path / "junk.json"
     junk.write_text(json.dumps({"format": "diffbench-sweep", "schema": 1, "cells": "x"}))
     for args in ((junk, good), (tmp_path / "missing.db", good), (good, good, "--tolerance", "abc"), (good, tmp_path)):
-        one_line(*run(env, "compare", *args)[::2], exit_code=2)
+        one_line(*inproc(env, "compare", *args)[::2], exit_code=2)
 
 
-def test_churn_values_that_are_one_sampler_are_noted_and_solvers_without_churn_run_once(tmp_path, env):
+def test_churn_values_that_are_one_sampler_are_noted_and_solvers_without_churn_run_once(tmp_path, env, inproc):
     args = ("sweep", SMALL, "--solver", "heun,dpmpp-2m,unipc", "--churn", "0,10,40", "--nfe", "5", *QUICK)
     code, out, err = run(env, *args, "--store", tmp_path / "c.db", "--out", tmp_path / "c")
     assert code == 0, err
@@ -148,41 +168,41 @@ def test_churn_values_that_are_one_sampler_are_noted_and_solvers_without_churn_r
         and "note" not in cells["heun edm churn=0"]["provenance"]
     )
     # the note is in the store too, for report to show
-    code, text, err = run(env, "report", tmp_path / "c.db", "--format", "json")
+    code, text, err = inproc(env, "report", tmp_path / "c.db", "--format", "json")
     assert code == 0, err
     # --json prints standard JSON rows with the note
-    code, text, err = run(env, *args, "--store", tmp_path / "c.db", "--json")
+    code, text, err = inproc(env, *args, "--store", tmp_path / "c.db", "--json")
     rows = strict_json(text)
     assert code == 0 and any("same sampler" in (r.get("provenance") or {}).get("note", "") for r in rows)
     assert "not applicable: --churn" in err
 
 
-def test_compare_an_extended_sweep_against_its_first_run(tmp_path, env):
+def test_compare_an_extended_sweep_against_its_first_run(tmp_path, env, inproc):
     base, ext = tmp_path / "base.db", tmp_path / "ext.db"
-    code, _, err = run(env, "sweep", SMALL, "--solver", "heun,dpmpp-2m", "--nfe", "5,9", *QUICK, "--store", base)
+    code, _, err = inproc(env, "sweep", SMALL, "--solver", "heun,dpmpp-2m", "--nfe", "5,9", *QUICK, "--store", base)
     assert code == 0, err
     shutil.copy(base, ext)
     more = ("--solver", "heun,dpmpp-2m", "--nfe", "5,10", "--nfe-policy", "nearest", *QUICK, "--store", ext)
-    code, _, err = run(env, "sweep", SMALL, *more)
+    code, _, err = inproc(env, "sweep", SMALL, *more)
     assert code == 0, err
     # NEW holds every baseline cell and more: the new ones are listed, and pass
-    code, text, err = run(env, "compare", ext, base)
+    code, text, err = inproc(env, "compare", ext, base)
     assert code == 0 and "no regression in 4 comparisons" in text, (text, err)
     assert "4 cell(s) of NEW have no baseline" in text
     assert "'heun edm nfe-policy=nearest' at NFE 10 (spent 9)" in text  # never the exact cell's label
     # report keeps the exact and the nearest cells apart
-    code, text, err = run(env, "report", ext, "--format", "csv")
+    code, text, err = inproc(env, "report", ext, "--format", "csv")
     configs = {line.split(",")[1] for line in text.splitlines()[1:] if line}
     assert code == 0 and {"heun edm", "heun edm nfe-policy=nearest"} <= configs, text
     # a baseline cell missing from NEW is an error
-    line = one_line(*run(env, "compare", base, ext)[::2], exit_code=2)
+    line = one_line(*inproc(env, "compare", base, ext)[::2], exit_code=2)
     assert "4 baseline cell(s) missing from NEW: 'heun edm nfe-policy=nearest' at NFE 5" in line
     # the same grid on other seeds is compared unpaired, and says so (issue 20; it used to be refused)
     other = tmp_path / "seeds.db"
     args = ("--solver", "heun,dpmpp-2m", "--nfe", "5,9", "--seeds", "0-23", "--metric", "sw", "--device", "cpu")
-    code, _, err = run(env, "sweep", SMALL, *args, "--store", other)
+    code, _, err = inproc(env, "sweep", SMALL, *args, "--store", other)
     assert code == 0, err
-    code, text, err = run(env, "compare", other, base)
+    code, text, err = inproc(env, "compare", other, base)
     flat = " ".join(text.split())
     assert code in (0, 1) and "compared unpaired" in flat, (text, err)
     assert "seeds 0-23 in NEW against 0-11 in the baseline" in flat and "missing" not in flat

@@ -181,6 +181,17 @@ def render_fid(result: Any) -> str:
         lines.append(f"precision {x['precision']:.4f}, recall {x['recall']:.4f} (k-NN manifolds, k=3)")
     if "is_mean" in x:
         lines.append(f"Inception Score {x['is_mean']:.4f} ± {x['is_std']:.4f}")
+    by = f" (classifier {result.samples['classifier']})" if (result.samples or {}).get("classifier") else ""
+
+    def ci(key: str) -> str:
+        return f" [{x[key + '_low']:.4g}, {x[key + '_high']:.4g}]" if key + "_low" in x else ""
+
+    if "class_accuracy" in x:
+        lines.append(f"class-accuracy {x['class_accuracy']:.4g}{ci('class_accuracy')}{by}")
+    if "inv_prob" in x:
+        q = "/".join(f"{x[f'inv_prob_q{p}']:.4g}" for p in (50, 90, 99) if f"inv_prob_q{p}" in x)
+        lines.append(f"inv-prob E[1/p(c|x)] {x['inv_prob']:.4g}{ci('inv_prob')}, 1/p quantiles 50/90/99 {q}")
+        lines[-1] += f", no clipping{by}"
     return "\n".join(lines)
 
 
@@ -216,6 +227,22 @@ def fid_cmd(
     kid: Annotated[bool, typer.Option("--kid", help="Also KID (needs reference features).")] = False,
     pr: Annotated[bool, typer.Option("--pr", help="Also precision/recall (needs reference features).")] = False,
     isc: Annotated[bool, typer.Option("--is", help="Also the Inception Score.")] = False,
+    class_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--class-metrics",
+            help="With --model: also class-accuracy and inv-prob (E[1/p(c|x)]) of the intended class "
+            "(a conditional model, or --class with classifier guidance).",
+        ),
+    ] = False,
+    eval_classifier: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-classifier",
+            help="With --class-metrics: the clean classifier, package.module:factory (a module x in [-1, 1] -> "
+            "logits); default: the built-in digits classifier.",
+        ),
+    ] = None,
     extractor: Annotated[
         str | None,
         typer.Option(
@@ -258,6 +285,8 @@ def fid_cmd(
 
         flags = [BY_KEY[k].flag for k in sampler]
         raise ConfigError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only with --model")
+    if model is None and (class_metrics or eval_classifier is not None):
+        raise ConfigError("--class-metrics and --eval-classifier apply only with --model (files carry no classes)")
     if inception_weights is not None and not inception_weights.exists():
         raise ConfigError(f"--inception-weights {inception_weights} does not exist")
     if model is not None and samples is not None:
@@ -280,6 +309,10 @@ def fid_cmd(
 
         w = join()
         device = rank_device(device, w)
+        if w.main and spec is not None and str(spec.prior or "").startswith("ideal:"):  # issue 22
+            from diffbench.priors import IDEAL_NOTE
+
+            typer.echo(f"warning: {IDEAL_NOTE}", err=True)
     dev = _device(device)
     bar, update = _progress("samples" if model is not None else "features") if w is None or w.main else (None, None)
     if bar is not None:
@@ -303,7 +336,10 @@ def fid_cmd(
             from diffbench.seeds import parse_seeds
             from diffbench.sweep.single_cell import fid_of_spec
 
-            result = fid_of_spec(model, spec=spec, seeds=parse_seeds(seeds), class_label=class_, world=w, **common)
+            result = fid_of_spec(
+                model, spec=spec, seeds=parse_seeds(seeds), class_label=class_, world=w,
+                class_metrics=class_metrics, eval_classifier=eval_classifier, **common,
+            )  # fmt: skip
         else:
             result = fid(samples, **common)
     finally:

@@ -564,7 +564,8 @@ def _grid_and_bench(
     grid = make_grid(denoiser, axes, fixed=fixed, overrides=cfg.overrides if cfg else (), names=_names())
     check_grid(grid)
     _check_grid_layout(grid, x, series)
-    return grid, prepare(denoiser, **kw)
+    steered = any(c.spec is not None and c.spec.classifier_guidance is not None for c in grid.cells)
+    return grid, prepare(denoiser, steered=steered, **kw)
 
 
 def _record_notes(st: Any, grid: Any, rows: list[dict[str, Any]]) -> None:
@@ -839,7 +840,14 @@ def compare_cmd(
     seeds or blocks), exit 2 for bad input (a missing or damaged file, a baseline cell missing from NEW).
     NEW cells without a baseline (an extended sweep) are listed and pass.
 
+    Two guidance settings: a baseline cell whose identity NEW lacks is paired with the NEW cell that differs
+    from it only in guidance (--guidance, --guide, --guidance-interval, --classifier-guidance, --classifier) on
+    the same seeds, blocks, class, metrics and counted NFE; the output names both settings and, with inv-prob,
+    the share of seeds whose p(c|x) rose and fell.
+
     Example: diffbench compare new.json baseline.json --tolerance 2%
+
+    Example: diffbench compare guided-w3.db unguided.db --metric inv-prob,fd
     """
     from rich.table import Table as RichTable
 
@@ -869,6 +877,12 @@ def compare_cmd(
             markup=False,
             soft_wrap=True,
         )
+    if res.across_guidance:
+        con.print("matched across guidance (same seeds, blocks, class and counted NFE; paired):", markup=False)
+        for line in res.across_guidance:
+            con.print(f"  {line}", markup=False, soft_wrap=True)
+    for line in res.seed_shifts:
+        con.print(line, markup=False, soft_wrap=True)
     if res.unmatched_new:
         con.print(f"{len(res.unmatched_new)} cell(s) of NEW have no baseline (not compared, they pass):", markup=False)
         for label in res.unmatched_new:

@@ -193,19 +193,24 @@ def _check(ctx: Any) -> None:
     if model is None:
         return
     label_dim = int(getattr(model, "label_dim", 0) or 0)
-    if not label_dim:
+    fixed: int | None = getattr(ctx, "class_label", None)  # --class: on an unconditional model, the classifier's
+    if not label_dim and fixed is None:
         raise ConfigError(
             "class-accuracy and inv-prob need each sample's intended class: the model is unconditional "
-            "(use a class-conditional model such as digits-edm-cond)"
+            "(give --class C, e.g. with classifier guidance, or use a class-conditional model such as digits-edm-cond)"
         )
     shape = tuple(sample_shape(model))
     spec = (ctx.options or {}).get(EVAL_CLASSIFIER)
     if spec is not None:  # a user's classifier: one trial call on a mid-grey sample of the model's shape
         logits = user_logits_checked(spec, shape)
-        if logits.shape[1] != label_dim:
+        if label_dim and logits.shape[1] != label_dim:
             raise ConfigError(f"--eval-classifier {spec} gives {logits.shape[1]} classes, the model has {label_dim}")
+        if fixed is not None and not label_dim and not 0 <= fixed < logits.shape[1]:
+            raise ConfigError(f"--class {fixed} is not a class of --eval-classifier {spec} ({logits.shape[1]} classes)")
         return
-    if label_dim != NUM_CLASSES or shape[1:] != (RESOLUTION, RESOLUTION) or shape[0] not in (1, 3):
+    if fixed is not None and not label_dim and not 0 <= fixed < NUM_CLASSES:
+        raise ConfigError(f"--class {fixed} is not a class of the digits classifier (0..{NUM_CLASSES - 1})")
+    if (label_dim or NUM_CLASSES) != NUM_CLASSES or shape[1:] != (RESOLUTION, RESOLUTION) or shape[0] not in (1, 3):
         raise ConfigError(
             f"class-accuracy and inv-prob use the built-in digits classifier (10 classes of 8x8 images); "
             f"the model makes {label_dim} classes of shape {list(shape)}"

@@ -208,6 +208,13 @@ def fid_result_of(
         extras["precision"], extras["recall"] = results["precision"]["value"], results["recall"]["value"]
     if "is" in results:
         extras["is_mean"], extras["is_std"] = results["is"]["value"], results["is"]["std"]
+    for name, key in (("class-accuracy", "class_accuracy"), ("inv-prob", "inv_prob")):  # issue 21, fid --model
+        if name in results:
+            x = results[name]
+            extras[key] = float(x["value"])
+            if x.get("ci_low") is not None and len(x.get("loo") or ()) > 1:
+                extras[f"{key}_low"], extras[f"{key}_high"] = float(x["ci_low"]), float(x["ci_high"])
+            extras.update({f"{key}_{q}": float(x[q]) for q in ("q50", "q90", "q99") if q in x})
     return FIDResult(
         fid=j.value,
         n=n,

@@ -175,7 +175,7 @@ def reference_samples(
     ref = ref.cpu()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two runs may fill the cache at once
         torch.save(ref, tmp)
         os.replace(tmp, path)
     return ref, method, False

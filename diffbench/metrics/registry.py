@@ -84,6 +84,7 @@ class MetricContext:
     meta: dict[str, Any] = field(default_factory=dict)  # written while consuming (ref_method), checkpointed
     memo: dict[Any, Any] = field(default_factory=dict)  # values shared by metrics over one state (P and R)
     start: Any = None  # the cell's start {"sigma": float, "prior": obj with log_prob(x, sigma)}; sampler side
+    class_label: int | None = None  # the fixed intended class (--class), if any
 
     @property
     def loo_n(self) -> int:

@@ -207,7 +207,7 @@ def save_statistics(stats: Statistics, path: str | os.PathLike) -> Path:
     if stats.logits is not None:
         arrays["logits"] = stats.logits
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp.npz")
+    tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp.npz")  # per process: two runs may write one cache file at once
     np.savez(tmp, **arrays)
     os.replace(tmp, p)
     return p

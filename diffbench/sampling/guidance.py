@@ -156,20 +156,17 @@ def guidance_for(model: Denoiser, spec: SamplerSpec) -> Guidance | None:
     )
 
 
-def check_classifier(model: Denoiser, name: str) -> None:
-    """Classifier guidance needs a conditional model (the intended class is its label) and a classifier that
-    reads its samples with sigma and returns logits over its classes: one trial call on a zero sample checks it.
+def check_classifier(model: Denoiser, name: str) -> int:
+    """Classifier guidance needs a classifier that reads the model's samples with sigma and returns logits over
+    its classes (one trial call on a zero sample checks it); returns the number of classes K. On a conditional
+    model K must be its label count (the intended class is its label); an unconditional model ignores labels and
+    is steered toward a fixed class (--class C < K) by the classifier alone (Dhariwal & Nichol 2021, Sec. 4).
     Raises ConfigError / ModelLoadError (one line)."""
     from diffbench.models.noisy_classifier import load_classifier
 
     label_dim = int(getattr(model, "label_dim", 0) or 0)
-    if not label_dim:
-        raise ConfigError(
-            "--classifier-guidance needs the intended class of each sample: the model is unconditional "
-            "(use a class-conditional model such as digits-edm-cond)"
-        )
     loaded = load_classifier(name)
-    if loaded.num_classes is not None and loaded.num_classes != label_dim:
+    if label_dim and loaded.num_classes is not None and loaded.num_classes != label_dim:
         raise ConfigError(f"classifier {name} has {loaded.num_classes} classes, the model {label_dim}")
     shape = sample_shape(model)
     params = list(loaded.module.parameters()) if isinstance(loaded.module, torch.nn.Module) else []
@@ -182,9 +179,14 @@ def check_classifier(model: Denoiser, name: str) -> None:
             f"classifier {name} fails on samples of shape {list(shape)} with sigma: {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
         ) from None
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, label_dim):
+    want = label_dim or (loaded.num_classes if loaded.num_classes else None)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1 or logits.shape[1] < 2:
         got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ConfigError(f"classifier {name} returned {got} for one sample; expected logits [1, {label_dim}]")
+        raise ConfigError(f"classifier {name} returned {got} for one sample; expected logits [1, {want or 'K'}]")
+    if want is not None and logits.shape[1] != want:
+        got = list(logits.shape)
+        raise ConfigError(f"classifier {name} returned {got} for one sample; expected logits [1, {want}]")
+    return int(logits.shape[1])
 
 
 def check_guide(model: Denoiser, name: str, guide: Denoiser) -> None:
@@ -212,6 +214,6 @@ def networks(model: Denoiser, guidance: Guidance | None) -> dict[str, Any]:
     if guidance is not None and guidance.classifier_active:
         from diffbench.models.noisy_classifier import ClassifierGradient, load_classifier
 
-        label_dim = int(getattr(model, "label_dim", 0) or 0)
-        nets[CLASSIFIER_NET] = ClassifierGradient(load_classifier(str(guidance.classifier)), label_dim)
+        classes = check_classifier(model, str(guidance.classifier))  # the model's labels, or the classifier's
+        nets[CLASSIFIER_NET] = ClassifierGradient(load_classifier(str(guidance.classifier)), classes)
     return nets

@@ -20,6 +20,7 @@ from diffbench.sampling.guidance import (
     NULL,
     NULL_NET,
     Guidance,
+    check_classifier,
     guidance_for,
     load_guide,
     networks,
@@ -181,12 +182,21 @@ class Sampler:
             )
         self.shape = sample_shape(denoiser)
         self.label_dim = int(getattr(denoiser, "label_dim", 0) or 0)
+        # classifier guidance on an unconditional model: the classes are the classifier's, carried for it alone
+        cls = None if self.guidance is None else self.guidance.classifier
+        self.steered_classes = check_classifier(denoiser, cls) if cls is not None and not self.label_dim else 0
         self.calibration = calibration_seeds(spec.schedule)
         self.prior = start_prior(spec, self.plan, self.shape)
 
     def class_indices(self, class_labels: Any, n: int) -> torch.Tensor | None:
-        """Integer class indices for n samples (a scalar fixes one class), checked against label_dim."""
-        return _class_indices(class_labels, n, self.label_dim)
+        """Integer class indices for n samples (a scalar fixes one class), checked against label_dim (for
+        classifier guidance on an unconditional model: the classifier's classes, and a class is required)."""
+        if self.steered_classes and class_labels is None:
+            raise ConfigError(
+                "classifier guidance on an unconditional model steers toward a class: give --class C "
+                f"(0..{self.steered_classes - 1})"
+            )
+        return _class_indices(class_labels, n, self.label_dim or self.steered_classes)
 
     def run(
         self,
@@ -216,6 +226,10 @@ class Sampler:
             labels = noise.labels(self.label_dim)  # drawn even when fixed, to keep streams aligned
             if class_labels is not None:
                 labels = class_labels.to(dev)
+        elif class_labels is not None:  # an unconditional network ignores them; the classifier and metrics read them
+            labels = class_labels.to(dev)
+        elif self.steered_classes:
+            raise ConfigError("classifier guidance on an unconditional model steers toward a class: give --class C")
         combine = self.guidance.combine if self.guidance is not None and self.guidance.any_active else plain
         evaluator = Evaluator(self.networks, len(seeds), class_labels=labels, combine=combine)
 

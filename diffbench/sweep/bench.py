@@ -113,6 +113,7 @@ class Bench:
             model=self.model,
             sample_dim=sample_dim,
             allow_small_n=self.allow_small_n,
+            class_label=self.class_label,
             options={
                 "kid_subsets": self.kid_subsets,
                 "kid_subset_size": self.kid_subset_size,
@@ -153,6 +154,7 @@ def prepare(
     model_name: str | None = None,
     eval_classifier: str | None = None,
     kl_data: str | None = None,
+    steered: bool = False,
 ) -> Bench:
     """Load what every cell shares and check the metric set against the model before sampling anything.
 
@@ -161,6 +163,8 @@ def prepare(
     by the metrics that need ref-moments or ref-features). Raises ConfigError for metrics the model or the
     reference cannot give. eval_classifier: class-accuracy / inv-prob under a user's clean classifier
     (package.module:factory) instead of the built-in digits one; refused unless one of them is asked for.
+    class_label on an unconditional model: accepted when something reads it, class-accuracy / inv-prob or
+    classifier guidance in some cell (steered=True); the network ignores it, and they check its range.
     """
     if isinstance(model, str):
         from diffbench.models.load import load
@@ -180,7 +184,13 @@ def prepare(
         raise ConfigError(f"batch size must be >= 1, got {batch}")
     names = parse_metrics(metrics) if metrics is not None else default_metrics(model, ref=ref, extractor=extractor)
     label_dim = int(getattr(model, "label_dim", 0) or 0)
-    if class_label is not None and not 0 <= class_label < max(label_dim, 1):
+    reads_class = steered or bool({"class-accuracy", "inv-prob"} & set(names))
+    if steered and not label_dim and class_label is None:
+        raise ConfigError("classifier guidance on an unconditional model steers toward a class: give --class C")
+    if class_label is not None and not label_dim and reads_class:
+        if class_label < 0:
+            raise ConfigError(f"--class must be >= 0, got {class_label}")
+    elif class_label is not None and not 0 <= class_label < max(label_dim, 1):
         raise ConfigError(
             "class labels were given, but the model is unconditional"
             if not label_dim

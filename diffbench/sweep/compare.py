@@ -10,6 +10,13 @@ the jackknife (no leave-one-out values) is compared on the tolerance alone, and 
 Every baseline cell must be in NEW (matched by identity: everything that determines its numbers, or its
 sampler run on other seeds or blocks); one whose sampler NEW ran with another class or metric set is an
 error. NEW cells without a baseline (an extended sweep) are listed and pass.
+
+Across guidance (issue 21): a baseline cell with no NEW cell of its identity is matched to the NEW cell(s) that
+differ from it only in guidance (`--guidance`, `--guide`, `--guidance-interval`, `--classifier-guidance`,
+`--classifier`, the guiding files read, and so the sigma grid) and share everything else: seeds, blocks, class,
+metrics and the counted NFE. Both ran the same latents, so the comparison is paired, and where both stored
+inv-prob's per-seed log p(c|x) the comparison states the share of seeds whose p(c|x) rose and fell (Li & Jiao
+2025: guidance lowers E[1/p] without raising every sample's p).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffbench.errors import DiffbenchError
-from diffbench.sweep.report import paired_jackknife, reading, unpaired_jackknife
+from diffbench.sweep.report import paired_jackknife, reading, seed_shift, unpaired_jackknife
 from diffbench.sweep.store import StoreError, load_cells
 
 
@@ -86,6 +93,8 @@ class Comparison:
     tolerance: Tolerance
     unmatched_new: tuple[str, ...] = ()  # labels of NEW cells without a baseline (they pass)
     unpaired: str = ""  # how NEW's run differs from the baseline's when some cells were compared unpaired
+    across_guidance: tuple[str, ...] = ()  # 'NEW cell against baseline cell' for cells matched across guidance
+    seed_shifts: tuple[str, ...] = ()  # per seed, p(c|x) of NEW against the baseline rose / fell (guidance pairs)
 
     @property
     def regressions(self) -> list[Row]:
@@ -147,6 +156,33 @@ def _differs(new: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]) 
     return "; ".join(parts) or "other run settings"
 
 
+GUIDANCE_SPEC = ("guidance", "guide", "guidance_interval", "classifier_guidance", "classifier")
+GUIDANCE_FILES = ("guide", "classifier")  # files_read roles of a guiding model and a guidance classifier
+
+
+def _guidance_key(c: dict[str, Any]) -> str:
+    """A cell's identity without its guidance: the options, the guiding files and the sigma grid (which the
+    guidance costs move at a fixed counted NFE). Equal keys: same seeds, blocks, class, metrics, counted NFE."""
+    ident = dict(c.get("identity") or {})
+    ident["spec"] = {k: v for k, v in (ident.get("spec") or {}).items() if k not in GUIDANCE_SPEC}
+    ident["files_read"] = {k: v for k, v in (ident.get("files_read") or {}).items() if k not in GUIDANCE_FILES}
+    ident.pop("sigmas", None)
+    return json.dumps(ident, sort_keys=True, default=str)
+
+
+def guidance_of(c: dict[str, Any]) -> str:
+    """'guidance 3 (guide digits-edm-cond-early)', 'classifier-guidance 1 (classifier ...)' or 'no guidance'."""
+    spec = (c.get("identity") or {}).get("spec") or {}
+    parts = []
+    if spec.get("guidance") is not None:
+        extra = [f"guide {spec['guide']}"] if spec.get("guide") is not None else []
+        extra += [f"interval {spec['guidance_interval']}"] if spec.get("guidance_interval") is not None else []
+        parts.append(f"guidance {spec['guidance']:g}" + (f" ({', '.join(extra)})" if extra else ""))
+    if spec.get("classifier_guidance") is not None:
+        parts.append(f"classifier-guidance {spec['classifier_guidance']:g} (classifier {spec.get('classifier')})")
+    return ", ".join(parts) or "no guidance"
+
+
 def _some(labels: Sequence[str], n: int = 4) -> str:
     more = f"; and {len(labels) - n} more" if len(labels) > n else ""
     return "; ".join(labels[:n]) + more
@@ -169,7 +205,9 @@ def compare_cells(
     """Match cells by identity (what determines their numbers) and compare every shared metric.
 
     A baseline cell missing from NEW is an error (CompareInputError), and one whose sampler NEW ran with other
-    seeds, blocks or metrics says so; NEW cells without a baseline are listed in `unmatched_new` and pass.
+    seeds, blocks or metrics says so; NEW cells without a baseline are listed in `unmatched_new` and pass. A
+    baseline cell whose identity NEW lacks is paired with the NEW cell(s) that differ from it only in guidance
+    (listed in `across_guidance`; the per-seed rise/fall of p(c|x) in `seed_shifts` where inv-prob stored it).
     """
     bn = {c["id"]: c for c in new if c["status"] == "done"}
     bb = {c["id"]: c for c in baseline if c["status"] == "done"}
@@ -178,12 +216,21 @@ def compare_cells(
     twin: dict[str, str] = {}  # baseline id -> NEW id of the same sampler run on other seeds or blocks
     missing = [c for i, c in bb.items() if i not in bn]
     unpaired_note = ""
+    across: dict[str, list[dict[str, Any]]] = {}  # baseline id -> NEW cells differing from it only in guidance
     if missing:
         by_sampler: dict[str, list[dict[str, Any]]] = {}
         for c in bn.values():
             by_sampler.setdefault(_sampler_key(c), []).append(c)
         rerun = [c for c in missing if _sampler_key(c) in by_sampler]
         gone = [c for c in missing if _sampler_key(c) not in by_sampler]
+        by_guidance: dict[str, list[dict[str, Any]]] = {}
+        for c in bn.values():
+            if c["id"] not in bb:
+                by_guidance.setdefault(_guidance_key(c), []).append(c)
+        for c in gone:
+            if _guidance_key(c) in by_guidance:
+                across[c["id"]] = by_guidance[_guidance_key(c)]
+        gone = [c for c in gone if c["id"] not in across]
         other = [c for c in rerun if not _same_run(c, by_sampler[_sampler_key(c)][0], ("class", "metrics"))]
         parts = []
         if other:
@@ -200,19 +247,28 @@ def compare_cells(
             twin[c["id"]] = by_sampler[_sampler_key(c)][0]["id"]
         if rerun:
             unpaired_note = _differs([bn[twin[c["id"]]] for c in rerun], rerun)
-    unmatched = tuple(_label(c) for i, c in bn.items() if i not in bb and i not in twin.values())
+    partners = {n["id"] for ns in across.values() for n in ns}
+    unmatched = tuple(_label(c) for i, c in bn.items() if i not in bb and i not in twin.values() and i not in partners)
     rows: list[Row] = []
+    pairs, shifts = [], []
     for cid, b in bb.items():
-        n = bn[twin.get(cid, cid)]
-        config = _config(b)
-        rb, rn = b.get("results") or {}, n.get("results") or {}
-        names = [m for m in rb if metrics is None or m in metrics]
-        absent = [m for m in names if m not in rn]
-        if absent:
-            raise CompareInputError(f"metric {absent[0]} of baseline cell {_label(b)} is missing in NEW")
-        for m in names:
-            rows.append(_row(config, _nfe(b), m, rn[m], rb[m], tolerance, paired=cid not in twin))
-    return Comparison(rows, tolerance, unmatched, unpaired_note)
+        for n in across.get(cid) or [bn[twin.get(cid, cid)]]:
+            config = _config(b)
+            if cid in across:
+                config = _config(n) if _config(n) != config else config
+                config += f" ({guidance_of(n)} vs {guidance_of(b)})"
+                pairs.append(f"{_label(n)}, {guidance_of(n)}, against {_label(b)}, {guidance_of(b)}")
+                shift = seed_shift(n, b)
+                if shift is not None:
+                    shifts.append(f"{config} at NFE {_nfe(b)}: {shift.describe('NEW', 'the baseline')}")
+            rb, rn = b.get("results") or {}, n.get("results") or {}
+            names = [m for m in rb if metrics is None or m in metrics]
+            absent = [m for m in names if m not in rn]
+            if absent:
+                raise CompareInputError(f"metric {absent[0]} of baseline cell {_label(b)} is missing in NEW")
+            for m in names:
+                rows.append(_row(config, _nfe(b), m, rn[m], rb[m], tolerance, paired=cid not in twin))
+    return Comparison(rows, tolerance, unmatched, unpaired_note, tuple(pairs), tuple(shifts))
 
 
 def _same_run(a: dict[str, Any], b: dict[str, Any], keys: Sequence[str]) -> bool:

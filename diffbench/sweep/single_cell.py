@@ -100,6 +100,8 @@ def fid_of_spec(
     cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
     world: World | None = None,
+    class_metrics: bool = False,
+    eval_classifier: str | None = None,
 ) -> FIDResult:
     """FID (or FD in another feature space) of a sampler spec on a model, straight from the sampler.
 
@@ -107,6 +109,9 @@ def fid_of_spec(
     shown: retired (the value is the FID of all seeds; a ConfigError says so).
     world: the ranks of a torchrun launch (diffbench.distributed): each loads the model (the node's first rank
     first) and samples its share of each round of batches; every rank returns the same result.
+    class_metrics: also class-accuracy and inv-prob of the intended class (a conditional model or class_label;
+    extras class_accuracy, inv_prob with their intervals and 1/p quantiles), under the built-in digits classifier
+    or eval_classifier ('package.module:factory', a clean classifier x in [-1, 1] -> logits; issue 21).
     """
     world = world or SINGLE
     if shown is not None:
@@ -115,6 +120,7 @@ def fid_of_spec(
         raise ConfigError(f"shown is retired: {RETIRED_SHOWN}")
     metrics = ["fid" if _is_inception(extractor) else "fd"]
     metrics += ["kid"] * kid + ["pr"] * precision_recall + ["is"] * inception_score
+    metrics += ["class-accuracy", "inv-prob"] * class_metrics
     if world.size > 1 and isinstance(model, str):
         from diffbench.models.load import load
 
@@ -139,6 +145,8 @@ def fid_of_spec(
             class_label=class_label,
             allow_small_n=allow_small_n,
             cache=cache,
+            eval_classifier=eval_classifier,
+            steered=spec.classifier_guidance is not None,
         ),
     )
     world.agree("the reference statistics (sha256)", bench.ref_sha256)
@@ -147,4 +155,9 @@ def fid_of_spec(
         if progress is not None:
             progress(p.images_done, p.images_total)
 
-    return fid_result(bench, run_cell(bench, spec, on_batch=on_batch if world.main else None, world=world))
+    result = run_cell(bench, spec, on_batch=on_batch if world.main else None, world=world)
+    out = fid_result(bench, result)
+    if "inv-prob" in result.metrics or "class-accuracy" in result.metrics:
+        named = result.metrics.get("inv-prob") or result.metrics["class-accuracy"]
+        out.samples["classifier"] = named.get("classifier")  # the clean classifier that scored them
+    return out
