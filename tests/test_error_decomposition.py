@@ -130,6 +130,7 @@ def test_report_errors_through_the_command(cli, tmp_path, home):
         ((plain, "--errors"), "--errors needs cells that measured ref-fd"),
         ((db, "--score-data", "digits:heldout"), "--score-data goes with --errors"),
         ((db, "--errors", "--format", "tex"), "--errors format"),
+        ((db, "--errors", "--floor"), "--floor do not apply"),
         ((db, "--errors", "--score-data", "digits:nope"), "digits:heldout"),
     ]:
         code, _, err = cli("report", *map(str, args))

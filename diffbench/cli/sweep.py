@@ -732,6 +732,8 @@ def report_cmd(
 
     if score_data is not None and not errors:
         raise ConfigError("--score-data goes with --errors (the training error beside the decomposition)")
+    if errors and (metric or x or series or floor):
+        raise ConfigError("--errors prints its own table per cell: --metric, --x, --series and --floor do not apply")
     cells = load_cells(store, what="results store")
     if not any(c["status"] == "done" for c in cells):
         raise ConfigError(f"{store} holds no finished cells")
