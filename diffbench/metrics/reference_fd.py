@@ -5,7 +5,7 @@ analytic models, a long Heun run otherwise, diffbench.metrics.reference_error) i
 tend to as its steps shrink. Its FD against the same reference statistics, in the same feature space, is the
 FD the network's ODE itself reaches from these latents, so FD(cell) − FD(reference) is the share of the
 cell's FD that is discretisation error; what remains, FD(reference), is the network's (training) error plus
-the prior's (the "whole error" view of Wang, He & Tao 2024, arXiv 2406.12839, Sec. 3). Both FDs are taken on
+the prior's (the "whole error" view of Wang, He & Tao 2024, arXiv 2406.12839). Both FDs are taken on
 the same seeds in the same blocks, so their difference has a paired jackknife interval.
 
 The reference images are quantized as the samples are (EDM's rule, diffbench.io.quantize) and featurized by

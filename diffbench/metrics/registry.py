@@ -6,8 +6,8 @@ straight from a sampler) and `diffbench fid` on files (uint8 images read from di
 feeds them into one block's accumulators, and finishes the same way: a metric's value on the union of all
 blocks (the headline), on every block, and on every leave-one-block-out set (`Metric.value` over a list of
 block states), which give the jackknife interval (diffbench.metrics.jackknife). Metrics never import
-diffbench.sampling; what needs the sampler (the reference ODE solution of ref-error) arrives on the batch,
-filled in by the cell runner.
+diffbench.sampling; what needs the sampler (the reference ODE solution of ref-error and ref-fd) arrives on the
+batch, filled in by the cell runner.
 
 Adding a metric: one module that defines its value function and calls `register_metric(Metric(...))`, and
 one import line in `_load_builtin`.

@@ -4,8 +4,9 @@ For each finished cell that measured `ref-fd` beside its FD (`fd` or `fid`): FD(
 solution from the same latents), their difference, the discretisation's share of the cell's FD, with its
 paired 95% jackknife interval (both FDs are taken on the same seed blocks), the cell's `ref-error` (RMS to that
 reference) and its `prior-kl` where measured. What FD(reference) holds beyond the data's own floor is the
-network's (training) error and the prior's (Wang, He & Tao 2024, arXiv 2406.12839, Sec. 3); the training error
-of each model is measured on held-out images by `training_error`, the same numbers as `diffbench score-error`.
+network's (training) error and the prior's (the whole error as training plus sampling: Wang, He & Tao 2024,
+arXiv 2406.12839); the training error of each model is measured on held-out images by `training_error`, the
+same numbers as `diffbench score-error`.
 
 A stochastic sampler has no gap: the reference ODE solution is not its limit (ref-fd and ref-error are not
 applicable there, and the row says so).
