@@ -779,7 +779,7 @@ def compare_cmd(
         return "—" if v is None else f"{v:.4g}"
 
     for r in res.rows:
-        verdict = "REGRESSION" if r.regression else ("worse" if r.worse else "ok")
+        verdict = r.verdict
         if r.note:
             verdict += f" ({r.note})"
         ci = "" if r.ci_low is None else f"[{r.ci_low:.3g}, {r.ci_high:.3g}]"
@@ -793,6 +793,8 @@ def compare_cmd(
             markup=False,
             soft_wrap=True,
         )
+    if res.more_metrics:
+        con.print(f"{res.more_metrics}: compared on the baseline's metrics, paired", markup=False, soft_wrap=True)
     if res.across_guidance:
         con.print("matched across guidance (same seeds, blocks, class and counted NFE; paired):", markup=False)
         for line in res.across_guidance:
