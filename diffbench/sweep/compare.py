@@ -7,9 +7,16 @@ same seeds in the same blocks that interval is the paired jackknife of Î¸_new âˆ
 blocks is compared unpaired (the two jackknife SEs combined) and the row says so; a baseline stored before
 the jackknife (no leave-one-out values) is compared on the tolerance alone, and the row says that too.
 
+Each row's verdict is one of: ok (not worse), within tolerance (worse by no more than the tolerance), within
+the interval (worse beyond the tolerance, but the interval reaches the better side), REGRESSION (beyond both:
+the only verdict that fails, exit 1), or n/a (no value on one side).
+
 Every baseline cell must be in NEW (matched by identity: everything that determines its numbers, or its
-sampler run on other seeds or blocks); one whose sampler NEW ran with another class or metric set is an
-error. NEW cells without a baseline (an extended sweep) are listed and pass.
+sampler run on other seeds or blocks, or with more metrics: an extended sweep that added a metric is compared
+on the baseline's metrics, paired, where the shared metrics' options, extractor and reference files are
+unchanged); one whose sampler NEW ran with another class, without one of its metrics or with other metric
+options is an error, and so are stores of different models (one line naming both). NEW cells without a
+baseline (an extended sweep) are listed and pass.
 
 Across guidance (issue 21): a baseline cell with no NEW cell of its identity is matched to the NEW cell(s) that
 differ from it only in guidance (`--guidance`, `--guide`, `--guidance-interval`, `--classifier-guidance`,
@@ -259,8 +266,11 @@ def compare_cells(
 ) -> Comparison:
     """Match cells by identity (what determines their numbers) and compare every shared metric.
 
-    A baseline cell missing from NEW is an error (CompareInputError), and one whose sampler NEW ran with other
-    seeds, blocks or metrics says so; NEW cells without a baseline are listed in `unmatched_new` and pass. A
+    A baseline cell missing from NEW is an error (CompareInputError), and one whose sampler NEW ran with another
+    class, without one of its metrics or with other metric options says so; NEW cells of its sampler on other
+    seeds or blocks are compared unpaired (`unpaired`), ones that measured more metrics on the same seeds and
+    blocks paired on the baseline's metrics (`more_metrics`). Stores of different models: CompareInputError
+    naming both. NEW cells without a baseline are listed in `unmatched_new` and pass. A
     baseline cell whose identity NEW lacks is paired with the NEW cell(s) that differ from it only in guidance
     (listed in `across_guidance`; the per-seed rise/fall of p(c|x) in `seed_shifts` where inv-prob stored it).
     """
