@@ -839,8 +839,10 @@ def compare_cmd(
 ) -> None:
     """Compare cell by cell; exit 1 when a cell is worse beyond the tolerance and the 95% interval of the
     difference (the paired jackknife over shared seed blocks; unpaired, and said so, when the baseline ran other
-    seeds or blocks), exit 2 for bad input (a missing or damaged file, a baseline cell missing from NEW).
-    NEW cells without a baseline (an extended sweep) are listed and pass.
+    seeds or blocks), exit 2 for bad input (a missing or damaged file, a baseline cell missing from NEW,
+    stores of different models). Verdicts: ok, within tolerance, within the interval, REGRESSION (exit 1).
+    NEW cells without a baseline (an extended sweep) are listed and pass; a NEW cell that measured more
+    metrics than its baseline cell is compared on the baseline's metrics.
 
     Two guidance settings: a baseline cell whose identity NEW lacks is paired with the NEW cell that differs
     from it only in guidance (--guidance, --guide, --guidance-interval, --classifier-guidance, --classifier) on
@@ -865,7 +867,7 @@ def compare_cmd(
         return "—" if v is None else f"{v:.4g}"
 
     for r in res.rows:
-        verdict = "REGRESSION" if r.regression else ("worse" if r.worse else "ok")
+        verdict = r.verdict
         if r.note:
             verdict += f" ({r.note})"
         ci = "" if r.ci_low is None else f"[{r.ci_low:.3g}, {r.ci_high:.3g}]"
@@ -879,6 +881,8 @@ def compare_cmd(
             markup=False,
             soft_wrap=True,
         )
+    if res.more_metrics:
+        con.print(f"{res.more_metrics}: compared on the baseline's metrics, paired", markup=False, soft_wrap=True)
     if res.across_guidance:
         con.print("matched across guidance (same seeds, blocks, class and counted NFE; paired):", markup=False)
         for line in res.across_guidance:
