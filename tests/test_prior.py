@@ -254,7 +254,9 @@ def test_fit_prior_and_every_bad_prior_input_through_the_command(cli, tmp_path):
         ((*s, "--sigma-max", "2", "--prior", f"file:{junk}", "-o", tmp_path / "a.npz"), "not a prior npz"),
         ((*s, "--sigma-max", "2", "--prior", "file:", "-o", tmp_path / "a.npz"), "give file:PRIOR.npz"),
         ((*s, "--nfe", "2", "--schedule", f"file:{grid}", "--prior", f"file:{out}", "-o", tmp_path / "a.npz"),
-         "a prior at sigma 2, but the plan starts at sigma 5"),
+         "a prior at sigma 2, but the file grid"),
+        ((*s, "--nfe", "2", "--schedule", f"file:{grid}", "--sigma-max", "2", "-o", tmp_path / "a.npz"),
+         "--sigma-max does not apply to a file grid, whose sigmas are fixed (5 .. 1"),
     ]  # fmt: skip
     for args, match in bad:
         code, _, err = cli(*args)

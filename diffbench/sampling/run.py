@@ -354,6 +354,11 @@ def start_prior(spec: SamplerSpec, p: Plan, shape: Sequence[int]) -> Any:
             f"--prior {spec.prior}: a prior of images {list(prior.shape)}, but the model makes {list(shape)}"
         )
     if prior.sigma is not None and not math.isclose(p.sigma_first, prior.sigma, rel_tol=1e-9):
+        if spec.schedule.startswith("file:"):  # its sigmas are fixed: --sigma-max does not apply
+            raise ConfigError(
+                f"--prior {spec.prior} is a prior at sigma {prior.sigma:g}, but the file grid {spec.schedule[5:]} "
+                f"starts at sigma {p.sigma_first:g}: use a grid that starts at {prior.sigma:g}"
+            )
         raise ConfigError(
             f"--prior {spec.prior} is a prior at sigma {prior.sigma:g}, but the plan starts at sigma "
             f"{p.sigma_first:g}: give --sigma-max {prior.sigma:g} with a schedule that starts there"
