@@ -94,6 +94,7 @@ def sample_cmd(
 
     def plan() -> Sampler:
         run = Sampler(denoiser, spec, device=dev)
+        run.check_seeds(seed_list)
         run.class_indices(class_, len(seed_list))
         return run
 
@@ -101,6 +102,10 @@ def sample_cmd(
     if not w.main:
         _follow(w, run, seed_list, class_, int(batch_size))
         return
+    if spec.schedule.startswith("file:"):  # a grid tuned for another solver or model: one warning line
+        from diffbench.sweep.tune import warn_tuned_grid
+
+        warn_tuned_grid(denoiser, spec)
     p = run.plan
     merged = (
         f", {p.merged_steps} merged by round_sigma ({p.distinct_levels} distinct sigma levels)"
