@@ -210,7 +210,9 @@ def _one_line_error(code: int, err: str) -> str:
         (["digits-edm-cond", "--guidance", "2", "--guidance-interval", "1,200"], "outside the sigma range"),
         (["digits-edm-cond", "--guidance", "2", "--guidance-interval", "0,0.001"], "outside the sigma range"),
         (["digits-edm-cond", "--guidance", "2", "--nfe", "17"], "nearest reachable: 14 or 18"),
-        (["digits-edm-cond", "--guide", "null"], "--guide apply only with guidance"),
+        (["digits-edm-cond", "--guide", "null"], "--guide applies only with guidance"),
+        (["digits-edm-cond", "--guidance-interval", "0.1,1"], "--guidance-interval applies only with guidance"),
+        (["digits-edm-cond", "--guide", "null", "--guidance-interval", "0.1,1"], "--guidance-interval apply only"),
     ],
 )
 def test_bad_guidance_input_is_one_line_and_a_nonzero_exit(cli, tmp_path, args, expected):
