@@ -222,6 +222,17 @@ def test_bad_guidance_input_is_one_line_and_a_nonzero_exit(cli, tmp_path, args, 
     assert not (tmp_path / "o").exists()
 
 
+def test_the_sample_header_says_guidance_is_on(cli, tmp_path):
+    """The header line names the weight, the reference and the interval (the unguided header is unchanged)."""
+    code, _, err = cli(
+        "sample", "digits-edm-cond", "--solver", "dpmpp-2m", "--guidance", "2", "--guidance-interval", "0.5,10",
+        "--class", "1", "--nfe", "18", "--seeds", "0-1", "--out", tmp_path / "o.npz", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0 and "NFE 18 per sample, guidance 2 (null) on sigma (0.5, 10], sigma 80 -> " in err, err
+    code, _, err = cli("sample", "digits-edm-cond", "--nfe", "5", "--seeds", "0", "--out", tmp_path / "p.npz")
+    assert code == 0 and "NFE 5 per sample, sigma 80 -> " in err and "guidance" not in err, err
+
+
 def test_the_metrics_refuse_an_unconditional_model_with_one_line(cli, tmp_path):
     code, _, err = cli(
         "sweep", "digits-edm", "--nfe", "5", "--metric", "inv-prob", "--seeds", "0-9", "--store", tmp_path / "s.db"
