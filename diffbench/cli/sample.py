@@ -76,6 +76,7 @@ def sample_cmd(
             from diffbench.errors import ConfigError
 
             raise ConfigError(f"--out {out}: an output is a folder of PNGs (no extension) or a file ending in .npz")
+        _refuse_reading_what_is_written(spec, out, grid)
         check_output(out, overwrite=overwrite)
         if grid is not None:
             if grid.suffix.lower() != ".png":
@@ -263,6 +264,21 @@ def _follow(w: Any, run: Any, seed_list: list[int], class_: int | None, batch: i
         return
     for _ in _ranked_batches(w, run, seed_list[start:], class_, batch):
         pass
+
+
+def _refuse_reading_what_is_written(spec: Any, out: Path, grid: Path | None) -> None:
+    """A `file:` schedule or prior that is also an output (say `--out grid5.npz` beside `grid5.json`, whose
+    sidecar is grid5.json) would be overwritten by this run: refused even with --overwrite."""
+    from diffbench.errors import ConfigError
+    from diffbench.io import sidecar_path
+
+    written = {p.resolve() for p in (out, sidecar_path(out), grid) if p is not None}
+    for flag, value in (("--schedule", spec.schedule), ("--prior", getattr(spec, "prior", None))):
+        if isinstance(value, str) and value.startswith("file:") and Path(value[5:]).resolve() in written:
+            raise ConfigError(
+                f"{flag} {value} is also an output of this run (--out {out} writes {sidecar_path(out)}); "
+                "choose another --out"
+            )
 
 
 def _command_line() -> str:
