@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,6 +96,7 @@ def sample_cmd(
 
     def plan() -> Sampler:
         run = Sampler(denoiser, spec, device=dev)
+        run.check_seeds(seed_list)
         run.class_indices(class_, len(seed_list))
         return run
 
@@ -102,6 +104,10 @@ def sample_cmd(
     if not w.main:
         _follow(w, run, seed_list, class_, int(batch_size))
         return
+    if spec.schedule.startswith("file:"):  # a grid tuned for another solver or model: one warning line
+        from diffbench.sweep.tune import warn_tuned_grid
+
+        warn_tuned_grid(denoiser, spec)
     p = run.plan
     merged = (
         f", {p.merged_steps} merged by round_sigma ({p.distinct_levels} distinct sigma levels)"
@@ -143,7 +149,8 @@ def sample_cmd(
         raise
     w.broadcast(len(done.seeds) if done is not None else 0, what="starting")
     err.print(
-        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {grid_text}, "
+        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample{_guidance_text(run.guidance)}, "
+        f"sigma {grid_text}, "
         f"endpoint {p.endpoint}{merged}; device {run.device}",
         soft_wrap=True,
     )
@@ -197,6 +204,20 @@ def sample_cmd(
     if grid is not None and kept:
         save_image_atomic(grid_image(torch.cat(kept)), grid)
     err.print(f"wrote {len(seed_list)} images to {out}")
+
+
+def _guidance_text(g: Any) -> str:
+    """', guidance W (null|MODEL)[ on sigma (LO, HI]], classifier guidance W (NAME)' for the header line when
+    guidance acts; '' without (the unguided header is unchanged)."""
+    if g is None or not g.any_active:
+        return ""
+    parts = []
+    if g.active:
+        where = f" on sigma ({g.lo:g}, {g.hi:g}]" if (g.lo, g.hi) != (0.0, math.inf) else ""
+        parts.append(f"guidance {g.weight:g} ({g.guide}){where}")
+    if g.classifier_active:
+        parts.append(f"classifier guidance {g.classifier_weight:g} ({g.classifier})")
+    return ", " + ", ".join(parts)
 
 
 def _batch_fit(run: Any, denoiser: Any, n_seeds: int, err: Any) -> Any:

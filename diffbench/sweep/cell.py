@@ -121,6 +121,11 @@ def run_cell(
     """
     world = world or SINGLE
     sampler = Sampler(bench.model, spec, device=bench.device)
+    sampler.check_seeds(bench.seeds)  # the whole overlap with a tuned grid's calibration seeds, named at once
+    if world.main:  # a grid tuned for another solver or model: one line on stderr (fid, sweep)
+        from diffbench.sweep.tune import warn_tuned_grid
+
+        warn_tuned_grid(bench.model, spec)
     ctx = bench.context(sample_dim=int(np.prod(sampler.shape)))
     ctx.start = {"sigma": sampler.plan.sigma_first, "prior": sampler.prior if sampler.prior is not None else GAUSSIAN}
     # ranks other than 0 only produce batches: no accumulators (a 2048-d FID block state is 34 MB)
