@@ -25,16 +25,16 @@ class UsageError(DiffbenchError):
 class UnknownNameError(UsageError, KeyError):
     """A name (solver, schedule, model, extractor, ...) that no registry holds."""
 
-    def __init__(self, kind: str, name: str, valid: Iterable[str]):
+    def __init__(self, kind: str, name: str, valid: Iterable[str], *, list_all: bool = False):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
-        super().__init__(unknown_message(kind, name, self.valid))
+        super().__init__(unknown_message(kind, name, self.valid, list_all=list_all))
 
     def __str__(self) -> str:
         return self.args[0]
 
 
-class BudgetError(DiffbenchError):
-    """An NFE budget the solver cannot hit exactly, or one too small for it."""
+class BudgetError(UsageError):
+    """An NFE budget the solver cannot hit exactly, or one too small for it (a usage error: exit 2 everywhere)."""
 
 
 class NonFiniteError(DiffbenchError):
@@ -68,12 +68,14 @@ LIST_ALL = {
     "checkpoint": "all: 'diffbench checkpoints list'",
     "solver": "all: 'diffbench solvers'",
     "schedule": "all: 'diffbench schedules'",
+    "recipe": "all: 'diffbench recipes'",
 }
 
 
-def unknown_message(kind: str, name: str, valid: Iterable[str]) -> str:
-    """One line: the unknown name, the closest valid ones (at most 3), and the full list only when it is short;
-    a long list is replaced by its size and the command that shows it."""
+def unknown_message(kind: str, name: str, valid: Iterable[str], *, list_all: bool = False) -> str:
+    """One line: the unknown name, the closest valid ones (at most 3), and the full list only when it is short
+    (or list_all: names a user must type exactly, few enough to read, e.g. recipes); a long list is replaced by
+    its size and the command that shows it."""
     valid = sorted(valid)
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
     hint = ""
@@ -81,9 +83,11 @@ def unknown_message(kind: str, name: str, valid: Iterable[str]) -> str:
         hint = " Did you mean " + (f"{', '.join(map(repr, close[:-1]))} or " if len(close) > 1 else "")
         hint += f"{close[-1]!r}?"
     names = ", ".join(valid)
+    where = f"; {LIST_ALL[kind]}" if kind in LIST_ALL else ""
+    if list_all:
+        return f"unknown {kind} '{name}'.{hint} Valid: {names}{where}"
     if len(names) <= SHORT_LIST:
         return f"unknown {kind} '{name}'.{hint} Valid: {names}"
-    where = f"; {LIST_ALL[kind]}" if kind in LIST_ALL else ""
     if close:
         return f"unknown {kind} '{name}'.{hint} ({len(valid)} valid names{where})"
     return f"unknown {kind} '{name}'. Valid: {', '.join(valid[:4])} and {len(valid) - 4} more{where}"

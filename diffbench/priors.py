@@ -418,11 +418,12 @@ def needed_images(k: int, dim: int) -> int:
 
 
 def fit_gaussian(data: DataSet, sigma: float, *, reg: float = 0.0) -> GaussianMixturePrior:
-    """N(mu, Sigma + sigma^2 I) from the data's mean and covariance (maximum likelihood, 1/N); needs 2 images
-    (sigma^2 I > 0 makes the covariance positive definite whatever the rank of Sigma)."""
+    """N(mu, Sigma + sigma^2 I) from the data's mean and covariance (maximum likelihood, 1/N); needs D + 1
+    images (ConfigError below that), so that the D x D covariance Sigma can have full rank, as gmm:1 does."""
     _check_sigma(sigma)
-    if data.n < 2:  # sigma^2 I keeps N(mu, Sigma + sigma^2 I) proper for a covariance of any rank
-        raise ConfigError(f"{data.label} has {data.n} image(s); a Gaussian prior needs at least 2")
+    # sigma^2 I keeps N(mu, Sigma + sigma^2 I) proper for a covariance of any rank, but from N <= D images Sigma
+    # has rank < D: the prior would have no data spread in the other directions. The same minimum as gmm:1.
+    _check_enough(data, 1, "gaussian")
     x = data.x
     mu = x.mean(0)
     r = x - mu
@@ -531,6 +532,11 @@ def _check_sigma(sigma: float) -> None:
 
 def _check_enough(data: DataSet, k: int, kind: str) -> None:
     need = needed_images(k, data.dim)
+    if data.n < need and kind == "gaussian":
+        raise ConfigError(
+            f"{data.label} has {data.n} images; a gaussian prior's full {data.dim}x{data.dim} covariance needs at "
+            f"least {need} (D + 1 = {data.dim + 1}), like gmm:1"
+        )
     if data.n < need:
         raise ConfigError(
             f"{data.label} has {data.n} images; {kind} with full {data.dim}x{data.dim} covariances needs at least "

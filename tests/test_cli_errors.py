@@ -56,6 +56,19 @@ BAD = [
     (["checkpoints", "bogus"], "bogus", 2),
     (["checkpoints", "info", "nosuch-model"], "nosuch-model", 2),
     (["checkpoints", "fetch"], "NAME", 2),
+    # an unreachable budget is a usage error in every command (exit 2), as README says
+    (["sample", "gmm", "-o", "{tmp}/o", "--nfe", "36"], "nearest reachable: 35 or 37", 2),
+    (["sweep", "gmm", "--nfe", "4", "--seeds", "0-1", "--store", "{tmp}/s.db"], "nearest reachable: 3 or 5", 2),
+    (["tune-schedule", "gmm", "--solver", "heun", "--nfe", "4", "-o", "{tmp}/g.json"], "nearest reachable", 2),
+    (
+        ["sample", "gmm", "--solver", "ipndm", "--schedule", "file:{tmp}/g5.txt", "--nfe", "9", "-o", "{tmp}/o"],
+        "has 5 sigmas; ipndm at this budget needs 9",
+        2,
+    ),
+    # score-error's --plot is checked before any work: folder, suffix, an existing file without --overwrite
+    (["score-error", "gmm", "--data", "digits:heldout", "--plot", "/nonexistent/l.png"], "/nonexistent", 2),
+    (["score-error", "gmm", "--data", "digits:heldout", "--plot", "{tmp}/g5.txt"], "PNG", 2),
+    (["score-error", "gmm", "--data", "digits:heldout", "--plot", "{tmp}/old.png"], "--overwrite", 1),
 ]
 
 
@@ -71,10 +84,17 @@ def _matrix(tmp: Path, *, cmd: list[str] | None = None, env: dict[str, str] | No
         return list(pool.map(lambda a: run(a, cmd=cmd, env=env), cases))
 
 
+def _files(tmp: Path) -> Path:
+    """The files some cases read: a file grid of 5 sigmas, an earlier plot."""
+    (tmp / "g5.txt").write_text("80\n10\n1\n0.1\n0.002\n")
+    (tmp / "old.png").write_bytes(b"an earlier plot")
+    return tmp
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     assert BIN.exists(), f"the console script {BIN} is not installed (pip install -e .)"
-    tmp = tmp_path_factory.mktemp("cli")
+    tmp = _files(tmp_path_factory.mktemp("cli"))
     home = tmp_path_factory.mktemp("home")
     env = dict(os.environ, DIFFBENCH_HOME=str(home), TORCH_HOME=str(home / "torch"))
     return _matrix(tmp, env=env)
@@ -157,7 +177,7 @@ def test_lowest_typer(tmp_path):
     # typer's version is what varies here, not the process boundary (the matrix above checks that through the
     # installed script, case by case): one process runs every case through main(), each with its own captured
     # stdout/stderr and exit code, so torch is imported once rather than once per case
-    cases = [[a.replace("{tmp}", str(tmp_path)) for a in BAD[i][0]] for i in fast]
+    cases = [[a.replace("{tmp}", str(_files(tmp_path))) for a in BAD[i][0]] for i in fast]
     p = subprocess.run(
         [sys.executable, "-c", _IN_ONE_PROCESS, json.dumps(cases)], capture_output=True, text=True, env=env, timeout=300
     )

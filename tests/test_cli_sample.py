@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,17 @@ def test_sidecar_path_taken_is_named(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError, match=r"sidecar to .*x\.json, which already exists"):
         check_output(tmp_path / "x.npz", overwrite=False)
     assert (tmp_path / "x.json").read_text() == "{}"
+
+
+def test_an_input_file_that_is_also_an_output_is_refused_even_with_overwrite(cli, tmp_path: Path) -> None:
+    """`--schedule file:g.txt --out g.npz`... and the sidecar g.json of `--out g.npz` over a grid g.json:
+    refused even with --overwrite, the grid intact."""
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps({"sigmas": [80.0, 10.0, 1.0, 0.002]}))
+    before = grid.read_bytes()
+    code, _, err = cli(
+        "sample", "gmm", "--solver", "euler", "--schedule", f"file:{grid}", "--nfe", "4", "--seeds", "0-1",
+        "--out", tmp_path / "g.npz", "--overwrite",
+    )
+    assert code == 2 and "is also an output of this run" in one_error_line(code, err), err
+    assert grid.read_bytes() == before and not (tmp_path / "g.npz").exists()

@@ -210,7 +210,9 @@ def _one_line_error(code: int, err: str) -> str:
         (["digits-edm-cond", "--guidance", "2", "--guidance-interval", "1,200"], "outside the sigma range"),
         (["digits-edm-cond", "--guidance", "2", "--guidance-interval", "0,0.001"], "outside the sigma range"),
         (["digits-edm-cond", "--guidance", "2", "--nfe", "17"], "nearest reachable: 14 or 18"),
-        (["digits-edm-cond", "--guide", "null"], "--guide apply only with guidance"),
+        (["digits-edm-cond", "--guide", "null"], "--guide applies only with guidance"),
+        (["digits-edm-cond", "--guidance-interval", "0.1,1"], "--guidance-interval applies only with guidance"),
+        (["digits-edm-cond", "--guide", "null", "--guidance-interval", "0.1,1"], "--guidance-interval apply only"),
     ],
 )
 def test_bad_guidance_input_is_one_line_and_a_nonzero_exit(cli, tmp_path, args, expected):
@@ -218,6 +220,17 @@ def test_bad_guidance_input_is_one_line_and_a_nonzero_exit(cli, tmp_path, args, 
     code, _, err = cli("sample", *args, *nfe, "--seeds", "0-1", "--out", tmp_path / "o", "--device", "cpu")
     assert expected in _one_line_error(code, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_the_sample_header_says_guidance_is_on(cli, tmp_path):
+    """The header line names the weight, the reference and the interval (the unguided header is unchanged)."""
+    code, _, err = cli(
+        "sample", "digits-edm-cond", "--solver", "dpmpp-2m", "--guidance", "2", "--guidance-interval", "0.5,10",
+        "--class", "1", "--nfe", "18", "--seeds", "0-1", "--out", tmp_path / "o.npz", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0 and "NFE 18 per sample, guidance 2 (null) on sigma (0.5, 10], sigma 80 -> " in err, err
+    code, _, err = cli("sample", "digits-edm-cond", "--nfe", "5", "--seeds", "0", "--out", tmp_path / "p.npz")
+    assert code == 0 and "NFE 5 per sample, sigma 80 -> " in err and "guidance" not in err, err
 
 
 def test_the_metrics_refuse_an_unconditional_model_with_one_line(cli, tmp_path):

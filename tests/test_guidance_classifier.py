@@ -155,6 +155,7 @@ def test_classifier_guidance_on_the_digits_model_through_the_command(cli, tmp_pa
         "--classifier", "digits-noisy-classifier", "--seeds", "0-1", "--out", tmp_path / "o", "--device", "cpu",
     )  # fmt: skip
     assert code == 0, err
+    assert "NFE 8 per sample, classifier guidance 2 (digits-noisy-classifier), sigma 80" in err  # the header says so
     prov = json.loads(next((tmp_path / "o").rglob("*.json")).read_text())
     text = json.dumps(prov)
     assert '"classifier": 4.0' in text and "digits-noisy-classifier" in text

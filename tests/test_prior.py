@@ -105,6 +105,9 @@ def test_a_prior_file_round_trips_and_bad_files_are_one_line(tmp_path):
 def test_too_few_images_for_the_mixture_say_how_many_are_needed():
     with pytest.raises(ConfigError, match=r"has 10 images; gmm:4 .* needs at least 12 \(K x \(D \+ 1\) = 4 x 3\)"):
         fit_gmm(_data(torch.randn(10, 2)), 1.0, 4)
+    with pytest.raises(ConfigError, match=r"has 2 images; a gaussian prior's full 2x2 covariance needs at least 3"):
+        fit_gaussian(_data(torch.randn(2, 2)), 1.0)
+    assert fit_gaussian(_data(torch.randn(3, 2)), 1.0).k == 1  # D + 1 is enough
 
 
 def test_draws_are_per_seed_batch_size_invariant_and_share_the_gaussian_latents():
@@ -160,7 +163,7 @@ def test_prior_kl_of_one_point_is_the_closed_form_and_the_bound_is_tight():
     plain = log_ratios(x0, sigma, _as_mixture(GAUSSIAN, sigma), range(4000))
     assert abs(float(plain.mean()) - exact) < 4 * float(plain.std()) / math.sqrt(4000)
     assert upper_bound(x0, sigma, GAUSSIAN) == pytest.approx(exact)
-    g = fit_gaussian(_data(torch.tensor([[0.1, 0.2], [0.3, -0.1]], dtype=torch.float64)), sigma)
+    g = fit_gaussian(_data(torch.tensor([[0.1, 0.2], [0.3, -0.1], [-0.2, 0.4]], dtype=torch.float64)), sigma)
     q = torch.distributions.MultivariateNormal(g.means[0], g.covs[0] + sigma**2 * torch.eye(2, dtype=torch.float64))
     p = torch.distributions.MultivariateNormal(x0[0], sigma**2 * torch.eye(2, dtype=torch.float64))
     assert upper_bound(x0, sigma, g) == pytest.approx(float(torch.distributions.kl_divergence(p, q)))
@@ -238,6 +241,8 @@ def test_fit_prior_and_every_bad_prior_input_through_the_command(cli, tmp_path):
     assert code == 0, err
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"no")
+    few = tmp_path / "few.npz"  # 10 images of 64 dims: too few for a full 64x64 covariance, gaussian or gmm:1
+    np.savez(few, images=np.random.default_rng(1).integers(0, 256, (10, 8, 8, 1), dtype=np.uint8))
     grid = tmp_path / "grid.txt"
     grid.write_text("5\n1\n0\n")  # a file schedule that starts above the prior's sigma
     s = ("sample", "digits-edm", "--solver", "euler", "--nfe", "1", "--seeds", "0-1", "--device", "cpu")
@@ -245,6 +250,9 @@ def test_fit_prior_and_every_bad_prior_input_through_the_command(cli, tmp_path):
         (("fit-prior", "digits-data:heldout", "--sigma", "2", "--kind", "gmm:10", "-o", tmp_path / "x.npz"),
          "has 297 images; gmm:10 with full 64x64 covariances needs at least 650"),
         (("fit-prior", "digits-data", "--sigma", "2", "--kind", "gmm:x", "-o", tmp_path / "x.npz"), "--kind 'gmm:x'"),
+        (("fit-prior", few, "--sigma", "5", "--kind", "gaussian", "-o", tmp_path / "x.npz"),
+         "has 10 images; a gaussian prior's full 64x64 covariance needs at least 65"),
+        (("fit-prior", few, "--sigma", "5", "--kind", "gmm:1", "-o", tmp_path / "x.npz"), "needs at least 65"),
         (("fit-prior", "digits-data", "--sigma", "0", "-o", tmp_path / "x.npz"), "--sigma must be"),
         (("fit-prior", "digits-data", "--sigma", "2", "-o", out), "already exists"),
         ((*s, "--prior", f"file:{out}", "-o", tmp_path / "a.npz"),
@@ -254,7 +262,9 @@ def test_fit_prior_and_every_bad_prior_input_through_the_command(cli, tmp_path):
         ((*s, "--sigma-max", "2", "--prior", f"file:{junk}", "-o", tmp_path / "a.npz"), "not a prior npz"),
         ((*s, "--sigma-max", "2", "--prior", "file:", "-o", tmp_path / "a.npz"), "give file:PRIOR.npz"),
         ((*s, "--nfe", "2", "--schedule", f"file:{grid}", "--prior", f"file:{out}", "-o", tmp_path / "a.npz"),
-         "a prior at sigma 2, but the plan starts at sigma 5"),
+         "a prior at sigma 2, but the file grid"),
+        ((*s, "--nfe", "2", "--schedule", f"file:{grid}", "--sigma-max", "2", "-o", tmp_path / "a.npz"),
+         "--sigma-max does not apply to a file grid, whose sigmas are fixed (5 .. 1"),
     ]  # fmt: skip
     for args, match in bad:
         code, _, err = cli(*args)

@@ -36,7 +36,7 @@ def test_readme_examples_run(tmp_path, monkeypatch, cli):
     lines = example_lines()
     assert len(lines) >= 5
     for line in lines:
-        code, _, err = cli(*shlex.split(line)[1:])
+        code, _, err = cli(*shlex.split(line, comments=True)[1:])  # as a shell reads it: "# ..." is a comment
         assert code == 0, f"{line}: {err}"
 
 

@@ -211,3 +211,15 @@ def test_bad_recipe_inputs_through_the_command(tmp_path):
         lines = [line for line in p.stderr.splitlines() if line.strip()]
         assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], (extra, p.returncode, p.stderr)
         assert not (tmp_path / "s.db").exists()
+        if extra[1] == "edm-table9":  # every name, whole, and where to see them (not "4 ... and 8 more")
+            assert all(name in lines[0] for name in RECIPES) and "diffbench recipes" in lines[0], lines[0]
+
+
+def test_recipes_table_never_cuts_a_name(cli, monkeypatch):
+    """Piped at 80 columns (or narrower), `diffbench recipes` shows each name whole, as --recipe takes it."""
+    for width in ("80", "50"):
+        monkeypatch.setenv("COLUMNS", width)
+        code, out, _ = cli("recipes")
+        assert code == 0, out
+        cells = {line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")}
+        assert set(RECIPES) <= cells, (width, sorted(set(RECIPES) - cells))

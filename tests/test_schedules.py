@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffbench.errors import ConfigError, UnknownNameError
+from diffbench.errors import ConfigError, NotApplicableError, UnknownNameError
 from diffbench.models.precond import IDDPMPrecond, VPPrecond
 from diffbench.sampling.plan import plan
 from diffbench.sampling.schedules import (
@@ -135,6 +135,10 @@ def test_file_grid(tmp_path, gmm):
     path.write_text("\n".join(str(s) for s in [10.0, 3.0, 1.0, 0.1, 0.0]))
     p = plan(gmm, solver="euler", schedule=f"file:{path}", steps=4)
     assert p.sigmas.tolist() == [10.0, 3.0, 1.0, 0.1, 0.0]
+    # its sigmas are fixed: a range is refused like rho is, never silently ignored
+    for kw, named in (({"sigma_max": 5.0}, "--sigma-max does"), ({"sigma_min": 0.2, "sigma_max": 5.0}, "and")):
+        with pytest.raises(NotApplicableError, match=f"{named}.* not apply to a file grid.*fixed \\(10 .. 0.1"):
+            plan(gmm, solver="euler", schedule=f"file:{path}", steps=4, **kw)
     path.write_text("1\n2\n")
     with pytest.raises(ConfigError, match="descending"):
         plan(gmm, solver="euler", schedule=f"file:{path}", steps=2)

@@ -94,6 +94,12 @@ def test_cli_table_plot_and_other_shape(cli, tmp_path):
     assert code == 0, err
     assert "EDM-weighted held-out loss" in out and len([ln for ln in out.splitlines() if ln.strip()]) == 6
     assert png.stat().st_size > 1000
+    again = ("score-error", "digits-edm@2000", "--data", "digits:heldout", "--levels", "2", "--repeats", "1")
+    code, out, err = cli(*again, "--plot", png, "--device", "cpu")  # refused before any work: nothing printed
+    assert "--overwrite" in one_error_line(code, err) and code == 1 and out == ""
+    png.write_bytes(b"old")
+    code, out, err = cli(*again, "--plot", png, "--device", "cpu", "--overwrite")
+    assert code == 0 and png.stat().st_size > 1000, err
     other = tmp_path / "rgb.npz"
     np.savez(other, images=np.zeros((4, 16, 16, 3), dtype=np.uint8))
     code, _, err = cli("score-error", "digits-edm", "--data", other, "--levels", "2", "--device", "cpu")

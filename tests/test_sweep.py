@@ -231,7 +231,9 @@ def test_compare_regression_gate(tiny, tmp_path):
     r["loo"] = [v + s * v for v, s in zip(r["loo"], shift)]
     r["value"] *= 1.05
     quiet = compare_cells(noisy, cells, tolerance=parse_tolerance("1%"))
-    assert quiet.exit_code == 0 and any("within the paired jackknife interval" in x.note for x in quiet.rows)
+    assert quiet.exit_code == 0 and any(
+        x.verdict == "within the interval" and x.test == "paired jackknife" for x in quiet.rows
+    )
     with pytest.raises(CompareInputError, match="missing from NEW: 'heun edm' at NFE 5"):
         compare_cells(
             [x for x in cells if (x["config"], x["nfe_requested"]) != ("heun edm", 5)],
@@ -254,6 +256,35 @@ def test_compare_with_a_baseline_on_other_blocks_is_unpaired_and_says_so(tiny, t
     assert not same.unpaired and all(r.test == "paired jackknife" for r in same.rows if r.difference is not None)
     fd = {(r.config, r.nfe): r for r in done if r.metric == "fd-exact"}
     assert all(r.new == pytest.approx(r.baseline, rel=1e-9) for r in fd.values())
+
+
+def test_compare_with_more_metrics_in_new_is_paired_on_the_shared_ones(tiny, tmp_path):
+    from diffbench.sweep.compare import CompareInputError, compare_cells, parse_tolerance
+
+    _, export = _sweep(tiny, tmp_path / "a.db")
+    new = [c for c in export["cells"] if c["status"] == "done"]
+    base = json.loads(json.dumps(new))  # the same run measuring sw alone: another identity
+    for c in base:
+        c["id"] = "sw-only-" + c["id"]
+        c["identity"]["metrics"] = ["sw"]
+        del c["results"]["fd-exact"]
+    res = compare_cells(new, base, tolerance=parse_tolerance("2%"))
+    assert res.exit_code == 0 and res.more_metrics.endswith("that also measured fd-exact") and not res.unmatched_new
+    assert {r.metric for r in res.rows} == {"sw"} and all(r.test == "paired jackknife" for r in res.rows)
+    worse = json.loads(json.dumps(new))
+    r = worse[0]["results"]["sw"]
+    r["value"] *= 1.10
+    r["loo"] = [v * 1.10 for v in r["loo"]]  # every block worse: the paired interval excludes 0
+    res = compare_cells(worse, base, tolerance=parse_tolerance("2%"))
+    assert [(x.config, x.verdict, x.test) for x in res.regressions] == [
+        (worse[0]["config"], "REGRESSION", "paired jackknife")
+    ]
+    # the shared metric measured with other options is not the same number
+    other = json.loads(json.dumps(new))
+    for c in other:
+        c["identity"]["metric_options"]["sw_projections"] += 1
+    with pytest.raises(CompareInputError, match="metric options .* in NEW against .* in the baseline"):
+        compare_cells(other, base, tolerance=parse_tolerance("2%"))
 
 
 def test_import_rules():

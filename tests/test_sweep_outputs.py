@@ -360,3 +360,50 @@ def test_report_outputs_belong_to_their_store_as_a_sweeps_do(tmp_path, env, inpr
     assert strict_json((tmp_path / "rr" / "results.json").read_text())["store"] == owner["store"]
     # the same store again needs no --overwrite
     assert inproc(env, "report", "b.db", "--out", "rr", "--no-plot", cwd=tmp_path)[0] == 0
+
+
+def test_compare_a_sweep_that_added_a_metric_verdict_words_and_other_models(tmp_path, env, inproc):
+    """The fresh-user trial's three defects of `compare`: an extended sweep that only added a metric is compared
+    on the metrics both have (paired), the verdict words are one each (ok / within tolerance / within the
+    interval / REGRESSION), and stores of different models are one line naming both."""
+    run_ = ("--solver", "heun,euler", "--nfe", "5", "--seeds", "0-23", "--blocks", "3", "--device", "cpu")
+    base, more = tmp_path / "base.db", tmp_path / "more.db"
+    code, _, err = inproc(env, "sweep", SMALL, *run_, "--metric", "sw", "--store", base, "--out", tmp_path / "b")
+    assert code == 0, err
+    code, _, err = inproc(env, "sweep", SMALL, *run_, "--metric", "fd-exact,sw", "--store", more, "--no-plot")
+    assert code == 0, err
+    code, text, err = inproc(env, "compare", more, base, "--tolerance", "2%")
+    flat = " ".join(text.split())
+    assert code == 0 and "no regression in 2 comparisons" in flat, (text, err)
+    assert "2 baseline cell(s) matched to NEW cells of the same run that also measured fd-exact" in flat
+    assert "paired jackknife" in flat and "unpaired" not in flat and "have no baseline" not in flat
+    # the other way round NEW lacks a metric of the baseline: not comparable, one line
+    line = one_line(*inproc(env, "compare", base, more, "--tolerance", "2%")[::2], exit_code=2)
+    assert "metrics ['sw'] in NEW against ['fd-exact', 'sw'] in the baseline" in line
+    # verdicts: within the tolerance, beyond it but inside the paired interval, beyond both (the gate)
+    export, new = tmp_path / "b" / "results.json", tmp_path / "new.json"
+    cells = json.loads(export.read_text())
+    heun, euler = (next(c for c in cells["cells"] if c["solver"] == s)["results"]["sw"] for s in ("heun", "euler"))
+    loo = list(euler["loo"])
+    heun["value"] *= 1.01  # +1% at 2%: within tolerance, not "worse"
+    heun["loo"] = [v * 1.01 for v in heun["loo"]]
+    euler["value"] *= 1.10  # +10%, but not consistently over the blocks: within the interval
+    euler["loo"] = [v * (1 + s) for v, s in zip(loo, (0.5, -0.4, 0.2))]
+
+    def verdicts(code_expected: int) -> dict[str, str]:
+        new.write_text(json.dumps(cells))
+        code, text, err = inproc(env, "compare", new, export, "--tolerance", "2%")
+        assert code == code_expected and "worse" not in text, (text, err)
+        return {ln.split("│")[1].strip(): ln.split("│")[-2].strip() for ln in text.splitlines() if "edm" in ln}
+
+    assert verdicts(0) == {"heun edm": "within tolerance", "euler edm": "within the interval"}
+    euler["loo"] = [v * 1.10 for v in loo]  # every block worse: outside the interval
+    assert verdicts(1) == {"heun edm": "within tolerance", "euler edm": "REGRESSION"}
+    # another model: one line naming both, exit 2
+    other = tmp_path / "other.db"
+    model = SMALL.replace("seed=1", "seed=2")
+    code, _, err = inproc(env, "sweep", model, *run_, "--metric", "sw", "--store", other, "--no-plot")
+    assert code == 0, err
+    line = one_line(*inproc(env, "compare", other, base)[::2], exit_code=2)
+    assert f"NEW holds cells of model {model}" in line and f"the baseline of model {SMALL}" in line, line
+    assert "missing" not in line

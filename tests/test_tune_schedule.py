@@ -222,13 +222,16 @@ def test_cli_tune_and_refusals(tmp_path, cli):
         "--nfe",
         "4",
         "--seeds",
-        "500-501",
+        "495-510",
+        "--batch",
+        "4",
         "-o",
         tmp_path / "s.npz",
         "--device",
         "cpu",
     )
-    assert "calibration seeds" in one_error_line(code, err, context=True)
+    # the whole overlap, before the first batch (not the first batch's part of it, 500-502)
+    assert "seeds 500-507 were the calibration seeds" in one_error_line(code, err, context=True)
     assert not (tmp_path / "s.npz").exists()
     code, _, err = cli(
         "sample",
@@ -247,10 +250,25 @@ def test_cli_tune_and_refusals(tmp_path, cli):
         "cpu",
     )
     assert code == 0, err
+    assert "warning" not in err  # the solver and model it was tuned for
+    # another solver (sample) or another model (sweep, through run_cell as fid): one warning line, not an error
+    code, _, err = cli(
+        "sample", "gmm", "--solver", "heun", "--schedule", f"file:{out}", "--nfe", "7", "--seeds", "0-1",
+        "-o", tmp_path / "h.npz", "--device", "cpu",
+    )  # fmt: skip
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert code == 0 and len(warned) == 1 and "tuned for solver euler (this run: heun)" in warned[0], err
+    other = "gmm:shape=1x4x4"
+    code, _, err = cli(
+        "sweep", other, "--solver", "euler", "--schedule", f"file:{out}", "--nfe", "4", "--seeds", "0-3",
+        "--metric", "sw", "--device", "cpu", "--store", tmp_path / "w.db",
+    )  # fmt: skip
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert code == 0 and len(warned) == 1 and "tuned for model gmm (sha256" in warned[0], err
     base = ["tune-schedule", "gmm", "--device", "cpu", "--calib-seeds", "0-3"]
     bad = {
         "stochastic": (["--solver", "euler-ancestral", "--nfe", "5", "-o", tmp_path / "a.json"], 2),
-        "cannot spend exactly 4": (["--solver", "heun", "--nfe", "4", "-o", tmp_path / "b.json"], 1),
+        "cannot spend exactly 4": (["--solver", "heun", "--nfe", "4", "-o", tmp_path / "b.json"], 2),
         "overlap": (["--solver", "euler", "--nfe", "5", "--eval-seeds", "3-9", "-o", tmp_path / "c.json"], 2),
         ".json": (["--solver", "euler", "--nfe", "5", "-o", tmp_path / "d.txt"], 2),
         "method": (["--solver", "euler", "--nfe", "5", "--method", "x", "-o", tmp_path / "e.json"], 2),

@@ -93,7 +93,12 @@ def recipes_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JS
     if as_json:
         typer.echo(dumps_json(rows))
         return
-    table = Table("name", "what", "model", "published", title="recipes (diffbench sweep --recipe NAME)")
+    table = Table(title="recipes (diffbench sweep --recipe NAME)")
+    # the name (typed after --recipe) is never cut; the other columns wrap, folding long words
+    table.add_column("name", no_wrap=True, min_width=max(len(r["name"]) for r in rows))
+    table.add_column("what", overflow="fold", ratio=2)
+    table.add_column("model", overflow="fold", ratio=1)
+    table.add_column("published", overflow="fold", ratio=2)
     for r in rows:
         pub = ", ".join(f"{p['metric']} {p['value']:g} @ NFE {p['nfe']}" for p in r["published"])
         table.add_row(r["name"], r["title"], r["model"], pub)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,6 +76,7 @@ def sample_cmd(
             from diffbench.errors import ConfigError
 
             raise ConfigError(f"--out {out}: an output is a folder of PNGs (no extension) or a file ending in .npz")
+        _refuse_reading_what_is_written(spec, out, grid)
         check_output(out, overwrite=overwrite)
         if grid is not None:
             if grid.suffix.lower() != ".png":
@@ -94,6 +96,7 @@ def sample_cmd(
 
     def plan() -> Sampler:
         run = Sampler(denoiser, spec, device=dev)
+        run.check_seeds(seed_list)
         run.class_indices(class_, len(seed_list))
         return run
 
@@ -101,6 +104,10 @@ def sample_cmd(
     if not w.main:
         _follow(w, run, seed_list, class_, int(batch_size))
         return
+    if spec.schedule.startswith("file:"):  # a grid tuned for another solver or model: one warning line
+        from diffbench.sweep.tune import warn_tuned_grid
+
+        warn_tuned_grid(denoiser, spec)
     p = run.plan
     merged = (
         f", {p.merged_steps} merged by round_sigma ({p.distinct_levels} distinct sigma levels)"
@@ -142,7 +149,8 @@ def sample_cmd(
         raise
     w.broadcast(len(done.seeds) if done is not None else 0, what="starting")
     err.print(
-        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample, sigma {grid_text}, "
+        f"{p.solver} on {p.schedule}: {p.steps} steps, NFE {p.nfe} per sample{_guidance_text(run.guidance)}, "
+        f"sigma {grid_text}, "
         f"endpoint {p.endpoint}{merged}; device {run.device}",
         soft_wrap=True,
     )
@@ -198,6 +206,20 @@ def sample_cmd(
     err.print(f"wrote {len(seed_list)} images to {out}")
 
 
+def _guidance_text(g: Any) -> str:
+    """', guidance W (null|MODEL)[ on sigma (LO, HI]], classifier guidance W (NAME)' for the header line when
+    guidance acts; '' without (the unguided header is unchanged)."""
+    if g is None or not g.any_active:
+        return ""
+    parts = []
+    if g.active:
+        where = f" on sigma ({g.lo:g}, {g.hi:g}]" if (g.lo, g.hi) != (0.0, math.inf) else ""
+        parts.append(f"guidance {g.weight:g} ({g.guide}){where}")
+    if g.classifier_active:
+        parts.append(f"classifier guidance {g.classifier_weight:g} ({g.classifier})")
+    return ", " + ", ".join(parts)
+
+
 def _batch_fit(run: Any, denoiser: Any, n_seeds: int, err: Any) -> Any:
     """--batch auto: the remembered or starting size on this device, said in one line (sampling/autobatch.py)."""
     from diffbench.sampling.autobatch import BatchFit, describe, fit_key
@@ -242,6 +264,21 @@ def _follow(w: Any, run: Any, seed_list: list[int], class_: int | None, batch: i
         return
     for _ in _ranked_batches(w, run, seed_list[start:], class_, batch):
         pass
+
+
+def _refuse_reading_what_is_written(spec: Any, out: Path, grid: Path | None) -> None:
+    """A `file:` schedule or prior that is also an output (say `--out grid5.npz` beside `grid5.json`, whose
+    sidecar is grid5.json) would be overwritten by this run: refused even with --overwrite."""
+    from diffbench.errors import ConfigError
+    from diffbench.io import sidecar_path
+
+    written = {p.resolve() for p in (out, sidecar_path(out), grid) if p is not None}
+    for flag, value in (("--schedule", spec.schedule), ("--prior", getattr(spec, "prior", None))):
+        if isinstance(value, str) and value.startswith("file:") and Path(value[5:]).resolve() in written:
+            raise ConfigError(
+                f"{flag} {value} is also an output of this run (--out {out} writes {sidecar_path(out)}); "
+                "choose another --out"
+            )
 
 
 def _command_line() -> str:

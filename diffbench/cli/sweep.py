@@ -257,9 +257,9 @@ def sweep_cmd(
         str | None,
         typer.Option(
             "--metric",
-            help="Comma list: fid, fd, kid, pr, is, ref-error, fd-exact, sw. Default: what the model supports "
-            "without downloads (built-in digits models: fd in the digits feature space; analytic models: "
-            "fd-exact, sw).",
+            help="Comma list: fid, fd, kid, pr, is, ref-error, ref-fd, prior-kl, fd-exact, sw. Default: what the "
+            "model supports without downloads (built-in digits models: fd in the digits feature space; analytic "
+            "models: fd-exact, sw).",
         ),
     ] = None,
     ref: Annotated[str | None, typer.Option("--ref", help="Reference statistics or images (fid, fd, kid, pr).")] = None,
@@ -338,6 +338,14 @@ def sweep_cmd(
         typer.Option(
             "--kl-data",
             help="Data of the prior-kl metric: digits-data or images (default for the digits models: digits-data).",
+        ),
+    ] = None,
+    ref_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--ref-steps",
+            help="Heun steps of the reference ODE solution of ref-error and ref-fd (networks; default 1024).",
+            min=2,
         ),
     ] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="With --out: also the PNG/SVG plots.")] = True,
@@ -469,8 +477,13 @@ def sweep_cmd(
             allow_small_n=allow_small_n,
             eval_classifier=eval_classifier,
             kl_data=pick(kl_data, "kl_data", None),
+            **({} if ref_steps is None else {"ref_steps": ref_steps}),
         ),
     )
+    if ref_steps is not None and not {"ref-error", "ref-fd"} & set(bench.metrics):
+        from diffbench.errors import ConfigError
+
+        raise ConfigError("--ref-steps sets the reference ODE solution of ref-error and ref-fd; neither is asked for")
     w.agree("the reference statistics (sha256)", bench.ref_sha256)
     if save_images is not None:
         bench.save_images = _image_saver(save_images)
@@ -687,12 +700,29 @@ def report_cmd(
             "(built-in digits models), under the tables and as a line in the plots.",
         ),
     ] = False,
+    errors: Annotated[
+        bool,
+        typer.Option(
+            "--errors",
+            help="Instead: the error decomposed per cell (FD, FD of the reference ODE solution, their gap = the "
+            "discretisation's share, ref-error, prior-kl); needs cells swept with --metric fd,ref-fd.",
+        ),
+    ] = False,
+    score_data: Annotated[
+        str | None,
+        typer.Option(
+            "--score-data",
+            help="With --errors: also each model's training error, the held-out loss of `diffbench score-error` "
+            "on these images (a folder, .zip, .npz, or digits:heldout).",
+        ),
+    ] = None,
 ) -> None:
     """Tables, plots and paired differences regenerated from a store alone, over any swept axis.
 
     Examples: diffbench report diffbench-sweep.db --out results/;
     diffbench report sweep.db --x churn --series solver,nfe;
-    diffbench report diffbench-sweep.db --floor
+    diffbench report diffbench-sweep.db --floor;
+    diffbench report sweep.db --errors --score-data digits:heldout
     """
     from diffbench.errors import ConfigError, UnknownNameError
     from diffbench.sweep.report import (
@@ -707,9 +737,16 @@ def report_cmd(
     )
     from diffbench.sweep.store import load_cells
 
+    if score_data is not None and not errors:
+        raise ConfigError("--score-data goes with --errors (the training error beside the decomposition)")
+    if errors and (metric or x or series or floor):
+        raise ConfigError("--errors prints its own table per cell: --metric, --x, --series and --floor do not apply")
     cells = load_cells(store, what="results store")
     if not any(c["status"] == "done" for c in cells):
         raise ConfigError(f"{store} holds no finished cells")
+    if errors:
+        _errors_report(cells, out=out, fmt=fmt, score_data=score_data)
+        return
     have = metrics_in(cells)
     metrics = _split(metric) or have  # fd-inf (the estimate at infinite n) only when asked for
     for m in metrics:
@@ -755,6 +792,55 @@ def report_cmd(
             typer.echo(line)
 
 
+def _errors_report(cells: list[dict[str, Any]], *, out: Path | None, fmt: str | None, score_data: str | None) -> None:
+    """`report --errors`: the decomposition table (rich, or --format md/csv/json; --out writes all three), and
+    with --score-data each model's held-out loss."""
+    from diffbench.errors import UnknownNameError
+    from diffbench.sweep.errors import RENDER, caption, cells_text, error_rows, fd_metric, models_of, training_error
+
+    if fmt is not None and fmt not in RENDER:
+        raise UnknownNameError("--errors format", fmt, list(RENDER))
+    rows, left_out = error_rows(cells)
+    metric = fd_metric([c for c in cells if c["status"] == "done"]) or "fd"
+    losses: list[str] = []
+    if score_data is not None:
+        from diffbench.cli.tune import _images
+        from diffbench.device import check_device
+
+        dev = check_device("auto")
+        for name, sha in models_of(cells).items():
+            images, label = _images(score_data, 256)
+            res = training_error(name, sha, images, source=label, device=dev)
+            losses.append(
+                f"training error of {name}: EDM-weighted held-out loss {res.total:.4f} on {label} "
+                f"({res.n} images x {res.repeats} draws; per sigma: diffbench score-error {name} --data {score_data})"
+            )
+    notes = [f"{left_out} finished cell(s) without ref-fd or {metric} left out"] if left_out else []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for ext, render in RENDER.items():
+            text = render(rows, metric)
+            if ext == "md" and losses:
+                text += "\n" + "\n".join(f"- {line}" for line in losses) + "\n"
+            (out / f"errors.{ext}").write_text(text)
+        _console(stderr=True).print(f"wrote errors.md, errors.csv, errors.json to {out}", markup=False)
+    if fmt is not None:
+        typer.echo(RENDER[fmt](rows, metric), nl=False)
+    else:
+        from rich.table import Table as RichTable
+
+        from diffbench.sweep.errors import HEADERS
+
+        rt = RichTable(title=caption(metric), title_justify="left")
+        for h in HEADERS:
+            rt.add_column(h, justify="left" if h in ("model", "config") else "right")
+        for r in rows:
+            rt.add_row(*cells_text(r))
+        _console().print(rt)
+    for line in notes + losses:
+        typer.echo(line)
+
+
 @app.command("compare")
 def compare_cmd(
     new: Annotated[Path, typer.Argument(help="The new results: a store or its JSON export.")],
@@ -768,8 +854,10 @@ def compare_cmd(
 ) -> None:
     """Compare cell by cell; exit 1 when a cell is worse beyond the tolerance and the 95% interval of the
     difference (the paired jackknife over shared seed blocks; unpaired, and said so, when the baseline ran other
-    seeds or blocks), exit 2 for bad input (a missing or damaged file, a baseline cell missing from NEW).
-    NEW cells without a baseline (an extended sweep) are listed and pass.
+    seeds or blocks), exit 2 for bad input (a missing or damaged file, a baseline cell missing from NEW,
+    stores of different models). Verdicts: ok, within tolerance, within the interval, REGRESSION (exit 1).
+    NEW cells without a baseline (an extended sweep) are listed and pass; a NEW cell that measured more
+    metrics than its baseline cell is compared on the baseline's metrics.
 
     Two guidance settings: a baseline cell whose identity NEW lacks is paired with the NEW cell that differs
     from it only in guidance (--guidance, --guide, --guidance-interval, --classifier-guidance, --classifier) on
@@ -794,7 +882,7 @@ def compare_cmd(
         return "—" if v is None else f"{v:.4g}"
 
     for r in res.rows:
-        verdict = "REGRESSION" if r.regression else ("worse" if r.worse else "ok")
+        verdict = r.verdict
         if r.note:
             verdict += f" ({r.note})"
         ci = "" if r.ci_low is None else f"[{r.ci_low:.3g}, {r.ci_high:.3g}]"
@@ -808,6 +896,8 @@ def compare_cmd(
             markup=False,
             soft_wrap=True,
         )
+    if res.more_metrics:
+        con.print(f"{res.more_metrics}: compared on the baseline's metrics, paired", markup=False, soft_wrap=True)
     if res.across_guidance:
         con.print("matched across guidance (same seeds, blocks, class and counted NFE; paired):", markup=False)
         for line in res.across_guidance:

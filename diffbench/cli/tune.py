@@ -129,6 +129,7 @@ def score_error_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     batch: Annotated[int, typer.Option("--batch", help="Images per batch.", min=1)] = 256,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --plot file.")] = False,
     offline: Annotated[bool, typer.Option(help="Never touch the network to fetch MODEL.")] = False,
 ) -> None:
     """Held-out denoising loss per sigma, weighted as EDM trains (the network's training error).
@@ -136,12 +137,11 @@ def score_error_cmd(
     Example: diffbench score-error digits-edm --data digits:heldout --plot loss.png
     """
     from diffbench.device import check_device
-    from diffbench.errors import ConfigError
     from diffbench.metrics.score_error import default_levels, score_error
     from diffbench.models.load import load
 
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise ConfigError(f"--plot {plot}: the plot is a PNG file; give a path ending in .png")
+    if plot is not None:
+        _check_plot(plot, overwrite=overwrite)
     images, label = _images(data, batch)
     dev = check_device(device)
     denoiser = load(model, device="cpu", offline=offline)
@@ -166,6 +166,21 @@ def score_error_cmd(
         typer.echo(f"EDM-weighted held-out loss (ln sigma ~ N(-1.2, 1.2^2)): {res.total:.4f}")
     if plot is not None:
         _plot(res, plot, title=f"{model} on {label}")
+
+
+def _check_plot(plot: Path, *, overwrite: bool) -> None:
+    """Before any work: --plot ends in .png, its folder exists and is writable, and an existing file needs
+    --overwrite (ConfigError / OutputExistsError, one line each)."""
+    from diffbench.errors import ConfigError
+    from diffbench.io import check_output
+
+    if plot.suffix.lower() != ".png":
+        raise ConfigError(f"--plot {plot}: the plot is a PNG file; give a path ending in .png")
+    if plot.is_dir():
+        raise ConfigError(f"--plot {plot} is a folder; give a file path ending in .png")
+    if not plot.parent.is_dir():
+        raise ConfigError(f"--plot {plot}: the folder {plot.parent} does not exist")
+    check_output(plot, overwrite=overwrite)
 
 
 def _images(data: str, batch: int):

@@ -6,8 +6,8 @@ straight from a sampler) and `diffbench fid` on files (uint8 images read from di
 feeds them into one block's accumulators, and finishes the same way: a metric's value on the union of all
 blocks (the headline), on every block, and on every leave-one-block-out set (`Metric.value` over a list of
 block states), which give the jackknife interval (diffbench.metrics.jackknife). Metrics never import
-diffbench.sampling; what needs the sampler (the reference ODE solution of ref-error) arrives on the batch,
-filled in by the cell runner.
+diffbench.sampling; what needs the sampler (the reference ODE solution of ref-error and ref-fd) arrives on the
+batch, filled in by the cell runner.
 
 Adding a metric: one module that defines its value function and calls `register_metric(Metric(...))`, and
 one import line in `_load_builtin`.
@@ -40,6 +40,7 @@ NEEDS = (
     "exact",  # an analytic model with exact moments and samples (ctx.model), fed the float samples
     "reference",  # the reference ODE solution of the same latents (batch.ref_sq_errors; sampler side)
     "start",  # the cell's starting sigma and distribution (ctx.start; sampler side)
+    "reference-features",  # extractor features of the reference solution's images (batch.ref_features; sampler side)
 )
 SPACES = ("any", "inception", "named")  # which feature space a features metric accepts
 ALIASES = {"pr": ("precision", "recall")}  # one request, two columns
@@ -65,6 +66,7 @@ class Batch:
     logits: torch.Tensor | None = None  # extractor logits [B, K], float32
     ref_sq_errors: torch.Tensor | None = None  # per-sample MSE to the reference solution [B], float64
     ref_cached: bool = False  # the reference came from the cache
+    ref_features: torch.Tensor | None = None  # extractor features of the quantized reference solution [B, D]
 
 
 @dataclass
@@ -183,6 +185,7 @@ def _load_builtin() -> None:
     from diffbench.metrics import distribution  # noqa: F401
     from diffbench.metrics import class_prob  # noqa: F401
     from diffbench.metrics import prior_kl  # noqa: F401
+    from diffbench.metrics import reference_fd  # noqa: F401
 
 
 # ---- the inputs several metrics share --------------------------------------------------------------------

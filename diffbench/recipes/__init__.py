@@ -88,7 +88,8 @@ def get_recipe(name: str) -> Recipe:
     """One recipe by name (UnknownNameError naming the shipped ones)."""
     path = recipe_dir() / f"{name}.toml"
     if not path.is_file():
-        raise UnknownNameError("recipe", name, [p.stem for p in sorted(recipe_dir().glob("*.toml"))])
+        names = [p.stem for p in sorted(recipe_dir().glob("*.toml"))]
+        raise UnknownNameError("recipe", name, names, list_all=True)  # a dozen names, each typed exactly
     return _load(path)
 
 

@@ -331,6 +331,12 @@ class _Grids:
                 raise NotApplicableError(f"schedule options {sorted(options)} do not apply to a file grid")
             self.file = file_grid(schedule[5:])
             g = self.file
+            given = [f for f, v in (("--sigma-min", sigma_min), ("--sigma-max", sigma_max)) if v is not None]
+            if given:  # a file grid's sigmas are used as given: a range cannot move them
+                raise NotApplicableError(
+                    f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a file grid, whose "
+                    f"sigmas are fixed ({float(g[0]):.6g} .. {float(g[-1]):.6g} in {schedule[5:]})"
+                )
             self.range = sigma_range(denoiser, (float(g[-1]), float(g[0])), float(g[-1]), float(g[0]))
         else:
             self.sched = get_schedule(schedule)

@@ -198,6 +198,11 @@ class Sampler:
             )
         return _class_indices(class_labels, n, self.label_dim or self.steered_classes)
 
+    def check_seeds(self, seeds: Sequence[int]) -> None:
+        """Refuse (ConfigError) seeds the schedule file was tuned on (its calibration seeds), naming the whole
+        overlap as compressed ranges; callers pass the full seed list before the first batch."""
+        check_not_calibration(self.calibration, seeds, self.spec.schedule)
+
     def run(
         self,
         seeds: Sequence[int],
@@ -208,7 +213,7 @@ class Sampler:
     ) -> Batch:
         """Sample one batch; latents (standard normal) and class indices override the streams' draws.
         Raises ConfigError when a seed is one the schedule file was tuned on (its calibration seeds)."""
-        check_not_calibration(self.calibration, seeds, self.spec.schedule)
+        self.check_seeds(seeds)
         dev, dtype, sig = self.device, self.spec.torch_dtype, self.plan.sigmas
         noise = (
             NoiseSource(seeds, device=dev)
@@ -358,6 +363,11 @@ def start_prior(spec: SamplerSpec, p: Plan, shape: Sequence[int]) -> Any:
             f"--prior {spec.prior}: a prior of images {list(prior.shape)}, but the model makes {list(shape)}"
         )
     if prior.sigma is not None and not math.isclose(p.sigma_first, prior.sigma, rel_tol=1e-9):
+        if spec.schedule.startswith("file:"):  # its sigmas are fixed: --sigma-max does not apply
+            raise ConfigError(
+                f"--prior {spec.prior} is a prior at sigma {prior.sigma:g}, but the file grid {spec.schedule[5:]} "
+                f"starts at sigma {p.sigma_first:g}: use a grid that starts at {prior.sigma:g}"
+            )
         raise ConfigError(
             f"--prior {spec.prior} is a prior at sigma {prior.sigma:g}, but the plan starts at sigma "
             f"{p.sigma_first:g}: give --sigma-max {prior.sigma:g} with a schedule that starts there"
@@ -405,6 +415,7 @@ def iter_batches(
         raise ConfigError(f"batch size must be >= 1, got {batch}")
     run = sampler or Sampler(denoiser, SamplerSpec.make(**spec), device=device)
     seeds = _inputs(seeds, latents)
+    run.check_seeds(seeds)  # the whole overlap with a tuned grid's calibration seeds, before the first batch
     labels = run.class_indices(class_labels, len(seeds))
     chunks = [range(i, min(i + batch, len(seeds))) for i in range(0, len(seeds), batch)]
     for b, idx in enumerate(chunks):

@@ -219,7 +219,8 @@ class SamplerSpec:
             given = [k for k in ("guide", "guidance_interval") if getattr(self, k) is not None]
             if given:
                 flags = " and ".join("--" + k.replace("_", "-") for k in given)
-                raise ConfigError(f"{flags} apply only with guidance (give --guidance W)")
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ConfigError(f"{flags} {verb} only with guidance (give --guidance W)")
             return
         if not math.isfinite(self.guidance):
             raise ConfigError(f"--guidance must be a finite number >= 0, got {self.guidance}")

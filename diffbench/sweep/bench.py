@@ -51,14 +51,14 @@ def model_sha256(model: Any) -> str:
 
 
 def deterministic_reason(spec: SamplerSpec) -> str | None:
-    """Why ref-error does not apply to this spec (a stochastic sampler), or None."""
+    """Why ref-error and ref-fd do not apply to this spec (a stochastic sampler), or None."""
     from diffbench.sampling.solvers import get_solver
 
     info = get_solver(spec.solver)
     stochastic = [k for k in ("S_churn", "churn_per_step", "eta") if (getattr(spec, k, None) or 0) > 0]
     if info.stochastic or stochastic:
         why = f"{', '.join(stochastic)} > 0" if stochastic else f"solver '{info.name}' is stochastic"
-        return f"the reference-solution error needs a deterministic sampler ({why})"
+        return f"the reference ODE solution (ref-error, ref-fd) needs a deterministic sampler ({why})"
     return None
 
 
@@ -223,7 +223,7 @@ def prepare(
     exact = [m.name for m in wanted if "exact" in m.needs]
     if exact and not is_exact_model(model):
         raise ConfigError(f"metric {exact[0]} needs an analytic model with exact moments; {bench.model_name} has none")
-    feat = [m for m in wanted if "features" in m.needs or "logits" in m.needs]
+    feat = [m for m in wanted if {"features", "logits", "reference-features"} & set(m.needs)]
     if feat:
         _prepare_features(bench, feat, model, ref=ref, extractor=extractor, weights_path=weights_path)
     for m in wanted:  # each metric's own refusals (too few samples per block, ...)

@@ -63,10 +63,11 @@ class CellResult:
 def not_applicable(bench: Bench, spec: SamplerSpec) -> dict[str, str]:
     """{metric: why} for the bench's metrics that give no number for this spec (sampler-side knowledge)."""
     out: dict[str, str] = {}
-    if any("reference" in m.needs for m in _metrics(bench)):
+    solved = [m for m in _metrics(bench) if {"reference", "reference-features"} & set(m.needs)]
+    if solved:
         why = deterministic_reason(spec)
         if why is not None:
-            out.update({m.name: why for m in _metrics(bench) if "reference" in m.needs})
+            out.update({m.name: why for m in solved})
     return out
 
 
@@ -120,6 +121,11 @@ def run_cell(
     """
     world = world or SINGLE
     sampler = Sampler(bench.model, spec, device=bench.device)
+    sampler.check_seeds(bench.seeds)  # the whole overlap with a tuned grid's calibration seeds, named at once
+    if world.main:  # a grid tuned for another solver or model: one line on stderr (fid, sweep)
+        from diffbench.sweep.tune import warn_tuned_grid
+
+        warn_tuned_grid(bench.model, spec)
     ctx = bench.context(sample_dim=int(np.prod(sampler.shape)))
     ctx.start = {"sigma": sampler.plan.sigma_first, "prior": sampler.prior if sampler.prior is not None else GAUSSIAN}
     # ranks other than 0 only produce batches: no accumulators (a 2048-d FID block state is 34 MB)
@@ -130,6 +136,7 @@ def run_cell(
         logits=scoring.needs("logits"),
         uint8=bench.save_images is not None,
         reference=scoring.needs("reference"),
+        reference_features=scoring.needs("reference-features"),
         images=any(scoring.needs(n) for n in ("samples", "exact")),
     )
     wall0 = 0.0
@@ -239,6 +246,7 @@ class _Wants:
     logits: bool
     uint8: bool
     reference: bool
+    reference_features: bool
     images: bool
 
 
@@ -251,8 +259,8 @@ def _produce(
     meta: dict[str, Any],
     fit: Any = None,
 ) -> Batch:
-    """One batch sampled, quantized once, featurized and (ref-error) solved by the reference: what the metrics
-    consume."""
+    """One batch sampled, quantized once, featurized and (ref-error, ref-fd) solved by the reference: what the
+    metrics consume."""
     labels = None if bench.class_label is None else torch.full((len(seeds),), bench.class_label)
     out = sampler.run(seeds, class_labels=labels) if fit is None else fit.run(sampler.run, seeds, labels)
     batch = Batch(images=out.images, seeds=seeds, labels=out.class_labels)
@@ -262,8 +270,8 @@ def _produce(
         ref_dim = bench.ref.dim if bench.ref is not None and wants.features else None
         assert bench.extractor is not None
         featurize(batch, bench.extractor, logits=wants.logits, ref_dim=ref_dim)
-    if wants.reference:
-        _reference_errors(bench, sampler, batch, ref_range, meta)
+    if wants.reference or wants.reference_features:
+        _reference_errors(bench, sampler, batch, ref_range, meta, features=wants.reference_features)
     return batch
 
 
@@ -296,6 +304,7 @@ def _exchange(
             logits=_cpu(batch.logits),
             ref_sq_errors=_cpu(batch.ref_sq_errors),
             ref_cached=batch.ref_cached,
+            ref_features=_cpu(batch.ref_features),
         )
         return b, wire, meta.get("ref_method")
 
@@ -309,9 +318,16 @@ def _exchange(
 
 
 def _reference_errors(
-    bench: Bench, sampler: Sampler, batch: Batch, ref_range: tuple[float, float, bool], meta: dict[str, Any]
+    bench: Bench,
+    sampler: Sampler,
+    batch: Batch,
+    ref_range: tuple[float, float, bool],
+    meta: dict[str, Any],
+    *,
+    features: bool = False,
 ) -> None:
-    """The sampler side of ref-error: the reference ODE solution of this batch's own latents, as errors."""
+    """The sampler side of ref-error and ref-fd: the reference ODE solution of this batch's own latents, as
+    per-sample errors and (features) as extractor features of its images, quantized as the samples are."""
     sigma_from, sigma_to, final = ref_range
     x0 = initial_state(
         NoiseSource(batch.seeds, device=sampler.device), sampler.plan, sampler.shape, prior=sampler.prior
@@ -330,6 +346,11 @@ def _reference_errors(
     meta["ref_method"] = method
     assert batch.images is not None
     batch.ref_sq_errors, batch.ref_cached = squared_errors(batch.images, ref), cached
+    if features:
+        assert bench.extractor is not None
+        solved = Batch(uint8=quantize(ref))
+        featurize(solved, bench.extractor, logits=False, ref_dim=None if bench.ref is None else bench.ref.dim)
+        batch.ref_features = solved.features
 
 
 # names that moved out of this module with the split, still importable from here

@@ -7,9 +7,16 @@ same seeds in the same blocks that interval is the paired jackknife of θ_new �
 blocks is compared unpaired (the two jackknife SEs combined) and the row says so; a baseline stored before
 the jackknife (no leave-one-out values) is compared on the tolerance alone, and the row says that too.
 
+Each row's verdict is one of: ok (not worse), within tolerance (worse by no more than the tolerance), within
+the interval (worse beyond the tolerance, but the interval reaches the better side), REGRESSION (beyond both:
+the only verdict that fails, exit 1), or n/a (no value on one side).
+
 Every baseline cell must be in NEW (matched by identity: everything that determines its numbers, or its
-sampler run on other seeds or blocks); one whose sampler NEW ran with another class or metric set is an
-error. NEW cells without a baseline (an extended sweep) are listed and pass.
+sampler run on other seeds or blocks, or with more metrics: an extended sweep that added a metric is compared
+on the baseline's metrics, paired, where the shared metrics' options, extractor and reference files are
+unchanged); one whose sampler NEW ran with another class, without one of its metrics or with other metric
+options is an error, and so are stores of different models (one line naming both). NEW cells without a
+baseline (an extended sweep) are listed and pass.
 
 Across guidance (issue 21): a baseline cell with no NEW cell of its identity is matched to the NEW cell(s) that
 differ from it only in guidance (`--guidance`, `--guide`, `--guidance-interval`, `--classifier-guidance`,
@@ -85,6 +92,7 @@ class Row:
     regression: bool
     note: str = ""
     test: str = ""  # which interval: paired jackknife, unpaired (other seeds or blocks), or none
+    verdict: str = ""  # ok, within tolerance, within the interval, REGRESSION or n/a (each row one of these)
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class Comparison:
     unpaired: str = ""  # how NEW's run differs from the baseline's when some cells were compared unpaired
     across_guidance: tuple[str, ...] = ()  # 'NEW cell against baseline cell' for cells matched across guidance
     seed_shifts: tuple[str, ...] = ()  # per seed, p(c|x) of NEW against the baseline rose / fell (guidance pairs)
+    more_metrics: str = ""  # baseline cells matched to NEW cells that measured more metrics (compared on theirs)
 
     @property
     def regressions(self) -> list[Row]:
@@ -132,12 +141,39 @@ def _label(c: dict[str, Any]) -> str:
 
 
 _RUN_KEYS = {"seeds": "seeds", "blocks": "seed blocks", "class": "class", "metrics": "metrics"}
+METRIC_FILES = ("reference", "kl-data")  # files_read roles that only the metrics read (identity.files_read)
 
 
 def _sampler_key(c: dict[str, Any]) -> str:
-    """What a cell's identity holds apart from how the sweep was run (seeds, blocks, class, metric set)."""
-    ident = {k: v for k, v in (c.get("identity") or {}).items() if k not in (*_RUN_KEYS, "metric_options")}
+    """What a cell's identity holds apart from how the sweep was run (seeds, blocks, class) and what it
+    measured (metrics, their options, the feature extractor and the files only metrics read)."""
+    skip = (*_RUN_KEYS, "metric_options", "extractor")
+    ident = {k: v for k, v in (c.get("identity") or {}).items() if k not in skip}
+    files = ident.get("files_read")
+    if isinstance(files, dict):
+        ident["files_read"] = {k: v for k, v in files.items() if k not in METRIC_FILES}
     return json.dumps(ident, sort_keys=True, default=str)
+
+
+def _measures_as(n: dict[str, Any], b: dict[str, Any]) -> str:
+    """'' when NEW cell n measured every metric of baseline cell b as b did (a superset of b's metrics, b's
+    metric options, extractor and metric files unchanged); else how they differ, e.g. 'metrics [...] in NEW
+    against [...] in the baseline'."""
+    i_n, i_b = n.get("identity") or {}, b.get("identity") or {}
+    mn, mb = list(i_n.get("metrics") or []), list(i_b.get("metrics") or [])
+    if not set(mb) <= set(mn):
+        return f"metrics {mn} in NEW against {mb} in the baseline"
+    for key, what in (("metric_options", "metric options"), ("files_read", "metric files")):
+        dn, db = i_n.get(key) or {}, i_b.get(key) or {}
+        if key == "files_read":
+            db = {k: v for k, v in db.items() if k in METRIC_FILES}
+        changed = {k: v for k, v in db.items() if json.dumps(dn.get(k), default=str) != json.dumps(v, default=str)}
+        if changed:
+            shown = {k: dn.get(k) for k in changed}
+            return f"{what} {shown} in NEW against {changed} in the baseline"
+    if i_b.get("extractor") is not None and i_n.get("extractor") != i_b.get("extractor"):
+        return f"extractor {i_n.get('extractor')} in NEW against {i_b.get('extractor')} in the baseline"
+    return ""
 
 
 def _run_of(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -145,15 +181,41 @@ def _run_of(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {k: sorted({json.dumps(i.get(k), default=str) for i in idents}) for k in _RUN_KEYS}
 
 
-def _differs(new: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]) -> str:
+def _differs(
+    new: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], keys: Sequence[str] = tuple(_RUN_KEYS)
+) -> str:
     """'seeds 0-59 against 0-29' for the run settings in which two sets of cells differ."""
     rn, rb = _run_of(new), _run_of(baseline)
     parts = []
-    for k, what in _RUN_KEYS.items():
+    for k in keys:
         if rn[k] != rb[k]:
             show = lambda v: ", ".join(str(json.loads(x)) for x in v)  # noqa: E731
-            parts.append(f"{what} {show(rn[k])} in NEW against {show(rb[k])} in the baseline")
+            parts.append(f"{_RUN_KEYS[k]} {show(rn[k])} in NEW against {show(rb[k])} in the baseline")
     return "; ".join(parts) or "other run settings"
+
+
+def _model_of(c: dict[str, Any]) -> str | None:
+    files = (c.get("identity") or {}).get("files_read") or {}
+    return files.get("model") if isinstance(files, dict) else None
+
+
+def _model_name(c: dict[str, Any]) -> str:
+    name = (c.get("provenance") or {}).get("model_name")
+    sha = _model_of(c) or "?"
+    return f"{name} (sha256 {sha[:12]})" if name else f"sha256 {sha[:12]}"
+
+
+def _check_models(new: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]) -> None:
+    """Stores of different models: one line naming both (their cells can never match)."""
+    mn = {m: c for c in new if (m := _model_of(c)) is not None}
+    mb = {m: c for c in baseline if (m := _model_of(c)) is not None}
+    lost = [m for m in mb if m not in mn]
+    if mn and lost:
+        names = lambda cs: ", ".join(sorted({_model_name(c) for c in cs}))  # noqa: E731
+        raise CompareInputError(
+            f"NEW holds cells of model {names(mn.values())}, the baseline of model {names(mb[m] for m in lost)}: "
+            "stores of different models cannot be compared cell by cell"
+        )
 
 
 GUIDANCE_SPEC = ("guidance", "guide", "guidance_interval", "classifier_guidance", "classifier")
@@ -204,8 +266,11 @@ def compare_cells(
 ) -> Comparison:
     """Match cells by identity (what determines their numbers) and compare every shared metric.
 
-    A baseline cell missing from NEW is an error (CompareInputError), and one whose sampler NEW ran with other
-    seeds, blocks or metrics says so; NEW cells without a baseline are listed in `unmatched_new` and pass. A
+    A baseline cell missing from NEW is an error (CompareInputError), and one whose sampler NEW ran with another
+    class, without one of its metrics or with other metric options says so; NEW cells of its sampler on other
+    seeds or blocks are compared unpaired (`unpaired`), ones that measured more metrics on the same seeds and
+    blocks paired on the baseline's metrics (`more_metrics`). Stores of different models: CompareInputError
+    naming both. NEW cells without a baseline are listed in `unmatched_new` and pass. A
     baseline cell whose identity NEW lacks is paired with the NEW cell(s) that differ from it only in guidance
     (listed in `across_guidance`; the per-seed rise/fall of p(c|x) in `seed_shifts` where inv-prob stored it).
     """
@@ -213,9 +278,10 @@ def compare_cells(
     bb = {c["id"]: c for c in baseline if c["status"] == "done"}
     if not bb:
         raise CompareInputError("the baseline holds no finished cells")
-    twin: dict[str, str] = {}  # baseline id -> NEW id of the same sampler run on other seeds or blocks
+    _check_models(list(bn.values()), list(bb.values()))
+    twin: dict[str, str] = {}  # baseline id -> NEW id of its sampler run on other seeds, blocks or more metrics
     missing = [c for i, c in bb.items() if i not in bn]
-    unpaired_note = ""
+    unpaired_note = more_note = ""
     across: dict[str, list[dict[str, Any]]] = {}  # baseline id -> NEW cells differing from it only in guidance
     if missing:
         by_sampler: dict[str, list[dict[str, Any]]] = {}
@@ -231,22 +297,38 @@ def compare_cells(
             if _guidance_key(c) in by_guidance:
                 across[c["id"]] = by_guidance[_guidance_key(c)]
         gone = [c for c in gone if c["id"] not in across]
-        other = [c for c in rerun if not _same_run(c, by_sampler[_sampler_key(c)][0], ("class", "metrics"))]
+        other, why = [], {}
+        for c in rerun:
+            # the NEW cells of its sampler that measured its metrics as it did (more metrics are fine), same
+            # class; those on the baseline's seeds and blocks first (paired)
+            fits = [n for n in by_sampler[_sampler_key(c)] if _same_run(n, c, ("class",)) and not _measures_as(n, c)]
+            fits.sort(key=lambda n: not _same_run(n, c, ("seeds", "blocks")))
+            if fits:
+                twin[c["id"]] = fits[0]["id"]
+            else:
+                other.append(c)
+                n0 = by_sampler[_sampler_key(c)][0]
+                why[c["id"]] = _measures_as(n0, c) if _same_run(n0, c, ("class",)) else _differs([n0], [c], ("class",))
         parts = []
         if other:
-            twins = [t for c in other for t in by_sampler[_sampler_key(c)]]
+            reasons = sorted(set(why.values()))
             parts.append(
-                f"{len(other)} baseline cell(s) were run differently in NEW ({_differs(twins, other)}), so their "
+                f"{len(other)} baseline cell(s) were run differently in NEW ({_some(reasons, 2)}), so their "
                 f"numbers are not comparable: {_some([_label(c) for c in other])}"
             )
         if gone:
             parts.append(f"{len(gone)} baseline cell(s) missing from NEW: {_some([_label(c) for c in gone])}")
         if parts:
             raise CompareInputError(". ".join(parts))
-        for c in rerun:
-            twin[c["id"]] = by_sampler[_sampler_key(c)][0]["id"]
-        if rerun:
-            unpaired_note = _differs([bn[twin[c["id"]]] for c in rerun], rerun)
+        moved = [c for c in rerun if not _same_run(bn[twin[c["id"]]], c, ("seeds", "blocks"))]
+        if moved:
+            unpaired_note = _differs([bn[twin[c["id"]]] for c in moved], moved, ("seeds", "blocks"))
+        more = [c for c in rerun if c not in moved]
+        if more:
+            added = sorted({m for c in more for m in _metrics(bn[twin[c["id"]]]) if m not in _metrics(c)})
+            more_note = f"{len(more)} baseline cell(s) matched to NEW cells of the same run" + (
+                f" that also measured {', '.join(added)}" if added else ""
+            )
     partners = {n["id"] for ns in across.values() for n in ns}
     unmatched = tuple(_label(c) for i, c in bn.items() if i not in bb and i not in twin.values() and i not in partners)
     rows: list[Row] = []
@@ -267,8 +349,13 @@ def compare_cells(
             if absent:
                 raise CompareInputError(f"metric {absent[0]} of baseline cell {_label(b)} is missing in NEW")
             for m in names:
-                rows.append(_row(config, _nfe(b), m, rn[m], rb[m], tolerance, paired=cid not in twin))
-    return Comparison(rows, tolerance, unmatched, unpaired_note, tuple(pairs), tuple(shifts))
+                paired = _same_run(n, b, ("seeds", "blocks"))
+                rows.append(_row(config, _nfe(b), m, rn[m], rb[m], tolerance, paired=paired))
+    return Comparison(rows, tolerance, unmatched, unpaired_note, tuple(pairs), tuple(shifts), more_note)
+
+
+def _metrics(c: dict[str, Any]) -> list[str]:
+    return list((c.get("identity") or {}).get("metrics") or [])
 
 
 def _same_run(a: dict[str, Any], b: dict[str, Any], keys: Sequence[str]) -> bool:
@@ -284,10 +371,12 @@ def _row(
     dn, db = reading(xn), reading(xb)
     vn, vb = dn.value, db.value
     if vb is None or vn is None:
-        return Row(config, nfe, metric, better, vn, vb, None, None, None, False, False, "n/a")
+        return Row(
+            config, nfe, metric, better, vn, vb, None, None, None, False, False, "no value on one side", verdict="n/a"
+        )
     diff = vn - vb
     sign = 1.0 if better == "lower" else -1.0  # worse = positive after the sign
-    worse = sign * diff > tolerance.allowed(vb)
+    beyond = sign * diff > tolerance.allowed(vb)  # worse beyond the tolerance
     lo = hi = None
     outside, note, test = True, "", "none"
     if dn.loo is not None and db.loo is not None and len(dn.loo) > 1 and len(db.loo) > 1:
@@ -297,16 +386,23 @@ def _row(
         else:
             _, lo, hi = unpaired_jackknife(vn, dn.loo, vb, db.loo)
             test = "unpaired"
-        outside = (lo > 0) if better == "lower" else (hi < 0)
-        if worse and not outside:
-            note = f"worse, but within the {test} interval"
-        elif not paired:
             note = "unpaired: other seeds or blocks"
+        outside = (lo > 0) if better == "lower" else (hi < 0)
     elif db.legacy or dn.legacy:
         note = "baseline before the jackknife: tolerance only"
-    elif worse:
+    elif beyond:
         note = "no seed blocks: tolerance only"
-    return Row(config, nfe, metric, better, vn, vb, diff, lo, hi, sign * diff > 0, worse and outside, note, test)
+    # the gate: worse beyond the tolerance and the interval of new − baseline wholly on the worse side
+    regression = beyond and outside
+    if sign * diff <= 0:
+        verdict = "ok"
+    elif not beyond:
+        verdict = "within tolerance"
+    elif not outside:
+        verdict = "within the interval"
+    else:
+        verdict = "REGRESSION"
+    return Row(config, nfe, metric, better, vn, vb, diff, lo, hi, sign * diff > 0, regression, note, test, verdict)
 
 
 def compare_paths(

@@ -64,6 +64,50 @@ def write_grid(grid: TunedGrid, path: str | Path) -> Path:
     return path
 
 
+_WARNED: set[tuple[str, str, str]] = set()  # (grid path, solver, model sha256) already warned about in this process
+
+
+def tuned_grid_mismatch(model: Any, spec: SamplerSpec) -> str | None:
+    """One warning line when `spec` samples on a `file:` grid that tune-schedule tuned for another solver or
+    another model (its record's 'solver' and 'model_sha256'); None when it matches, or the grid has no record.
+    Not an error: a grid may be reused on purpose, but its sigmas were fitted to that solver's and model's
+    trajectories (Chen et al. 2024, Sec. 4)."""
+    schedule = str(spec.schedule)
+    if not schedule.startswith("file:") or not schedule.lower().endswith(".json"):
+        return None
+    from diffbench.sampling.schedules import grid_file_info
+    from diffbench.sweep.bench import model_sha256
+
+    path = schedule[5:]
+    record = grid_file_info(path)
+    wanted_sha, wanted_solver = record.get("model_sha256"), record.get("solver")
+    if not wanted_sha and not wanted_solver:
+        return None
+    parts = []
+    if wanted_solver and wanted_solver != spec.solver:
+        parts.append(f"solver {wanted_solver} (this run: {spec.solver})")
+    sha = model_sha256(model) if wanted_sha else ""
+    if wanted_sha and wanted_sha != sha:
+        name = f"{record['model']} " if record.get("model") else ""
+        parts.append(f"model {name}(sha256 {str(wanted_sha)[:12]}…; this model's is {sha[:12]}…)")
+    if not parts:
+        return None
+    return f"warning: the grid {path} was tuned for {' and '.join(parts)}; its sigmas may not suit this run"
+
+
+def warn_tuned_grid(model: Any, spec: SamplerSpec) -> None:
+    """Print tuned_grid_mismatch's line on stderr, once per grid, solver and model in this process."""
+    import sys
+
+    line = tuned_grid_mismatch(model, spec)
+    if line is None:
+        return
+    key = (str(spec.schedule), str(spec.solver), line)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        print(line, file=sys.stderr, flush=True)
+
+
 def grid_points(solver: str, nfe: int, *, endpoint: str, solver_options: dict[str, Any] | None = None) -> int:
     """Positive sigmas a grid needs for `solver` to spend exactly `nfe` (module docstring). Raises
     BudgetError for a budget the solver cannot hit, NotApplicableError for a stochastic solver."""
