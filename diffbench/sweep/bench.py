@@ -227,6 +227,11 @@ def prepare(
     if feat:
         _prepare_features(bench, feat, model, ref=ref, extractor=extractor, weights_path=weights_path)
     for m in wanted:  # each metric's own refusals (too few samples per block, ...)
+        if m.state.name in ("features", "data") and bench.blocks > 1 and bench.block_size < 2:
+            raise ConfigError(  # every block's value needs a covariance of the block's samples
+                f"{m.name} on {bench.blocks} blocks of 1 seed: a block's covariance needs at least 2 samples; "
+                f"pass --blocks K with K dividing {len(bench.seeds)} and at most {len(bench.seeds) // 2}"
+            )
         if m.check is not None:
             m.check(bench.context())
     return bench
