@@ -45,6 +45,21 @@ def sidecar_path(out: Path) -> Path:
     return out / "diffbench.json" if out.suffix != ".npz" else out.with_suffix(".json")
 
 
+def check_output_file(path: Path, *, flag: str, overwrite: bool) -> None:
+    """Before any work: a single output file (a grid .json, a plot, a merged store) is not a folder, its folder
+    exists and is writable, and an existing file needs --overwrite (ConfigError / OutputExistsError, one line)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file path")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"output {path} already exists; pass --overwrite to replace it")
+    exc = probe_writable(path.parent)
+    if exc is not None:
+        raise ConfigError(f"cannot write {path}: {path.parent} is not writable ({exc.strerror})")
+
+
 def check_output(out: Path, *, overwrite: bool) -> None:
     """Before any work: refuse an existing output (unless overwrite) and a path that cannot be written.
 

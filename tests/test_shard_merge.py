@@ -151,3 +151,20 @@ def test_bad_input_through_the_command(tmp_path, cli):
     assert code == 0 and "1 cell(s) added" in err
     code, out, _ = cli("report", tmp_path / "m.db", "--format", "csv")
     assert code == 0 and "euler" in out
+
+
+def test_merge_refuses_other_seeds_a_store_named_twice_and_a_missing_folder(tmp_path):
+    """Stores on other seeds would share table rows (one shown per sampler); a store named twice and an output
+    in a folder that does not exist are mistakes: one line each, nothing written."""
+    m = _load(TINY)
+    for name, seeds in (("a.db", range(24)), ("b.db", range(24, 48))):
+        bench = prepare(m, seeds=seeds, metrics=["sw"], blocks=3, batch=8, device="cpu")
+        with Store(tmp_path / name) as st:
+            run_sweep(bench, make_grid(m, {"solver": ["euler"], "nfe": [4]}), st)
+    with pytest.raises(MergeError, match=r"on seeds 0-23, .*on seeds 24-47: merge combines shards of one grid"):
+        merge_stores([tmp_path / "a.db", tmp_path / "b.db"], tmp_path / "ab.db")
+    with pytest.raises(ConfigError, match="named twice"):
+        merge_stores([tmp_path / "a.db", tmp_path / "a.db"], tmp_path / "aa.db")
+    with pytest.raises(ConfigError, match="does not exist"):
+        merge_stores([tmp_path / "a.db"], tmp_path / "no" / "such" / "x.db")
+    assert not any((tmp_path / n).exists() for n in ("ab.db", "aa.db", "no"))

@@ -291,3 +291,12 @@ def test_rho_method_picks_the_least_reference_error(gmm):
     from diffbench.sampling.schedules import edm_grid
 
     assert g.sigmas == pytest.approx([float(s) for s in edm_grid(6, 0.002, 80.0, rho=r["rho"])])
+
+
+def test_output_in_a_missing_folder_is_refused_before_calibration(cli, tmp_path):
+    code, _, err = cli(
+        "tune-schedule", "gmm", "--solver", "ipndm", "--nfe", "5", "--calib-seeds", "1000-1003",
+        "-o", tmp_path / "nodir" / "g.json",
+    )
+    assert code == 2 and "the folder" in one_error_line(code, err) and "does not exist" in err
+    assert not (tmp_path / "nodir").exists()

@@ -47,7 +47,7 @@ def tune_schedule_cmd(
     """
     from diffbench.device import check_device
     from diffbench.errors import ConfigError
-    from diffbench.io import check_output
+    from diffbench.io import check_output_file
     from diffbench.models.load import load
     from diffbench.sampling.plan import plan
     from diffbench.seeds import parse_seeds
@@ -57,7 +57,7 @@ def tune_schedule_cmd(
         raise ConfigError(f"--out {out}: a tuned grid is written as .json")
     if not (coeff > 0 and coeff < float("inf")):
         raise ConfigError(f"--coeff must be a finite number > 0, got {coeff}")
-    check_output(out, overwrite=overwrite)
+    check_output_file(out, flag="--out", overwrite=overwrite)
     calib = parse_seeds(calib_seeds)
     evals = parse_seeds(eval_seeds) if eval_seeds else None
     check_disjoint(calib, evals)
@@ -110,7 +110,10 @@ def tune_schedule_cmd(
         )
         grid.record["evaluation"] = {"seeds": eval_seeds, "ref_error": res, "ref_steps": ref_steps}
         write_grid(grid, out)
-        typer.echo("ref-error on held-out seeds: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
+        typer.echo(
+            f"ref-error on {len(evals)} held-out seeds (point estimates; for intervals sweep the grids with "
+            "--metric ref-error): " + ", ".join(f"{k} {v:.4g}" for k, v in res.items())
+        )
 
 
 @app.command("score-error")

@@ -107,6 +107,12 @@ def merge_stores(inputs: list[str | os.PathLike], output: str | os.PathLike) -> 
     for p in paths:
         if p.exists() and out.exists() and p.resolve() == out.resolve():
             raise ConfigError(f"-o {out} is also one of the stores to merge; name another output")
+    named = [p.resolve() for p in paths]
+    twice = sorted({str(p) for p, q in zip(paths, named) if named.count(q) > 1})
+    if twice:
+        raise ConfigError(f"{twice[0]} is named twice among the stores to merge; name each store once")
+    if not out.parent.is_dir():
+        raise ConfigError(f"-o {out}: the folder {out.parent} does not exist")
     result = MergeResult(output=out, stores=len(paths))
     chosen: dict[str, tuple[dict[str, Any], Path]] = {}
     models: dict[str, tuple[str, Path]] = {}
@@ -126,8 +132,18 @@ def merge_stores(inputs: list[str | os.PathLike], output: str | os.PathLike) -> 
         if unfinished:
             result.unfinished[str(p)] = len(unfinished)
         sources.append((p, rows))
+    seed_sets: dict[str, Path] = {}
     for p, rows in sources:
         for r in rows:
+            seeds = (r.get("identity") or {}).get("seeds")
+            if seeds is not None:
+                seed_sets.setdefault(str(seeds), p)
+                if len(seed_sets) > 1:  # one table holds cells of one seed set: shards of one grid share it
+                    (s1, p1), (s2, p2) = list(seed_sets.items())[:2]
+                    raise MergeError(
+                        f"{p1} holds cells on seeds {s1}, {p2} on seeds {s2}: merge combines shards of one grid "
+                        "(the same seeds); a table of both would show one cell per sampler (nothing written)"
+                    )
             model = _model_of(r)
             if model is not None:
                 models.setdefault(model, (_model_name(r), p))
