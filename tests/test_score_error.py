@@ -94,7 +94,7 @@ def test_cli_table_plot_and_other_shape(cli, tmp_path):
     assert code == 0, err
     assert "EDM-weighted held-out loss" in out and len([ln for ln in out.splitlines() if ln.strip()]) == 6
     assert png.stat().st_size > 1000
-    again = ("score-error", "digits-edm@2000", "--data", "digits:heldout", "--levels", "2", "--repeats", "1")
+    again = ("score-error", "digits-edm@2000", "--data", "digits-data:heldout", "--levels", "2", "--repeats", "1")
     code, out, err = cli(*again, "--plot", png, "--device", "cpu")  # refused before any work: nothing printed
     assert "--overwrite" in one_error_line(code, err) and code == 1 and out == ""
     png.write_bytes(b"old")
@@ -105,6 +105,8 @@ def test_cli_table_plot_and_other_shape(cli, tmp_path):
     code, _, err = cli("score-error", "digits-edm", "--data", other, "--levels", "2", "--device", "cpu")
     assert "do not fit the model" in one_error_line(code, err) and code == 2
     code, _, err = cli("score-error", "digits-edm", "--data", "digits:test", "--device", "cpu")
-    assert "digits:heldout" in one_error_line(code, err) and code == 2
+    assert "heldout" in one_error_line(code, err) and code == 2
+    code, _, err = cli("score-error", "digits-edm", "--data", tmp_path / "nope", "--device", "cpu")
+    assert "digits-data[:train|heldout|all]" in one_error_line(code, err) and code == 2
     code, _, err = cli("score-error", "digits-edm", "--data", "digits:heldout", "--plot", tmp_path / "x.jpg")
     assert ".png" in one_error_line(code, err) and code == 2
