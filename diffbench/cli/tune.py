@@ -164,7 +164,7 @@ def score_error_cmd(
         typer.echo(f"{'sigma':>10} {'weighted loss':>14} {'± s.e.':>9} {'mse/dim':>10}")
         for s, w, e, m in zip(res.sigmas, res.weighted, res.weighted_se, res.mse, strict=True):
             typer.echo(f"{s:>10.4g} {w:>14.4f} {e:>9.4f} {m:>10.4g}")
-        typer.echo(f"EDM-weighted held-out loss (ln sigma ~ N(-1.2, 1.2^2)): {res.total:.4f}")
+        typer.echo(f"EDM-weighted held-out loss (ln sigma ~ N(-1.2, 1.2^2)): {res.total:.4f} ± {res.total_se:.4f}")
     if plot is not None:
         _plot(res, plot, title=f"{model} on {label}")
 
