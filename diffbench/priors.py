@@ -82,28 +82,57 @@ def _from_uint8(u8: np.ndarray, label: str) -> DataSet:
     return DataSet(x=x, shape=(int(u8.shape[1]), int(u8.shape[2]), int(u8.shape[3])), label=label, sha256=h.hexdigest())
 
 
+DIGITS_SPELLINGS = (DIGITS, "digits")  # both spellings name the shipped digits (commands used to differ)
+BUILTIN_DATA_NOTE = "built-in data: digits-data[:train|heldout|all] (also spelled digits[:train|heldout|all])"
+
+
+def builtin_split(spec: str, *, default: str = "train") -> str | None:
+    """The split of the shipped digits that `spec` names, or None when it names no built-in data.
+
+    `digits-data` and `digits` are one name; a bare name means `default` (train for the data a model was trained
+    on: fit-prior, --kl-data, ideal:; heldout for score-error). Built-in names win over a file or folder of the
+    same name (write ./digits for a folder). Raises UnknownNameError for an unknown split."""
+    for name in DIGITS_SPELLINGS:
+        if spec == name:
+            return default
+        if spec.startswith(name + ":"):
+            split = spec[len(name) + 1 :]
+            if split not in DIGITS_SPLITS:
+                from diffbench.errors import UnknownNameError
+
+                raise UnknownNameError("digits split", split, DIGITS_SPLITS)
+            return split
+    return None
+
+
+def open_data_source(spec: str | os.PathLike) -> Any:
+    """The ImageSource of a folder, zip or npz; a missing one raises ConfigError naming the built-in data."""
+    from diffbench.metrics.sources import open_source
+
+    if not Path(spec).exists():
+        raise ConfigError(f"{os.fspath(spec)}: no such file or folder ({BUILTIN_DATA_NOTE})")
+    return open_source(spec)
+
+
 @functools.lru_cache(maxsize=8)
 def _load_data_cached(spec: str, mtime: float) -> DataSet:
-    if spec == DIGITS or spec.startswith(DIGITS + ":"):
+    split = builtin_split(spec)
+    if split is not None:
         from diffbench.models.builtin import digits_data
 
-        split = spec[len(DIGITS) + 1 :] or "train"
-        if split not in DIGITS_SPLITS:
-            from diffbench.errors import UnknownNameError
-
-            raise UnknownNameError("digits split", split, DIGITS_SPLITS)
         images, _ = digits_data().split(split)
         return _from_uint8(images, f"{DIGITS}:{split}")
-    from diffbench.metrics.sources import iter_uint8, open_source
+    from diffbench.metrics.sources import iter_uint8
 
-    src = open_source(spec)
+    src = open_data_source(spec)
     parts = [b.numpy() for b in iter_uint8(src, batch=1000)]
     return _from_uint8(np.concatenate(parts), spec)
 
 
 def load_data(spec: str | os.PathLike) -> DataSet:
-    """The images of `spec`: `digits-data` (the digits models' training split, 1,500 images; `digits-data:heldout`
-    or `:all` for the others) or a folder, zip or npz of images. Raises ConfigError for a bad source."""
+    """The images of `spec`: `digits-data` or `digits` (the digits models' training split, 1,500 images;
+    `:heldout` or `:all` for the others, see `builtin_split`) or a folder, zip or npz of images.
+    Raises ConfigError for a bad source."""
     text = os.fspath(spec)
     p = Path(text)
     mtime = p.stat().st_mtime if p.exists() else 0.0

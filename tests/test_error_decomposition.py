@@ -131,7 +131,7 @@ def test_report_errors_through_the_command(cli, tmp_path, home):
         ((db, "--score-data", "digits:heldout"), "--score-data goes with --errors"),
         ((db, "--errors", "--format", "tex"), "--errors format"),
         ((db, "--errors", "--floor"), "--floor do not apply"),
-        ((db, "--errors", "--score-data", "digits:nope"), "digits:heldout"),
+        ((db, "--errors", "--score-data", "digits:nope"), "unknown digits split 'nope'"),
     ]:
         code, _, err = cli("report", *map(str, args))
         assert expect in one_error_line(code, err), err

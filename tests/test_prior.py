@@ -311,3 +311,16 @@ def test_prior_kl_needs_data_of_the_models_shape():
         prepare("gmm", seeds=range(4), metrics=["prior-kl"], device="cpu")
     with pytest.raises(ConfigError, match=r"prior-kl: the data digits-data:train are images \[1, 8, 8\], the model"):
         prepare("gmm", seeds=range(4), metrics=["prior-kl"], device="cpu", kl_data="digits-data")
+
+
+def test_both_spellings_of_the_shipped_digits_name_one_split(cli, tmp_path):
+    from diffbench.priors import builtin_split, load_data
+
+    assert builtin_split("digits") == builtin_split("digits-data") == "train"
+    assert builtin_split("digits", default="heldout") == "heldout" and builtin_split("./digits") is None
+    assert load_data("digits:heldout").sha256 == load_data("digits-data:heldout").sha256
+    assert load_data("digits").n == load_data("digits-data:train").n
+    code, out, err = cli("fit-prior", "digits:heldout", "--sigma", "5", "-o", tmp_path / "p.npz")
+    assert code == 0 and "digits-data:heldout" in out + err, err
+    code, _, err = cli("fit-prior", tmp_path / "nope", "--sigma", "5", "-o", tmp_path / "q.npz")
+    assert "digits[:train|heldout|all]" in one_error_line(code, err) and code == 2

@@ -12,7 +12,9 @@ from diffbench.cli.app import app
 
 @app.command("fit-prior")
 def fit_prior_cmd(
-    source: Annotated[str, typer.Argument(help="Images (folder, .zip, .npz) or digits-data[:train|heldout|all].")],
+    source: Annotated[
+        str, typer.Argument(help="Images (folder, .zip, .npz) or digits[-data][:train|heldout|all] (bare: train).")
+    ],
     sigma: Annotated[float, typer.Option("--sigma", help="The sigma the prior models (sample with --sigma-max S).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The prior file to write (.npz).")],
     kind: Annotated[str, typer.Option("--kind", help="gaussian, or gmm:K (K full-covariance components, EM).")] = (

@@ -11,8 +11,6 @@ import typer
 
 from diffbench.cli.app import app
 
-DIGITS_SPLITS = ("digits:heldout", "digits:train", "digits:all")
-
 
 @app.command("tune-schedule")
 def tune_schedule_cmd(
@@ -121,7 +119,10 @@ def score_error_cmd(
     model: Annotated[str, typer.Argument(help="Built-in name, registry name, path or URL.")],
     data: Annotated[
         str,
-        typer.Option("--data", help="Held-out images: a folder, .zip or .npz of images, or digits:heldout|train|all."),
+        typer.Option(
+            "--data",
+            help="Held-out images: a folder, .zip or .npz, or digits[-data][:heldout|train|all] (bare: heldout).",
+        ),
     ],
     levels: Annotated[
         int, typer.Option("--levels", help="Noise levels, log-spaced over the model's range.", min=1)
@@ -166,7 +167,7 @@ def score_error_cmd(
         typer.echo(f"{'sigma':>10} {'weighted loss':>14} {'± s.e.':>9} {'mse/dim':>10}")
         for s, w, e, m in zip(res.sigmas, res.weighted, res.weighted_se, res.mse, strict=True):
             typer.echo(f"{s:>10.4g} {w:>14.4f} {e:>9.4f} {m:>10.4g}")
-        typer.echo(f"EDM-weighted held-out loss (ln sigma ~ N(-1.2, 1.2^2)): {res.total:.4f}")
+        typer.echo(f"EDM-weighted held-out loss (ln sigma ~ N(-1.2, 1.2^2)): {res.total:.4f} ± {res.total_se:.4f}")
     if plot is not None:
         _plot(res, plot, title=f"{model} on {label}")
 
@@ -187,21 +188,21 @@ def _check_plot(plot: Path, *, overwrite: bool) -> None:
 
 
 def _images(data: str, batch: int):
-    """(uint8 NCHW batches, label) of --data: a digits split or an image source."""
+    """(uint8 NCHW batches, label) of --data: a digits split (digits[-data][:heldout|train|all], bare: heldout)
+    or an image source; one resolver with fit-prior, --kl-data and ideal: (diffbench.priors.builtin_split)."""
     import torch
 
-    from diffbench.metrics.sources import iter_uint8, open_source
+    from diffbench.metrics.sources import iter_uint8
+    from diffbench.priors import builtin_split, open_data_source
 
-    if data.startswith("digits:"):
-        from diffbench.errors import ConfigError
+    split = builtin_split(data, default="heldout")
+    if split is not None:
         from diffbench.models.builtin import digits_data
 
-        if data not in DIGITS_SPLITS:
-            raise ConfigError(f"--data {data}: choose one of {', '.join(DIGITS_SPLITS)}")
-        imgs, _ = digits_data().split(data.split(":", 1)[1])
+        imgs, _ = digits_data().split(split)
         t = torch.from_numpy(imgs)
         return [t[i : i + batch] for i in range(0, len(t), batch)], data
-    src = open_source(data)
+    src = open_data_source(data)
     return iter_uint8(src, batch=batch), src.label
 
 
