@@ -407,3 +407,55 @@ def test_compare_a_sweep_that_added_a_metric_verdict_words_and_other_models(tmp_
     line = one_line(*inproc(env, "compare", other, base)[::2], exit_code=2)
     assert f"NEW holds cells of model {model}" in line and f"the baseline of model {SMALL}" in line, line
     assert "missing" not in line
+
+
+def test_settings_every_cell_shares_are_listed_once_under_the_table_and_defaults_are_not(tmp_path, env, inproc):
+    """A single-valued non-default setting (churn, rho, guidance) would otherwise be invisible: the row reads
+    'heun edm' as an unguided default run does. It is one 'fixed:' line in sweep, report and the exports; a
+    sweep at the defaults prints no such line."""
+    db = tmp_path / "f.db"
+    code, out, err = inproc(
+        env, "sweep", SMALL, "--solver", "heun", "--churn", "10", "--rho", "5", "--nfe", "5", *QUICK, "--store", db
+    )
+    assert code == 0, err
+    assert out.count("fixed: rho 5, churn 10") == 1 and "heun edm │" in out
+    code, text, err = inproc(env, "report", db)
+    assert code == 0 and "fixed: rho 5, churn 10" in text, err
+    code, text, err = inproc(env, "report", db, "--format", "md")
+    assert code == 0 and "\nfixed: rho 5, churn 10\n" in text, err
+    code, text, err = inproc(env, "report", db, "--format", "json")
+    assert code == 0 and strict_json(text)["fixed"] == ["rho 5", "churn 10"], err
+    code, text, err = inproc(env, "report", db, "--format", "tex")
+    assert code == 0 and "% fixed: rho 5, churn 10" in text, err
+    # a guided model's single guidance value
+    code, out, err = inproc(
+        env,
+        "sweep",
+        "digits-edm-cond",
+        "--solver",
+        "euler",
+        "--nfe",
+        "4",
+        "--guidance",
+        "3",
+        "--seeds",
+        "0-3",
+        "--blocks",
+        "2",
+        "--metric",
+        "class-accuracy",
+        "--device",
+        "cpu",
+        "--store",
+        tmp_path / "g.db",
+    )
+    assert code == 0 and "fixed: guidance 3" in out, err
+    # defaults only (the README's main sweep is of this kind): no line, and churn that varies is in the labels
+    code, out, err = inproc(
+        env, "sweep", SMALL, "--solver", "heun,euler", "--nfe", "5", *QUICK, "--store", tmp_path / "d.db"
+    )
+    assert code == 0 and "fixed" not in out, err
+    code, out, err = inproc(
+        env, "sweep", SMALL, "--solver", "heun", "--churn", "0,10", "--nfe", "5", *QUICK, "--store", tmp_path / "v.db"
+    )
+    assert code == 0 and "fixed" not in out and "churn=10" in out, err

@@ -16,6 +16,7 @@ shown without an interval and marked in a footnote (finished cells keep no block
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -180,6 +181,7 @@ class Table:
     floor: Floor | None = None
     floor_skipped: str | None = None  # why no floor was computed, when one was asked for
     n_all: int | None = None  # samples behind each value (N); n is the block size N/K
+    fixed: list[str] = field(default_factory=list)  # non-default settings every cell shares: ['guidance 3']
 
     @property
     def infinite_n(self) -> bool:
@@ -265,6 +267,45 @@ def cell_axes(cell: Mapping[str, Any], names: Mapping[str, str] | None = None) -
     for k in ("solver", "schedule"):
         if cell.get(k) is not None:
             out[names.get(k, k)] = cell[k]
+    return out
+
+
+# settings a table shows without the fixed line: its columns, its row labels and its convention column
+_SHOWN = ("solver", "schedule", "nfe", "nfe_requested", "endpoint", "denoise_to_zero", "analytic_first_step")
+
+
+def _spec_defaults() -> dict[str, Any]:
+    """Spec keyword -> its SamplerSpec default (None for options that are unset by default)."""
+    try:
+        from diffbench.sampling.spec import SamplerSpec
+    except ImportError:  # pragma: no cover - a store read without the sampler
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(SamplerSpec)}
+
+
+def fixed_settings(cells: Sequence[Mapping[str, Any]], names: Mapping[str, str] | None = None) -> list[str]:
+    """The sampler settings every cell shares that differ from the spec defaults, as 'guidance 3' (shown name,
+    then value), in spec order: the settings a table's row labels would otherwise hide. Empty when every
+    shared setting is a default (a plain sweep prints no fixed line)."""
+    names = names or {}
+    defaults = _spec_defaults()
+    specs = []
+    for c in cells:
+        ident = c.get("identity") or {}
+        specs.append(ident.get("spec") or ident.get("options") or (c.get("provenance") or {}).get("spec") or {})
+    if not specs:
+        return []
+    out = []
+    order = list(defaults) + [k for k in specs[0] if k not in defaults]
+    for k in order:
+        if k in _SHOWN or k not in specs[0]:
+            continue
+        v = specs[0][k]
+        if v is None or isinstance(v, dict | list) or any(s.get(k) != v for s in specs[1:]):
+            continue
+        if k in defaults and _norm(v) == _norm(defaults[k]):
+            continue
+        out.append(f"{names.get(k, k)} {show(_norm(v))}")
     return out
 
 
@@ -502,6 +543,7 @@ def table(
         extractor=extractor,
         x_log=spec_key in LOG_AXES,
         n_all=n_all,
+        fixed=fixed_settings(cells, names),
     )
 
 
@@ -539,7 +581,8 @@ def _caption(t: Table) -> str:
 
 def notes_below(t: Table) -> list[str]:
     """The lines printed under a table: numbered footnotes, then the floor (or why there is none)."""
-    lines = [f"[{k}] {text}" for k, text in enumerate(t.footnotes, 1)]
+    lines = [f"fixed: {', '.join(t.fixed)}"] if t.fixed else []
+    lines += [f"[{k}] {text}" for k, text in enumerate(t.footnotes, 1)]
     if t.floor is not None:
         lines.append(t.floor.caption(t.metric))
     elif t.floor_skipped:
@@ -628,6 +671,8 @@ def to_json(t: Table) -> str:
     }
     if t.x != NFE:
         data["x"] = t.x
+    if t.fixed:
+        data["fixed"] = t.fixed
     if t.footnotes:
         data["footnotes"] = t.footnotes
     if t.floor is not None:
