@@ -27,6 +27,16 @@ if _THREADS:
 from diffbench.models.analytic import load_builtin
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test: the 8x8 digits networks gain nothing from more, and a busy machine
+    punishes them (under xdist every worker already has its share; this also holds with -n 0)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def gmm():
     return load_builtin("gmm")

@@ -19,18 +19,13 @@ from diffbench.sampling.run import Sampler, iter_batches
 from diffbench.sampling.spec import SamplerSpec
 from diffbench.sweep.cell import prepare, run_cell
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def digits():
     return diffbench.load("digits-edm", device="cpu")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def oom_above(limit: int, fn, calls: list[int]):

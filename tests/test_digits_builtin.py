@@ -30,6 +30,7 @@ BUILTIN_ENTRIES = (
     "digits-stats-all",
 )
 PKG = Path(diffbench.__file__).resolve().parent
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli() -> str:
@@ -40,15 +41,6 @@ def _cli() -> str:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these 8x8 networks gain nothing from more, and a busy machine punishes them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,13 @@ BF16_U = 2.0**-8
 BIN = str(Path(sys.executable).parent / "diffbench")
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def digits():
     return diffbench.load("digits-edm", device="cpu")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these small convolutions only lose to thread hand-offs on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_spec_net_dtype_defaults_leave_identity_unchanged(digits):
