@@ -63,18 +63,11 @@ def user_classifier(spec: str) -> tuple[torch.nn.Module, str]:
     'spec@' + the first 16 hex digits of a sha256 of its parameters and buffers. Raises ConfigError."""
     import hashlib
 
-    from diffbench.errors import DiffbenchError
-    from diffbench.models.entrypoint import is_entry_point, resolve
+    from diffbench.models.entrypoint import call_factory, is_entry_point
 
     if not is_entry_point(spec):
         raise ConfigError(f"--eval-classifier '{spec}' is not an entry point package.module:factory")
-    factory = resolve(spec)
-    try:
-        module = factory()
-    except DiffbenchError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"--eval-classifier {spec} raised {type(exc).__name__}: {str(exc)[:160]}") from None
+    module = call_factory(spec, name="--eval-classifier", error=ConfigError)
     if not callable(module):
         raise ConfigError(f"--eval-classifier {spec} returned {type(module).__name__}, not a module x -> logits")
     h = hashlib.sha256(spec.encode())

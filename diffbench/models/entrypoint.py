@@ -52,20 +52,26 @@ def resolve(spec: str) -> Any:
     return obj
 
 
+def call_factory(spec: str, *, name: str = "entry point", error: type[DiffbenchError] = ModelLoadError) -> Any:
+    """What the factory named by `spec` (package.module:factory) returns; a factory that is not callable or
+    raises is one `error` line, named `name` (the flag or "entry point")."""
+    factory = resolve(spec)
+    if not callable(factory):
+        raise error(f"{name} {spec} is not callable")
+    try:
+        return factory()
+    except DiffbenchError:
+        raise
+    except Exception as exc:
+        raise error(f"{name} {spec} raised {_one_line(exc)}") from None
+
+
 def load_entry_point(spec: str, *, device: str | torch.device = "cpu") -> nn.Module:
     """Call the factory named by `spec` and turn what it returns into a Denoiser."""
     from diffbench.denoiser import REQUIRED_ATTRS
     from diffbench.models.statedict import build_precond
 
-    factory = resolve(spec)
-    if not callable(factory):
-        raise ModelLoadError(f"entry point {spec} is not callable")
-    try:
-        out = factory()
-    except DiffbenchError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"entry point {spec} raised {_one_line(exc)}") from None
+    out = call_factory(spec)
     if callable(out) and all(hasattr(out, a) for a in REQUIRED_ATTRS):
         model = out
     elif isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module):

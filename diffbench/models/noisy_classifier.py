@@ -103,7 +103,7 @@ def load_classifier(spec: str) -> LoadedClassifier:
     """The noise-conditional classifier `spec` (registry name or package.module:factory), on the CPU, in eval
     mode, loaded once per process. Raises ModelLoadError / ConfigError (one line) for an unknown name, a
     factory that fails, or a module that does not take sigma."""
-    from diffbench.models.entrypoint import is_entry_point, resolve
+    from diffbench.models.entrypoint import call_factory, is_entry_point
     from diffbench.models.registry import entries, fetch_entry
 
     known = entries()
@@ -122,15 +122,7 @@ def load_classifier(spec: str) -> LoadedClassifier:
         raise ConfigError(
             f"--classifier '{spec}' is neither a classifier name ({BUILTIN}) nor an entry point package.module:factory"
         )
-    factory = resolve(spec)
-    if not callable(factory):
-        raise ModelLoadError(f"entry point {spec} is not callable")
-    try:
-        module = factory()
-    except DiffbenchError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"entry point {spec} raised {type(exc).__name__}: {str(exc)[:200]}") from None
+    module = call_factory(spec)
     if not callable(module):
         raise ModelLoadError(f"entry point {spec} returned {type(module).__name__}, not a module (x, sigma) -> logits")
     if not takes_sigma(module):
